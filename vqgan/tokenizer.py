@@ -1,0 +1,216 @@
+"""CXRTokenizer: chest X-ray <-> 256 image tokens, for inference.
+
+This is the only image interface the LLM side uses. It loads an exported folder
+(``config.json`` + ``model.safetensors``) or a Lightning checkpoint written by
+``python -m vqgan fit``, and needs nothing of the training stack (no Lightning import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqgan.config import VQGANConfig
+from vqgan.networks import VQGAN
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "llmcxr-vqgan-tokenizer"
+FORMAT_VERSION = 1
+# Key under which VQGANModule stores the generator's config in a Lightning checkpoint,
+# and the attribute prefix of the generator's weights in its state_dict.
+CHECKPOINT_CONFIG_KEY = "vqgan_config"
+CHECKPOINT_WEIGHTS_PREFIX = "generator."
+
+
+class CXRTokenizer(nn.Module):
+    """Encode chest X-rays into VQ-GAN token ids and decode ids back to images.
+
+    ``CXRTokenizer(VQGANConfig(...))`` builds a randomly initialised tokenizer (tests only);
+    use :meth:`from_pretrained` for real weights. The module stays in eval mode and its weights
+    are frozen: encoding is deterministic.
+    """
+
+    def __init__(self, config: VQGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or VQGANConfig()
+        self.model = VQGAN(self.config)
+        self.model.requires_grad_(False)
+        self.eval()
+        self._fingerprint: str | None = None
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct image token ids (ids are in ``[0, codebook_size)``)."""
+        return self.config.n_embed
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Token ids per image (``latent_size**2``, row-major)."""
+        return self.config.tokens_per_image
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the square images ``encode`` takes and ``decode`` returns."""
+        return self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.model.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """Short sha256 of config + weights; changes whenever the tokens could change."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def train(self, mode: bool = True) -> CXRTokenizer:
+        """Always stays in eval mode: the tokenizer is inference-only."""
+        return super().train(False)
+
+    # ---------------------------------------------------------------- encode / decode
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 1, S, S]`` float in [0, 1] (S = image_size) -> token ids LongTensor ``[B, N]``."""
+        self._check_images(images)
+        x = images.to(self.device, torch.float32) * 2.0 - 1.0
+        _, _, ids = self.model.encode(x)
+        return ids.to(images.device)
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, N]`` -> images FloatTensor ``[B, 1, S, S]`` in [0, 1]."""
+        self._check_ids(ids)
+        z_q = self.model.codes_to_latents(ids.to(self.device, torch.long))
+        images = self.model.decode(z_q).float()
+        return ((images.clamp(-1.0, 1.0) + 1.0) / 2.0).to(ids.device)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size, channels = self.image_size, self.config.in_channels
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError(f"images must be a float tensor [B, {channels}, {size}, {size}], got {type(images)}")
+        if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (size, size):
+            raise ValueError(
+                f"images must have shape [B, {channels}, {size}, {size}], got {list(images.shape)}; "
+                "resize with vqgan.prepare_image(array, size) first"
+            )
+        if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
+            raise ValueError(
+                f"images must be in [0, 1], got values in [{images.min():.3f}, {images.max():.3f}]"
+            )
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex():
+            raise TypeError(f"ids must be an integer tensor [B, {self.tokens_per_image}], got {type(ids)}")
+        if ids.ndim != 2 or ids.shape[1] != self.tokens_per_image:
+            raise ValueError(f"ids must have shape [B, {self.tokens_per_image}], got {list(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
+            raise ValueError(
+                f"ids must be in [0, {self.codebook_size}), got values in [{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    # ---------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the size).
+
+        Files are written to temporaries and moved into place, so a crash never leaves a torn file.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.model.state_dict().items()}
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "fingerprint": self.fingerprint}
+        _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT_NAME}))
+        _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> CXRTokenizer:
+        """Load an exported folder (config.json + model.safetensors) or a ``fit`` checkpoint (.ckpt)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"tokenizer not found at {path}: pass a folder written by save_pretrained "
+                "(config.json + model.safetensors) or a .ckpt from `python -m vqgan fit`"
+            )
+        if path.is_dir():
+            config, state = _read_folder(path)
+        else:
+            config, state = _read_lightning_checkpoint(path)
+        tokenizer = cls(config)
+        try:
+            tokenizer.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[:3]
+            raise ValueError(f"weights in {path} do not match its VQGANConfig: {' '.join(first)}") from err
+        logger.info("loaded CXRTokenizer from %s (fingerprint %s)", path, tokenizer.fingerprint)
+        return tokenizer
+
+
+def _read_folder(path: Path) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for needed in (config_file, weights_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{path} is not a tokenizer folder: missing {needed.name}")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{config_file} is not a CXRTokenizer config (expected format {FORMAT_NAME!r})")
+    config = VQGANConfig.from_dict(meta["config"])
+    try:
+        state = load_file(weights_file)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights_file} is not a readable safetensors file: {err}") from err
+    return config, state
+
+
+def _read_lightning_checkpoint(path: Path) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for non-checkpoint bytes
+        raise ValueError(f"{path} is not a readable PyTorch/Lightning checkpoint: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    if CHECKPOINT_CONFIG_KEY not in checkpoint:
+        raise ValueError(
+            f"{path} is not a VQ-GAN checkpoint from `python -m vqgan fit` (no {CHECKPOINT_CONFIG_KEY!r})"
+        )
+    config = VQGANConfig.from_dict(checkpoint[CHECKPOINT_CONFIG_KEY])
+    prefix = CHECKPOINT_WEIGHTS_PREFIX
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path} holds no generator weights (keys starting with {prefix!r})")
+    return config, state
+
+
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)`` on a temporary next to ``target``, then atomically replace it."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
