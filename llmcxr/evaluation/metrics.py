@@ -1,0 +1,206 @@
+"""Pure metric functions for the evaluation protocols (numpy / scikit-learn / scipy / skimage).
+
+Label conventions (shared by every protocol, and written into ``metrics.json``):
+
+- A report's labels come from ``instructions.label_report``: 1 positive, 0 negative, -1 uncertain,
+  class absent = not mentioned.
+- For F1 a class counts as positive only when its label is 1; uncertain (-1) counts as negative
+  by default (``uncertain_as_positive=True`` makes it positive); unmentioned counts as negative.
+- AUROC needs a score. With several sampled reports per image the score of a class is the
+  fraction of samples that label it positive; with a single report it is the binary label itself
+  (AUROC then equals balanced accuracy, as in LLM-CXR's label-based evaluation).
+- AUROC of a class whose ground truth has only one value is undefined: NaN, excluded from the
+  macro and weighted means, and counted in ``n_undefined``.
+- F1 of a class with no positives in truth or prediction is 0 (scikit-learn ``zero_division=0``,
+  the convention the published macro F1 figures follow).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from sklearn.metrics import f1_score, roc_auc_score
+
+LABEL_CONVENTIONS = {
+    "positive": "label 1 (from instructions.label_report)",
+    "uncertain": "label -1 counts as negative unless uncertain_as_positive is set",
+    "unmentioned": "a class the labeler does not mention counts as negative",
+    "auroc_score": (
+        "fraction of sampled reports that label the class positive when samples_per_image > 1, "
+        "else the binary label itself (AUROC = balanced accuracy)"
+    ),
+    "auroc_undefined": "NaN when the truth has one value only; excluded from macro/weighted, counted",
+    "f1_zero_division": "F1 is 0 for a class with no positives in truth and prediction",
+}
+
+
+def binarize_labels(
+    labels: Sequence[Mapping[str, int]], classes: Sequence[str], *, uncertain_as_positive: bool = False
+) -> np.ndarray:
+    """Label dicts -> binary matrix [N, C] under the conventions above."""
+    positive = {1, -1} if uncertain_as_positive else {1}
+    out = np.zeros((len(labels), len(classes)), dtype=np.int64)
+    for i, row in enumerate(labels):
+        for j, name in enumerate(classes):
+            out[i, j] = int(row.get(name) in positive)
+    return out
+
+
+def auroc_or_nan(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """ROC AUC of one binary problem; NaN when ``y_true`` holds a single value."""
+    y_true = np.asarray(y_true).ravel()
+    if np.unique(y_true).size < 2:
+        return math.nan
+    return float(roc_auc_score(y_true, np.asarray(y_score, dtype=np.float64).ravel()))
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Per-label, micro, macro and support-weighted AUROC and F1 over ``classes``.
+
+    ``y_true`` and ``y_pred`` are binary [N, C]; ``y_score`` is [N, C] (probabilities or labels).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if not (y_true.shape == y_pred.shape == y_score.shape) or y_true.ndim != 2:
+        raise ValueError(
+            f"classification_metrics needs equal [N, C] arrays, got {y_true.shape}, "
+            f"{y_score.shape}, {y_pred.shape}"
+        )
+    if y_true.shape[1] != len(classes):
+        raise ValueError(f"got {y_true.shape[1]} columns for {len(classes)} classes")
+    support = y_true.sum(axis=0)
+    aurocs = np.array([auroc_or_nan(y_true[:, j], y_score[:, j]) for j in range(len(classes))])
+    f1s = f1_score(y_true, y_pred, average=None, zero_division=0, labels=list(range(len(classes))))
+    defined = ~np.isnan(aurocs)
+    weights = support[defined]
+    per_label = {
+        name: {"auroc": float(aurocs[j]), "f1": float(f1s[j]), "support": int(support[j])}
+        for j, name in enumerate(classes)
+    }
+    return {
+        "n_items": int(y_true.shape[0]),
+        "per_label": per_label,
+        "auroc": {
+            "micro": auroc_or_nan(y_true, y_score),
+            "macro": float(aurocs[defined].mean()) if defined.any() else math.nan,
+            "weighted": (
+                float((aurocs[defined] * weights).sum() / weights.sum())
+                if weights.sum() > 0
+                else math.nan
+            ),
+            "n_undefined": int((~defined).sum()),
+        },
+        "f1": {
+            avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0))
+            for avg in ("micro", "macro", "weighted")
+        },
+    }
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n_items: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with replacement.
+
+    Resamples where the statistic is undefined (NaN) are dropped; (NaN, NaN) when none is left.
+    """
+    if n_items < 1 or n_boot < 1:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_boot)])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return (math.nan, math.nan)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (Heusel et al. 2017).
+
+    Hand-written on scipy's ``sqrtm`` because torchmetrics' FID is tied to its Inception network;
+    a near-singular covariance product gets ``eps`` on the diagonal, as pytorch-fid does.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance needs [N, D] arrays of equal D, got {a.shape}, {b.shape}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("frechet_distance needs at least 2 samples per set")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(cov_a.shape[0]) * eps
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+def ssim(image_a: np.ndarray, image_b: np.ndarray) -> float:
+    """SSIM of two float images [H, W] in [0, 1]."""
+    return float(structural_similarity(image_a, image_b, data_range=1.0))
+
+
+def psnr(reference: np.ndarray, image: np.ndarray) -> float:
+    """PSNR in dB of a float image [H, W] in [0, 1] against its reference."""
+    return float(peak_signal_noise_ratio(reference, image, data_range=1.0))
+
+
+def mean_pairwise_ssim(images: Sequence[np.ndarray]) -> float:
+    """Mean SSIM over all pairs of images generated for one prompt (lower = more diverse)."""
+    pairs = [
+        ssim(images[i], images[j]) for i in range(len(images)) for j in range(i + 1, len(images))
+    ]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric tokens of an answer (punctuation and case ignored)."""
+    return _WORD.findall(text.lower())
+
+
+def yes_no(answer: str) -> str | None:
+    """'yes' / 'no' when the answer starts with that word, else None."""
+    tokens = answer_tokens(answer)
+    return tokens[0] if tokens and tokens[0] in ("yes", "no") else None
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token-overlap F1 between two answers."""
+    pred, ref = answer_tokens(prediction), answer_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
