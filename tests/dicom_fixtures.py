@@ -1,0 +1,59 @@
+"""Write small synthetic 16-bit CXR DICOM files with pydicom (tests and the committed fixture).
+
+Run ``python tests/dicom_fixtures.py`` to regenerate ``fixtures/synthetic_cxr_mono1.dcm``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from conftest import synthetic_cxr
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def write_dicom(
+    path: str | Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    patient_id: str = "SYNTH0001",
+) -> Path:
+    """Write ``pixels`` (uint16 [H, W]) as a 16-bit DICOM with optional window and rescale."""
+    path = Path(path)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient_id
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def synthetic_pixels(size: int = 64, seed: int = 0) -> np.ndarray:
+    """The conftest synthetic CXR as uint16 using 12 bits (0..4095), as detectors commonly store."""
+    return np.round(synthetic_cxr(size, seed) * 4095).astype(np.uint16)
+
+
+if __name__ == "__main__":
+    here = Path(__file__).parent / "fixtures"
+    # MONOCHROME1 (dense = dark in the stored values), as many CR detectors write.
+    write_dicom(here / "synthetic_cxr_mono1.dcm", 4095 - synthetic_pixels(64), "MONOCHROME1")

@@ -1,0 +1,148 @@
+"""vqgan.image_io: readers for PNG/JPEG/DICOM, clear errors, and prepare_image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_cxr
+from dicom_fixtures import synthetic_pixels, write_dicom
+from PIL import Image
+
+from vqgan.image_io import CXRReadError, load_cxr_tensor, prepare_image, read_cxr
+
+
+def test_reads_real_png_and_jpeg(fixtures_dir: Path) -> None:
+    for name in ("00000001_000.png", "16747_3_1.jpg"):
+        image = read_cxr(fixtures_dir / name)
+        assert image.dtype == np.float32 and image.ndim == 2
+        assert 0.0 <= image.min() < image.max() <= 1.0
+
+
+def test_8bit_png_round_trips_exactly(tmp_path: Path) -> None:
+    pixels = (synthetic_cxr(64, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_cxr(tmp_path / "a.png"), pixels / np.float32(255))
+
+
+def test_16bit_png_scaled_by_range(tmp_path: Path) -> None:
+    pixels = synthetic_pixels(64).astype(np.uint16) + 100  # 12-bit content in a 16-bit file
+    Image.fromarray(pixels).save(tmp_path / "b.png")
+    image = read_cxr(tmp_path / "b.png")
+    assert image.min() == 0.0 and image.max() == 1.0
+    expected = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_rgb_converted_to_gray(tmp_path: Path) -> None:
+    gray = (synthetic_cxr(64, 2) * 255).round().astype(np.uint8)
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "c.png")
+    np.testing.assert_allclose(read_cxr(tmp_path / "c.png"), gray / 255.0, atol=1 / 255)
+
+
+def test_dicom_16bit_monochrome2_scaled(tmp_path: Path) -> None:
+    pixels = synthetic_pixels(64)
+    path = write_dicom(tmp_path / "m2.dcm", pixels, "MONOCHROME2")
+    image = read_cxr(path)
+    expected = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    assert image.min() == 0.0 and image.max() == 1.0
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    pixels = synthetic_pixels(64)
+    mono2 = read_cxr(write_dicom(tmp_path / "m2.dcm", pixels, "MONOCHROME2"))
+    mono1 = read_cxr(write_dicom(tmp_path / "m1.dcm", pixels.max() - pixels, "MONOCHROME1"))
+    np.testing.assert_allclose(mono1, mono2, atol=1e-6)
+    lung, body = mono1[32, 19], mono1[32, 2]
+    assert body > lung  # bone/soft tissue bright, air dark after inversion
+
+
+def test_dicom_window_applied(tmp_path: Path) -> None:
+    pixels = synthetic_pixels(64)
+    narrow = read_cxr(write_dicom(tmp_path / "w.dcm", pixels, window=(1024.0, 400.0)))
+    # Everything above centre + width/2 saturates to white under the window.
+    assert (narrow == 1.0).mean() > 0.5
+    assert (read_cxr(write_dicom(tmp_path / "n.dcm", pixels)) == 1.0).mean() < 0.01
+
+
+def test_dicom_detected_by_preamble_without_extension(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "noext", synthetic_pixels(64), "MONOCHROME2")
+    assert read_cxr(path).shape == (64, 64)
+
+
+def test_committed_dicom_fixture(fixtures_dir: Path) -> None:
+    image = read_cxr(fixtures_dir / "synthetic_cxr_mono1.dcm")
+    assert image.shape == (64, 64) and image[32, 2] > image[32, 19]
+
+
+def test_truncated_dicom_names_path(tmp_path: Path) -> None:
+    good = write_dicom(tmp_path / "full.dcm", synthetic_pixels(64))
+    bad = tmp_path / "truncated.dcm"
+    bad.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(CXRReadError, match="truncated.dcm") as info:
+        read_cxr(bad)
+    assert isinstance(info.value, ValueError) and info.value.path == str(bad)
+
+
+def test_corrupt_png_names_path(tmp_path: Path, fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "00000001_000.png").read_bytes()
+    truncated = tmp_path / "half.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CXRReadError, match="half.png.*(corrupt|truncated)"):
+        read_cxr(truncated)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x89PNG not really" + bytes(300))
+    with pytest.raises(CXRReadError, match="garbage.png"):
+        read_cxr(garbage)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("missing.png", None, "not found"),
+        ("tiny.png", lambda: np.random.randint(0, 255, (16, 40), dtype=np.uint8), "too small"),
+        ("flat.png", lambda: np.full((64, 64), 7, dtype=np.uint8), "constant"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(tmp_path: Path, name: str, make, reason: str) -> None:
+    path = tmp_path / name
+    if make is not None:
+        Image.fromarray(make()).save(path)
+    with pytest.raises(CXRReadError, match=f"{name}: .*{reason}"):
+        read_cxr(path)
+
+
+def test_text_file_is_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(CXRReadError, match="notes.jpg: not a readable image"):
+        read_cxr(path)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((100, 60), 32), ((48, 80), 64), ((64, 64), 64)])
+def test_prepare_image_shape_and_range(shape: tuple[int, int], size: int) -> None:
+    array = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out = prepare_image(array, size)
+    assert out.shape == (1, size, size) and out.dtype == torch.float32
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_prepare_image_centre_crops() -> None:
+    array = np.zeros((64, 128), dtype=np.float32)
+    array[:, 32:96] = 1.0  # the centre square is white, the side bands black
+    out = prepare_image(array, 32)
+    # The crop keeps only the white centre (edge columns are softened by the antialias filter).
+    assert float(out[..., 1:-1].min()) > 0.99 and float(out.min()) > 0.5
+
+
+def test_prepare_image_rejects_bad_arrays() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        prepare_image(np.zeros((1, 8, 8), dtype=np.float32), 8)
+
+
+def test_load_cxr_tensor(fixtures_dir: Path) -> None:
+    out = load_cxr_tensor(fixtures_dir / "00027426_000.png", 48)
+    assert out.shape == (1, 48, 48)
