@@ -1,0 +1,249 @@
+"""Constrained decoding: image tokens only where an image goes, never in a report.
+
+Two ways to sample an image, both constrained to exactly `tokens_per_image` code tokens:
+
+- `generate_image_codes_hf`: plain `transformers.generate` with `ImageTokenConstraint`, a
+  `LogitsProcessor` that masks every id but the allowed ones at each step.
+- `generate_image_codes`: a hand-written KV-cache loop (why: while an image is drawn only the
+  `codebook_size` image rows of the output embedding can be chosen, so it computes logits for
+  those rows only instead of the whole vocabulary, and it batches the classifier-free-guidance
+  branch with the conditional one in a single forward instead of transformers' extra
+  unbatched forward per step). `benchmarks/inference.py` compares the two.
+
+The prompt handed to either must already end with the image start marker (`<img_start>`), a
+forced prefix, so every sampled token is a code and the end marker is appended afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ImageTokenLayout(Protocol):
+    """Where the image tokens sit in the LM vocabulary (`llmcxr.image_tokens.ImageTokenMap`)."""
+
+    codebook_size: int
+    first_code_id: int
+    start_id: int
+    end_id: int
+    tokens_per_image: int
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: greedy, or sampled with temperature and nucleus (top-p)."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def image_token_ids(layout: ImageTokenLayout) -> list[int]:
+    """Every id that belongs to images: the codes and the two markers."""
+    first = layout.first_code_id
+    return [*range(first, first + layout.codebook_size), layout.start_id, layout.end_id]
+
+
+def ban_image_tokens(layout: ImageTokenLayout, device: torch.device | str) -> LogitsProcessor:
+    """A processor that makes image tokens impossible, for text answers (reports, VQA)."""
+    return SuppressTokensLogitsProcessor(image_token_ids(layout), device=device)
+
+
+class ImageTokenConstraint(LogitsProcessor):
+    """Allow only code ids for the first `tokens_per_image` new tokens, then only the end marker.
+
+    `prompt_length` is the (padded) prompt width, so the step is `input_ids.shape[1] - prompt_length`.
+    """
+
+    def __init__(self, layout: ImageTokenLayout, prompt_length: int) -> None:
+        self.first = layout.first_code_id
+        self.last = layout.first_code_id + layout.codebook_size
+        self.end_id = layout.end_id
+        self.tokens_per_image = layout.tokens_per_image
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        lo, hi = (self.first, self.last) if step < self.tokens_per_image else (self.end_id, self.end_id + 1)
+        allowed = torch.full_like(scores, float("-inf"))
+        allowed[:, lo:hi] = scores[:, lo:hi]
+        return allowed
+
+
+def _warpers(sampling: Sampling) -> LogitsProcessorList:
+    warpers = LogitsProcessorList()
+    if sampling.do_sample and sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.do_sample and sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
+
+
+def _pick(scores: torch.Tensor, sampling: Sampling, warpers: LogitsProcessorList,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """Choose one column per row of `scores` [B, V] -> [B]."""
+    if not sampling.do_sample:
+        return scores.argmax(-1)
+    # The warpers ignore input_ids; an empty [B, 0] tensor satisfies their signature.
+    empty = torch.empty(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+    probs = warpers(empty, scores.float()).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _has_plain_lm_head(model: torch.nn.Module) -> bool:
+    """True when logits are exactly `decoder(x) @ W.T (+ b)`, so a row subset can be computed."""
+    config = getattr(model, "config", None)
+    scaled = any(
+        getattr(config, name, None) not in (None, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+    )
+    return not scaled and model.get_output_embeddings() is not None
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: positions count only real tokens; padded slots get 0 (they are masked anyway).
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def generate_image_codes(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layout: ImageTokenLayout,
+    sampling: Sampling,
+    *,
+    generator: torch.Generator | None = None,
+    guidance_scale: float | None = None,
+    uncond_input_ids: torch.Tensor | None = None,
+    uncond_attention_mask: torch.Tensor | None = None,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Sample `tokens_per_image` codes per prompt with a KV cache -> LongTensor [B, N] in [0, K).
+
+    `input_ids`/`attention_mask` [B, T] are left-padded prompts ending with the image start
+    marker. With `guidance_scale` (and an unconditional prompt batch of the same shape, e.g.
+    the prompt with an empty report), logits follow classifier-free guidance on log-probs:
+    `uncond + scale * (cond - uncond)` (Sanchez et al. 2023, as transformers'
+    `UnbatchedClassifierFreeGuidanceLogitsProcessor`).
+    """
+    batch = input_ids.shape[0]
+    n_tokens, first, k = layout.tokens_per_image, layout.first_code_id, layout.codebook_size
+    guided = guidance_scale is not None and guidance_scale != 1.0
+    if guided:
+        if uncond_input_ids is None or uncond_attention_mask is None:
+            raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
+        input_ids, attention_mask = _stack_left_padded(
+            (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
+        )
+    warpers = _warpers(sampling)
+    restricted = _has_plain_lm_head(model)
+    if restricted:
+        decoder = model.get_decoder()
+        head = model.get_output_embeddings()
+        head_weight = head.weight[first : first + k]  # [K, H]
+        head_bias = head.bias[first : first + k] if getattr(head, "bias", None) is not None else None
+    else:
+        logger.info("model scales its logits; computing full-vocabulary logits while drawing")
+
+    position_ids = _position_ids(attention_mask)
+    step_ids = input_ids
+    cache = None
+    codes = torch.empty(batch, n_tokens, dtype=torch.long, device=input_ids.device)
+    for step in range(n_tokens):
+        if restricted:
+            out = decoder(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True)
+            # Only the last position's hidden state [B', H] is projected, onto the K image rows.
+            logits = F.linear(out.last_hidden_state[:, -1], head_weight, head_bias)
+        else:
+            out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1, first : first + k]
+        cache = out.past_key_values
+        logits = logits.float()  # [B', K]
+        if guided:
+            cond, uncond = logits.log_softmax(-1).chunk(2)
+            logits = uncond + guidance_scale * (cond - uncond)
+        chosen = _pick(logits, sampling, warpers, generator)  # [B] codes in [0, K)
+        codes[:, step] = chosen
+        next_ids = (chosen + first).unsqueeze(1)
+        step_ids = torch.cat([next_ids, next_ids]) if guided else next_ids
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
+        position_ids = position_ids[:, -1:] + 1
+        if progress is not None:
+            progress(step + 1, n_tokens)
+    return codes
+
+
+def _stack_left_padded(*pairs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate left-padded (ids, mask) batches of different widths along the batch axis."""
+    width = max(ids.shape[1] for ids, _ in pairs)
+    all_ids, all_masks = [], []
+    for ids, mask in pairs:
+        pad = width - ids.shape[1]
+        all_ids.append(F.pad(ids, (pad, 0), value=0))  # any id: the mask hides it
+        all_masks.append(F.pad(mask, (pad, 0), value=0))
+    return torch.cat(all_ids), torch.cat(all_masks)
+
+
+@torch.inference_mode()
+def generate_image_codes_hf(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layout: ImageTokenLayout,
+    sampling: Sampling,
+    *,
+    pad_token_id: int,
+    guidance_scale: float | None = None,
+    uncond_input_ids: torch.Tensor | None = None,
+    uncond_attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same constraint through `model.generate` (transformers' own loop) -> [B, N] codes."""
+    constraint = ImageTokenConstraint(layout, prompt_length=input_ids.shape[1])
+    extra = {}
+    if guidance_scale is not None and guidance_scale != 1.0:
+        extra = {"guidance_scale": guidance_scale, "negative_prompt_ids": uncond_input_ids,
+                 "negative_prompt_attention_mask": uncond_attention_mask}
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_processor=LogitsProcessorList([constraint]),
+        max_new_tokens=layout.tokens_per_image + 1,
+        min_new_tokens=layout.tokens_per_image + 1,
+        do_sample=sampling.do_sample,
+        temperature=sampling.temperature if sampling.do_sample else None,
+        top_p=sampling.top_p if sampling.do_sample else None,
+        top_k=None,
+        pad_token_id=pad_token_id,
+        use_cache=True,
+        **extra,
+    )
+    new = out[:, input_ids.shape[1] :]  # [B, N + 1]: the codes, then the end marker
+    if new.shape[1] != layout.tokens_per_image + 1 or (new[:, -1] != layout.end_id).any():
+        raise RuntimeError("constrained generation did not end with the image end marker")
+    return new[:, : layout.tokens_per_image] - layout.first_code_id

@@ -1,0 +1,369 @@
+"""`LLMCXR`: the user-facing inference API (report, generate images, ask, chat).
+
+One loaded model folder (or training checkpoint) answers all three LLM-CXR tasks:
+- CXR -> report: the image's tokens go in the prompt's input; image tokens are banned from the
+  answer, which stops at the prompt format's end marker or EOS.
+- report -> CXR: the prompt ends with the image start marker (a forced prefix), then exactly
+  `tokens_per_image` code tokens are sampled under a constraint (`llmcxr.decoding`) and decoded
+  by the VQ-GAN.
+- VQA / chat: the question is the instruction, the image the input (as LLM-CXR's VQA records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from instructions.prompt_format import IMAGE_PLACEHOLDER
+from instructions.templates import default_instruction
+from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
+from llmcxr.devices import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from instructions import PromptFormat
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from vqgan import CXRTokenizer
+
+    from llmcxr.image_tokens import ImageTokenMap
+    from llmcxr.model_folder import GenerationDefaults
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+NO_DEFAULT_MODEL = (
+    "no default model ships with llmcxr yet: pass --model PATH (a model folder or a training .ckpt "
+    "from `python -m llmcxr.train fit -c configs/llmcxr/<name>.yaml`)"
+)
+
+ImageInput = str | Path | np.ndarray | torch.Tensor
+Progress = Callable[[int, int], None]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model at the given path, or no default model shipped."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt plus its answer would not fit in the model's context."""
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of one prompt, before padding."""
+
+    ids: list[int]
+
+
+def default_model_path() -> Path:
+    """The embedded model folder, or `ModelNotFoundError` saying none ships and how to pass one."""
+    if DEFAULT_MODEL_DIR.is_dir() and any(DEFAULT_MODEL_DIR.iterdir()):
+        return DEFAULT_MODEL_DIR
+    raise ModelNotFoundError(NO_DEFAULT_MODEL)
+
+
+class LLMCXR:
+    """A loaded LLM-CXR model: reads chest X-rays into reports and draws them from reports."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        text_tokenizer: PreTrainedTokenizerBase,
+        image_tokenizer: CXRTokenizer,
+        token_map: ImageTokenMap,
+        prompt_format: PromptFormat,
+        generation_defaults: GenerationDefaults,
+    ) -> None:
+        self.model = model.eval()
+        self.text_tokenizer = text_tokenizer
+        self.image_tokenizer = image_tokenizer
+        self.token_map = token_map
+        self.prompt_format = prompt_format
+        self.generation_defaults = generation_defaults
+        self.device = next(model.parameters()).device
+        pad = text_tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else text_tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the text tokenizer has neither a pad nor an EOS token")
+        self.context_length = _context_length(model)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, *, device: str = "auto", dtype: str | None = None
+    ) -> LLMCXR:
+        """Load a model folder or a training `.ckpt`; `None` = the embedded default model.
+
+        `device` "auto" picks CUDA, then MPS, then CPU; `dtype` None picks bf16 where it is fast
+        (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`).
+        """
+        from llmcxr.model_folder import load_model_folder
+
+        path = default_model_path() if path is None else Path(path)
+        if not path.exists():
+            raise ModelNotFoundError(f"model not found: {path} (give a model folder or a training .ckpt)")
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        parts = load_model_folder(path, device=torch_device, dtype=torch_dtype)
+        logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
+        return cls(
+            model=parts.model,
+            text_tokenizer=parts.text_tokenizer,
+            image_tokenizer=parts.image_tokenizer,
+            token_map=parts.token_map,
+            prompt_format=parts.prompt_format,
+            generation_defaults=parts.generation_defaults,
+        )
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:
+        """Tokenise prompt text, splicing one `<img_start> codes <img_end>` span per `<image>`.
+
+        The text around each placeholder is tokenised separately (special tokens only on the
+        first piece), so the image span is exactly `token_map.image_to_text_span(codes)`.
+        """
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        if len(pieces) - 1 != len(image_codes):
+            raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} but {len(image_codes)} images")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if piece:
+                ids += self.text_tokenizer(piece, add_special_tokens=i == 0)["input_ids"]
+            if i < len(image_codes):
+                ids += self.token_map.image_to_text_span(image_codes[i])
+        return EncodedPrompt(ids)
+
+    def _check_fits(self, prompt: EncodedPrompt, new_tokens: int) -> None:
+        if self.context_length is not None and len(prompt.ids) + new_tokens > self.context_length:
+            raise PromptTooLongError(
+                f"prompt is too long: {len(prompt.ids)} tokens + {new_tokens} new tokens exceed the "
+                f"model's context of {self.context_length} tokens"
+            )
+
+    def _pad(self, prompts: Sequence[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad (decoder-only models continue from the right edge) -> ids, mask [B, T]."""
+        batch = self.text_tokenizer.pad(
+            {"input_ids": [p.ids for p in prompts]}, padding=True, padding_side="left",
+            return_tensors="pt", return_attention_mask=True,
+        )
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    # ------------------------------------------------------------------ images in
+    def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Paths or arrays -> VQ-GAN codes [B, N] (paths read with `vqgan.read_cxr`)."""
+        pixels = torch.stack([self._prepare(image) for image in images])
+        return self.image_tokenizer.encode(pixels.to(self.image_tokenizer.device)).cpu()
+
+    def _prepare(self, image: ImageInput) -> torch.Tensor:
+        from vqgan import prepare_image, read_cxr
+
+        size = self.image_tokenizer.image_size
+        if isinstance(image, (str, Path)):
+            return prepare_image(read_cxr(image), size)
+        array = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else image
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 2:
+            raise ValueError(f"an image array must be [H, W] or [1, H, W], got shape {list(array.shape)}")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"image values must be in [0, 1], got [{array.min():.3f}, {array.max():.3f}]")
+        return prepare_image(array, size)
+
+    # ------------------------------------------------------------------ text out
+    def generate_report(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 8,
+        instruction: str | None = None,
+    ) -> list[str]:
+        """One report per image; image tokens are banned from the answer."""
+        instruction = instruction or default_instruction("cxr_to_report")
+        text = self.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
+        max_new = max_new_tokens or self.generation_defaults.report_max_new_tokens
+        sampling = self._sampling(do_sample, temperature, top_p)
+        reports: list[str] = []
+        with _seeded(seed, self.device):
+            for chunk in _chunks(list(images), batch_size):
+                codes = self.encode_images(chunk)
+                prompts = [self.encode_prompt(text, [c]) for c in codes]
+                reports += self._generate_text(prompts, max_new, sampling)
+        return reports
+
+    def ask(
+        self,
+        image: ImageInput,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Answer `question` about `image`; `history` holds earlier (question, answer) turns.
+
+        The first turn carries the image as its input (LLM-CXR's VQA layout); later turns are
+        appended as instruction-only prompts after the previous answer and end marker, so the
+        image's tokens appear once however long the conversation.
+        """
+        if not question.strip():
+            raise ValueError("the question is empty")
+        text = ""
+        for i, (asked, answer) in enumerate([*history, (question, None)]):
+            text += self.prompt_format.render(asked.strip(), IMAGE_PLACEHOLDER if i == 0 else "")
+            if answer is not None:
+                text += f"{answer}\n\n{self.prompt_format.end}\n\n"
+        prompt = self.encode_prompt(text, [self.encode_images([image])[0]])
+        max_new = max_new_tokens or self.generation_defaults.answer_max_new_tokens
+        with _seeded(seed, self.device):
+            return self._generate_text([prompt], max_new, self._sampling(do_sample, temperature, top_p))[0]
+
+    def _sampling(self, do_sample: bool | None, temperature: float | None, top_p: float | None) -> Sampling:
+        defaults = self.generation_defaults
+        return Sampling(
+            do_sample=defaults.do_sample if do_sample is None else do_sample,
+            temperature=defaults.temperature if temperature is None else temperature,
+            top_p=defaults.top_p if top_p is None else top_p,
+        )
+
+    @torch.inference_mode()
+    def _generate_text(self, prompts: Sequence[EncodedPrompt], max_new_tokens: int, sampling: Sampling) -> list[str]:
+        """Sample answers with `transformers.generate` (KV cache), stopping at the end marker."""
+        from transformers import LogitsProcessorList
+
+        for prompt in prompts:
+            self._check_fits(prompt, max_new_tokens)
+        ids, mask = self._pad(prompts)
+        eos = [i for i in (self.text_tokenizer.eos_token_id,) if i is not None]
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            logits_processor=LogitsProcessorList([ban_image_tokens(self.token_map, self.device)]),
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature if sampling.do_sample else None,
+            top_p=sampling.top_p if sampling.do_sample else None,
+            top_k=None,
+            eos_token_id=eos or None,
+            pad_token_id=self.pad_token_id,
+            stop_strings=[self.prompt_format.end],
+            tokenizer=self.text_tokenizer,
+            use_cache=True,
+        )
+        texts = self.text_tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        return [self._strip_answer(t) for t in texts]
+
+    def _strip_answer(self, text: str) -> str:
+        """Cut at the end marker (the stop may overshoot in a batch) and trim whitespace."""
+        return text.split(self.prompt_format.end, 1)[0].strip()
+
+    # ------------------------------------------------------------------ images out
+    def generate_images(
+        self,
+        reports: Sequence[str],
+        *,
+        num_images: int = 1,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+        instruction: str | None = None,
+    ) -> list[list[np.ndarray]]:
+        """`num_images` images per report: float32 [H, W] in [0, 1] at the tokenizer's size.
+
+        `guidance_scale` > 1 applies classifier-free guidance against the instruction-only
+        prompt (no report); `progress(tokens_done, tokens_total)` is called after every token.
+        """
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        instruction = instruction or default_instruction("report_to_cxr")
+        defaults = self.generation_defaults
+        guidance = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        sampling = self._sampling(True, temperature, top_p)
+        n_tokens = self.token_map.tokens_per_image
+        prompts = []
+        for report in reports:
+            if not report or not report.strip():
+                raise ValueError("a report to draw is empty")
+            prompt = self._image_prompt(self.prompt_format.render(instruction, report.strip()))
+            self._check_fits(prompt, n_tokens + 1)
+            prompts += [prompt] * num_images
+        guided = guidance is not None and guidance != 1.0
+        # The unconditional branch: the same instruction with no report (Alpaca's no-input form).
+        uncond = self._image_prompt(self.prompt_format.render(instruction)) if guided else None
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        total = len(prompts) * n_tokens
+        codes = []
+        for start, chunk in zip(range(0, len(prompts), batch_size), _chunks(prompts, batch_size)):
+            ids, mask = self._pad(chunk)
+            uncond_ids, uncond_mask = self._pad([uncond] * len(chunk)) if guided else (None, None)
+            done = start * n_tokens
+            step_progress = None if progress is None else (
+                lambda step, _n, done=done, rows=len(chunk): progress(done + step * rows, total)
+            )
+            codes.append(generate_image_codes(
+                self.model, ids, mask, self.token_map, sampling, generator=generator,
+                guidance_scale=guidance if guided else None, uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask,
+                progress=step_progress,
+            ))
+        all_codes = torch.cat(codes)  # [R * num_images, N]
+        pixels = self.decode_codes(all_codes)
+        return [pixels[i * num_images : (i + 1) * num_images] for i in range(len(reports))]
+
+    def _image_prompt(self, text: str) -> EncodedPrompt:
+        """The prompt with the image start marker forced as the first response token."""
+        prompt = self.encode_prompt(text)
+        return EncodedPrompt([*prompt.ids, self.token_map.start_id])
+
+    @torch.inference_mode()
+    def decode_codes(self, codes: torch.Tensor, batch_size: int = 8) -> list[np.ndarray]:
+        """VQ-GAN codes [B, N] -> B float32 arrays [H, W] in [0, 1]."""
+        out: list[np.ndarray] = []
+        for chunk in codes.split(batch_size):
+            images = self.image_tokenizer.decode(chunk.to(self.image_tokenizer.device))
+            out += [img[0].float().cpu().numpy() for img in images]
+        return out
+
+
+def _context_length(model: torch.nn.Module) -> int | None:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG for `generate` without changing the caller's RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
