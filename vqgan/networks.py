@@ -53,7 +53,9 @@ class VQGAN(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images [B, C, S, S] in [-1, 1] -> (quantised latents [B, D, h, w], codebook loss, ids [B, h*w])."""
         h = self.quant_conv(self.encoder(x))
-        z_q, codebook_loss, (_, _, indices) = self.quantize(h)
+        # Nearest-code search in fp32 even under bf16 autocast, so token ids do not depend on precision.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            z_q, codebook_loss, (_, _, indices) = self.quantize(h.float())
         ids = rearrange(indices, "b h w -> b (h w)")  # row-major raster order
         return z_q, codebook_loss, ids
 

@@ -1,0 +1,34 @@
+"""Train or validate the VQ-GAN tokenizer: ``python -m vqgan fit|validate -c configs/vqgan/<name>.yaml``.
+
+Resume with ``--ckpt_path <file.ckpt>``. Export a checkpoint for the LLM side with
+``python -m vqgan.export <file.ckpt> <folder> [--fp16]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+from vqgan.data import CXRDataModule
+from vqgan.module import VQGANModule
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightningCLI:
+    """The tokenizer's LightningCLI; ``args`` replaces ``sys.argv`` (tests, scripts)."""
+    return LightningCLI(
+        VQGANModule,
+        CXRDataModule,
+        args=list(args) if args is not None else None,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m vqgan``."""
+    build_cli(args)
+
+
+if __name__ == "__main__":
+    main()
