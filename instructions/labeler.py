@@ -1,0 +1,283 @@
+"""Rule-based CheXpert-style finding labeler: mentions, negation, uncertainty, laterality, severity.
+
+Hand-written on purpose: the CheXpert labeler / NegBio are not on PyPI, negspacy and medspaCy need
+spaCy models fetched from the network, and model-based labelers (CheXbert) need hub weights. The rules
+follow the CheXpert labeler's order (uncertainty phrases containing a negation word, then negation,
+then other uncertainty) with a clause-limited scope instead of a dependency parse. Mention phrases and
+cues are data (``instructions/data/*.json``); only pure-Python ``re`` is used, so it labels thousands
+of reports per second on one core and is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar
+
+CHEXPERT_CLASSES: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+"""The 14 CheXpert observation classes, in the CheXpert CSV column order (alphabetical)."""
+
+POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+DATA_DIR = Path(str(resources.files("instructions") / "data"))
+_IGNORE = "_ignore"
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+|\s+(?=\d{1,2}[.)]\s)")
+_WORD = re.compile(r"\S+")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One labelled mention of a CheXpert class in a report.
+
+    ``status`` is 1 positive, 0 negative, -1 uncertain. ``mention`` is the matched phrase (for
+    Support Devices: which device), ``sentence`` the report sentence it came from; laterality
+    (left/right/bilateral), location (lobe/zone) and severity are the nearest cue in the same clause.
+    """
+
+    label: str
+    status: int
+    mention: str
+    sentence: str
+    laterality: str | None = None
+    location: str | None = None
+    severity: str | None = None
+
+
+def _alternation(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str]:
+    ordered = sorted(
+        set(phrases), key=len, reverse=True
+    )  # longest first, so "pleural effusion" beats "effusion"
+    body = "|".join(re.escape(p).replace(r"\ ", r"\s+") for p in ordered)
+    return re.compile(rf"(?<![\w-])(?:{body})(?![\w-])")
+
+
+def _last_words(text: str, n: int) -> str:
+    words = _WORD.findall(text)
+    return " ".join(words[-n:]) if words else ""
+
+
+def _first_words(text: str, n: int) -> str:
+    words = _WORD.findall(text)
+    return " ".join(words[:n]) if words else ""
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split report text into sentences (period/question mark + space, newlines, numbered items)."""
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text) if s and s.strip()]
+
+
+class ReportLabeler:
+    """Labels report text over ``CHEXPERT_CLASSES`` from a mention table and cue lists (JSON data)."""
+
+    def __init__(
+        self, mentions_path: str | Path | None = None, cues_path: str | Path | None = None
+    ) -> None:
+        mentions_path = (
+            Path(mentions_path) if mentions_path else DATA_DIR / "chexpert_mentions.json"
+        )
+        cues_path = Path(cues_path) if cues_path else DATA_DIR / "labeler_cues.json"
+        table = json.loads(mentions_path.read_text(encoding="utf-8"))
+        cues = json.loads(cues_path.read_text(encoding="utf-8"))
+        # phrase -> [(class, is_attribute)]; a phrase may name two classes (e.g. hydropneumothorax).
+        self._phrase_class: dict[str, list[tuple[str, bool]]] = {}
+        for label, entry in table.items():
+            if label.startswith("_") and label != _IGNORE:
+                continue
+            if label != _IGNORE and label not in CHEXPERT_CLASSES:
+                raise ValueError(f"{mentions_path}: unknown CheXpert class {label!r}")
+            for kind, is_attribute in (("mentions", False), ("attributes", True)):
+                for phrase in entry.get(kind, []):
+                    self._phrase_class.setdefault(phrase.lower(), []).append((label, is_attribute))
+        self._mentions = _phrase_regex(self._phrase_class)
+        self._boundaries = _alternation(cues["clause_boundaries"])
+        self._pseudo = _alternation(cues["pseudo_negation"])
+        pre_n, post_n = int(cues["pre_window_words"]), int(cues["post_window_words"])
+        adjacent, adjacent_n = (
+            _alternation(cues["adjacent_uncertainty"]),
+            int(cues["adjacent_window_words"]),
+        )
+        # (status, cues before the mention, cues after it, words before, words after), checked in order.
+        self._cue_rules: list[tuple[int, re.Pattern[str], re.Pattern[str], int, int]] = [
+            (
+                UNCERTAIN,
+                _alternation(cues["uncertain_with_negation"]["pre"]),
+                _alternation(cues["uncertain_with_negation"]["post"]),
+                pre_n,
+                post_n,
+            ),
+            (
+                NEGATIVE,
+                _alternation(cues["negation"]["pre"]),
+                _alternation(cues["negation"]["post"]),
+                pre_n,
+                post_n,
+            ),
+            (
+                UNCERTAIN,
+                _alternation(cues["uncertainty"]["pre"]),
+                _alternation(cues["uncertainty"]["post"]),
+                pre_n,
+                post_n,
+            ),
+            (UNCERTAIN, adjacent, adjacent, adjacent_n, adjacent_n),
+        ]
+        self._qualifiers = [
+            (UNCERTAIN, _alternation(cues["attribute_qualifiers"]["uncertain"])),
+            (NEGATIVE, _alternation(cues["attribute_qualifiers"]["normal"])),
+            (POSITIVE, _alternation(cues["attribute_qualifiers"]["abnormal"])),
+        ]
+        self._laterality = [(side, _alternation(pats)) for side, pats in cues["laterality"].items()]
+        self._location = _alternation(cues["location"])
+        self._severity = _alternation(cues["severity"])
+
+    def _clauses(self, sentence: str) -> list[str]:
+        parts = self._boundaries.split(sentence)
+        return [p.strip(" ,.") for p in parts if p and p.strip(" ,.")]
+
+    def _status(self, clause: str, start: int, end: int) -> int:
+        """Status of a finding mention: the first cue rule (CheXpert order) whose window matches."""
+        for status, pre_cues, post_cues, pre_window, post_window in self._cue_rules:
+            pre = _last_words(clause[:start], pre_window)
+            post = _first_words(clause[end:], post_window)
+            if pre_cues.search(pre) or post_cues.search(post):
+                return status
+        return POSITIVE
+
+    @staticmethod
+    def _nearest(
+        pattern: re.Pattern[str], clause: str, start: int, end: int
+    ) -> tuple[re.Match[str] | None, int]:
+        """The cue match closest to the mention span [start, end) in the clause, and its distance."""
+        best: re.Match[str] | None = None
+        best_distance = len(clause) + 1
+        for match in pattern.finditer(clause):
+            if match.start() < end and match.end() > start:
+                continue
+            distance = start - match.end() if match.end() <= start else match.start() - end
+            if distance < best_distance:
+                best, best_distance = match, distance
+        return best, best_distance
+
+    def _closest_kind(
+        self, kinds: list[tuple[_T, re.Pattern[str]]], clause: str, start: int, end: int
+    ) -> _T | None:
+        """Which of several cue kinds has the match nearest the mention (ties: first listed)."""
+        best: _T | None = None
+        best_distance = len(clause) + 1
+        for kind, pattern in kinds:
+            match, distance = self._nearest(pattern, clause, start, end)
+            if match is not None and distance < best_distance:
+                best, best_distance = kind, distance
+        return best
+
+    def _attribute_status(self, clause: str, start: int, end: int) -> int | None:
+        status = self._closest_kind(
+            self._qualifiers, clause, start, end
+        )  # ties: uncertain, normal, abnormal
+        if status == POSITIVE:
+            return UNCERTAIN if self._status(clause, start, end) == UNCERTAIN else POSITIVE
+        return status
+
+    def extract(self, text: str) -> list[Finding]:
+        """Every mention of a CheXpert class in ``text``, with status, laterality, location and severity."""
+        findings: list[Finding] = []
+        for sentence in split_sentences(text):
+            lowered = sentence.lower()
+            for clause in self._clauses(lowered):
+                masked = self._pseudo.sub(lambda m: " " * len(m.group()), clause)
+                for match in self._mentions.finditer(masked):
+                    phrase = re.sub(r"\s+", " ", match.group())
+                    start, end = match.span()
+                    for label, is_attribute in self._phrase_class[phrase]:
+                        if label == _IGNORE:
+                            continue
+                        status = (
+                            self._attribute_status(masked, start, end)
+                            if is_attribute
+                            else self._status(masked, start, end)
+                        )
+                        if status is None:
+                            continue
+                        location, _ = self._nearest(self._location, masked, start, end)
+                        severity, _ = self._nearest(self._severity, masked, start, end)
+                        findings.append(
+                            Finding(
+                                label=label,
+                                status=status,
+                                mention=phrase,
+                                sentence=sentence,
+                                laterality=self._closest_kind(self._laterality, masked, start, end),
+                                location=location.group() if location else None,
+                                severity=severity.group() if severity else None,
+                            )
+                        )
+        return findings
+
+    def label(self, text: str) -> dict[str, int]:
+        """CheXpert labels: per class 1 if any positive mention, else -1 if any uncertain, else 0.
+
+        "No Finding" is 1 when no class other than Support Devices is positive or uncertain; classes
+        never mentioned are absent from the dict (CheXpert's blank).
+        """
+        return labels_from_findings(self.extract(text)) if text.strip() else {}
+
+
+def labels_from_findings(findings: Iterable[Finding]) -> dict[str, int]:
+    """Aggregate mentions into CheXpert labels (positive beats uncertain beats negative)."""
+    rank = {POSITIVE: 2, UNCERTAIN: 1, NEGATIVE: 0}
+    labels: dict[str, int] = {}
+    for finding in findings:
+        current = labels.get(finding.label)
+        if current is None or rank[finding.status] > rank[current]:
+            labels[finding.label] = finding.status
+    abnormal = any(
+        v in (POSITIVE, UNCERTAIN)
+        for k, v in labels.items()
+        if k not in ("Support Devices", "No Finding")
+    )
+    if not abnormal:
+        labels["No Finding"] = POSITIVE
+    return {name: labels[name] for name in CHEXPERT_CLASSES if name in labels}
+
+
+_DEFAULT: list[ReportLabeler] = []
+
+
+def default_labeler() -> ReportLabeler:
+    """The labeler with the shipped rules, built once on first use (not at import)."""
+    if not _DEFAULT:
+        _DEFAULT.append(ReportLabeler())
+    return _DEFAULT[0]
+
+
+def label_report(text: str) -> dict[str, int]:
+    """CheXpert labels of a report text with the shipped rules (see ``ReportLabeler.label``)."""
+    return default_labeler().label(text)
+
+
+def extract_findings(text: str) -> list[Finding]:
+    """Labelled mentions of a report text with the shipped rules (see ``ReportLabeler.extract``)."""
+    return default_labeler().extract(text)
