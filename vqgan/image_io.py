@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
@@ -178,9 +178,17 @@ def prepare_image(array: np.ndarray, size: int) -> torch.Tensor:
         raise ValueError(f"size must be positive, got {size}")
     if array.ndim != 2:
         raise ValueError(f"prepare_image expects a 2-D [H, W] array, got shape {array.shape}")
-    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]  # [1, H, W]
-    image = TF.resize(image, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    image = TF.center_crop(image, [size, size])
+    # Plain torch (not torchvision) keeps this import light for the inference path.
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # [1,1,H,W]
+    height, width = array.shape
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        image = F.interpolate(
+            image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    image = image[0, :, top : top + size, left : left + size]  # [1, size, size]
     return image.clamp_(0.0, 1.0)
 
 

@@ -1,0 +1,185 @@
+"""What each demo action does, independent of the web framework (testable without a browser).
+
+One :class:`DemoActions` wraps one loaded model. Every model call holds ``self.lock``: torch
+generation on a shared module is not safe to interleave (per-request seeds set global RNG state,
+and on a CPU one request already uses every core), so requests run one at a time. The web app
+also queues them (one worker per model), which keeps the lock uncontended and shows users their
+place in line; the lock is what guarantees it for any other caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from vqgan import CXRReadError, read_cxr
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class DemoInputError(ValueError):
+    """A request the demo cannot serve; the message is one line meant for the user."""
+
+
+class CXRModel(Protocol):
+    """The part of :class:`llmcxr.pipeline.LLMCXR` the demo uses."""
+
+    def generate_report(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> list[str]: ...
+
+    def generate_images(
+        self,
+        reports: Sequence[str],
+        *,
+        num_images: int = 1,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[list[np.ndarray]]: ...
+
+    def ask(
+        self, image: np.ndarray, question: str, history: Sequence[tuple[str, str]] = (), **generation
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request, checked once so each action can trust them."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 0.92
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise DemoInputError(f"Temperature must be above 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise DemoInputError(f"Top-p must be in (0, 1], got {self.top_p}.")
+        if self.seed is not None and (int(self.seed) != self.seed or self.seed < 0):
+            raise DemoInputError(f"Seed must be a whole number >= 0, got {self.seed}.")
+
+    def as_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for the model's generate calls."""
+        seed = None if self.seed is None else int(self.seed)
+        return {"do_sample": self.do_sample, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": seed}
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    """Bounds on one request, so a single user cannot hold the shared model for long."""
+
+    max_images: int = 4
+    max_text_chars: int = 2000
+    max_chat_turns: int = 8
+
+
+class DemoActions:
+    """The three tasks of the demo (report, draw, ask) on one shared model."""
+
+    def __init__(self, model: CXRModel, output_dir: Path, limits: DemoLimits = DemoLimits()) -> None:
+        self.model = model
+        self.output_dir = Path(output_dir)
+        self.limits = limits
+        self.lock = threading.Lock()
+
+    def load_image(self, path: str | Path | None) -> np.ndarray:
+        """Read an uploaded PNG, JPEG or DICOM as float32 ``[H, W]`` in ``[0, 1]``."""
+        if path is None:
+            raise DemoInputError("Upload a chest X-ray first (PNG, JPEG or DICOM).")
+        try:
+            return read_cxr(path)
+        except CXRReadError as err:
+            raise DemoInputError(f"Cannot read {Path(path).name}: {err.reason}.") from err
+
+    def write_report(self, image: np.ndarray | None, sampling: Sampling) -> str:
+        """Generate the radiology report of one image."""
+        image = _require_image(image)
+        with self.lock:
+            (report,) = self.model.generate_report([image], **sampling.as_kwargs())
+        return report
+
+    def draw_images(
+        self,
+        report: str,
+        num_images: int,
+        sampling: Sampling,
+        progress: ProgressCallback | None = None,
+    ) -> list[Path]:
+        """Generate ``num_images`` X-rays for a report and save them as PNG files; returns paths."""
+        report = self._require_text(report, "Type a report to draw an X-ray from.")
+        if int(num_images) != num_images or not 1 <= num_images <= self.limits.max_images:
+            raise DemoInputError(
+                f"Number of images must be 1 to {self.limits.max_images}, got {num_images}."
+            )
+        kwargs = sampling.as_kwargs()
+        del kwargs["do_sample"]  # image tokens are always sampled (greedy decoding draws one image)
+        with self.lock:
+            (images,) = self.model.generate_images(
+                [report], num_images=int(num_images), progress=progress, **kwargs
+            )
+        return self._save_pngs(images, seed=kwargs["seed"])
+
+    def answer(
+        self, image: np.ndarray | None, question: str, history: Sequence[tuple[str, str]]
+    ) -> str:
+        """Answer a question about the image, given the earlier turns of the conversation."""
+        image = _require_image(image)
+        question = self._require_text(question, "Type a question about the X-ray.")
+        history = list(history)[-self.limits.max_chat_turns :]
+        with self.lock:
+            return self.model.ask(image, question, history)
+
+    def _require_text(self, text: str | None, empty_message: str) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise DemoInputError(empty_message)
+        if len(text) > self.limits.max_text_chars:
+            raise DemoInputError(
+                f"Text too long ({len(text)} characters; the limit is {self.limits.max_text_chars})."
+            )
+        return text
+
+    def _save_pngs(self, images: Sequence[np.ndarray], seed: int | None) -> list[Path]:
+        folder = self.output_dir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        paths = []
+        for index, image in enumerate(images, start=1):
+            path = folder / f"llmcxr-seed{seed if seed is not None else 'random'}-{index}.png"
+            Image.fromarray(to_uint8(image)).save(path)
+            paths.append(path)
+        log.info("saved %d generated images to %s", len(paths), folder)
+        return paths
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in ``[0, 1]`` as 8-bit gray (values outside the range are clipped)."""
+    array = np.asarray(image, dtype=np.float32).squeeze()
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {array.shape}")
+    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _require_image(image: np.ndarray | None) -> np.ndarray:
+    if image is None:
+        raise DemoInputError("Upload a chest X-ray first (PNG, JPEG or DICOM).")
+    return image

@@ -1,0 +1,325 @@
+"""Chest X-ray image data for tokenizer training: file discovery, manifests, patient-wise split.
+
+A data source is either a folder (searched recursively for PNG/JPEG/DICOM) or a manifest
+(CSV or JSONL) with one row per image. Unreadable files never stop a run: a cheap header check
+at setup drops the obviously broken ones, and a file that still fails to decode while training
+is logged by path and replaced by the next readable one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.model_selection import GroupShuffleSplit
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vqgan.image_io import IMAGE_SUFFIXES, CXRReadError, is_dicom, load_cxr_tensor
+
+logger = logging.getLogger(__name__)
+
+PATH_COLUMNS = ("image", "path", "filename")
+"""Manifest columns holding the image path, in order of preference (``filename`` is the column
+of the ``labels.csv`` tables under ``shared/data``)."""
+
+PATIENT_COLUMN = "patient_id"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file, its patient (when known) and any extra manifest columns."""
+
+    path: str
+    patient_id: str | None = None
+    fields: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+def find_images(folder: str | Path, patient_id_pattern: str | None = None) -> list[ImageRecord]:
+    """All PNG/JPEG/DICOM files below ``folder``, sorted; patient id from ``patient_id_pattern``
+    (a regex whose first group, searched in the file name, is the id), else unknown."""
+    folder = Path(folder)
+    pattern = re.compile(patient_id_pattern) if patient_id_pattern else None
+    records = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        match = pattern.search(path.name) if pattern else None
+        records.append(ImageRecord(str(path), match.group(1) if match else None))
+    return records
+
+
+def read_manifest(manifest: str | Path) -> list[ImageRecord]:
+    """Rows of a CSV or JSONL manifest as records; paths are relative to the manifest's folder
+    (or to its ``images/`` subfolder, the layout of the labelled sets under ``shared/data``)."""
+    manifest = Path(manifest)
+    rows = _manifest_rows(manifest)
+    if not rows:
+        raise ValueError(f"{manifest}: manifest has no rows")
+    column = next((c for c in PATH_COLUMNS if c in rows[0]), None)
+    if column is None:
+        raise ValueError(f"{manifest}: no image path column (expected one of {PATH_COLUMNS})")
+    records = []
+    for row in rows:
+        value = str(row.get(column) or "")
+        if not value:
+            continue
+        path = _resolve(manifest.parent, value)
+        patient = row.get(PATIENT_COLUMN)
+        patient = None if patient in (None, "") else str(patient)
+        fields = {k: "" if v is None else str(v) for k, v in row.items()}
+        records.append(ImageRecord(str(path), patient, fields))
+    return records
+
+
+def _manifest_rows(manifest: Path) -> list[dict]:
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if manifest.suffix.lower() in (".jsonl", ".ndjson"):
+        with manifest.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    raise ValueError(f"{manifest}: unsupported manifest type (use .csv or .jsonl)")
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    direct = root / path
+    nested = root / "images" / path
+    return nested if not direct.exists() and nested.exists() else direct
+
+
+def load_records(
+    data: str | Path, patient_id_pattern: str | None = None, limit: int | None = None, seed: int = 0
+) -> list[ImageRecord]:
+    """Records from a folder or manifest; ``limit`` keeps a seeded random subset."""
+    data = Path(data).expanduser()
+    if data.is_dir():
+        records = find_images(data, patient_id_pattern)
+    elif data.is_file():
+        records = read_manifest(data)
+    else:
+        raise FileNotFoundError(
+            f"data not found: {data} (give a folder of images or a .csv/.jsonl manifest)"
+        )
+    if limit is not None and limit < len(records):
+        records = random.Random(seed).sample(records, limit)
+    if not records:
+        raise ValueError(f"{data}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return records
+
+
+def header_ok(path: str | Path) -> str | None:
+    """Cheap check (no pixel decode): ``None`` when the file looks readable, else the reason."""
+    path = Path(path)
+    if not path.is_file():
+        return "file not found"
+    try:
+        if is_dicom(path):
+            import pydicom
+
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if "Rows" not in dataset:
+                return "DICOM without image attributes"
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.verify()  # structure and checksums, without decoding pixels
+    except Exception as err:  # noqa: BLE001 - any parser error means unreadable here
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def drop_unreadable(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], list[str]]:
+    """Split ``records`` into those passing :func:`header_ok` and the skipped paths (logged)."""
+    kept, skipped = [], []
+    for record in tqdm(records, desc="checking image files", unit="file", leave=False):
+        reason = header_ok(record.path)
+        if reason is None:
+            kept.append(record)
+        else:
+            logger.warning("skipping %s: %s", record.path, reason)
+            skipped.append(record.path)
+    if skipped:
+        logger.warning("skipped %d of %d image files (unreadable)", len(skipped), len(records))
+    return kept, skipped
+
+
+def split_by_patient(
+    records: Sequence[ImageRecord], val_fraction: float, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Seeded train/val split with every patient on one side; files without a patient id are
+    their own group. ``val_fraction`` is the share of groups held out."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    groups = [r.patient_id if r.patient_id is not None else f"file:{r.path}" for r in records]
+    if val_fraction == 0.0 or len(set(groups)) < 2:
+        return list(records), []
+    splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(records)), groups=groups))
+    return [records[i] for i in sorted(train_idx)], [records[i] for i in sorted(val_idx)]
+
+
+class CXRImageDataset(Dataset):
+    """Images as ``{"image": [1, S, S] in [0, 1], "path": str}`` plus ``extra(record)`` entries.
+
+    A file that fails to decode is logged by path and the next readable one is returned instead,
+    so one bad file never crashes a run (its index is remembered and not retried).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        image_size: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        extra: Callable[[ImageRecord], dict] | None = None,
+    ) -> None:
+        if not records:
+            raise ValueError("CXRImageDataset needs at least one record")
+        self.records = list(records)
+        self.image_size = image_size
+        self.transform = transform
+        self.extra = extra
+        self.failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(len(self.records)):
+            candidate = (index + offset) % len(self.records)
+            if candidate in self.failed:
+                continue
+            record = self.records[candidate]
+            try:
+                image = load_cxr_tensor(record.path, self.image_size)
+            except CXRReadError as err:
+                self.failed.add(candidate)
+                logger.warning(
+                    "skipping unreadable image (%d so far in this process): %s",
+                    len(self.failed),
+                    err,
+                )
+                continue
+            if self.transform is not None:
+                image = self.transform(image).clamp_(0.0, 1.0)
+            item = {"image": image, "path": record.path}
+            if self.extra is not None:
+                item.update(self.extra(record))
+            return item
+        raise RuntimeError(f"none of the {len(self.records)} images could be read")
+
+
+def light_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
+    """Small affine jitter plus brightness/contrast, no flip (see :class:`CXRDataModule`)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05)),
+            v2.ColorJitter(brightness=0.1, contrast=0.1),
+        ]
+    )
+
+
+class CXRDataModule(L.LightningDataModule):
+    """Chest X-rays from a folder or a CSV/JSONL manifest, for tokenizer training.
+
+    Batches are ``{"image": FloatTensor[B, 1, S, S] in [0, 1], "path": list[str]}``. Images are
+    read as one channel, the shorter side resized to ``image_size`` and centre-cropped.
+    Augmentation (train only) is a small rotation/shift/scale and brightness/contrast jitter;
+    there is deliberately no horizontal flip: laterality matters in a chest X-ray (heart on the
+    left, situs inversus, side markers), and a flipped film is a different, rare anatomy.
+
+    Args:
+        data: folder searched recursively for png/jpg/jpeg/dcm, or a .csv/.jsonl manifest whose
+            ``image``/``path``/``filename`` column is relative to the manifest (optional
+            ``patient_id`` column).
+        image_size: side of the square crop fed to the model.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        val_fraction: share of patients (or files, when no patient id is known) held out.
+        seed: seed of the split and of ``limit``'s subset.
+        augment: apply the light augmentation to training images.
+        limit: use a random subset of this many images (quick runs).
+        patient_id_pattern: for folders, a regex whose first group in the file name is the
+            patient id (e.g. ``^(\\d+)_`` for NIH ChestX-ray14 names).
+        check_files: drop files whose header does not parse at setup (fast; no decoding).
+    """
+
+    def __init__(
+        self,
+        data: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        augment: bool = True,
+        limit: int | None = None,
+        patient_id_pattern: str | None = None,
+        check_files: bool = True,
+    ) -> None:
+        super().__init__()
+        if image_size < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError("image_size and batch_size must be positive, num_workers >= 0")
+        self.save_hyperparameters()
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+        self.skipped: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        """Find the images, drop unreadable ones, and split by patient (idempotent)."""
+        if self.train_records:
+            return
+        hp = self.hparams
+        records = load_records(hp.data, hp.patient_id_pattern, hp.limit, hp.seed)
+        if hp.check_files:
+            records, self.skipped = drop_unreadable(records)
+            if not records:
+                raise ValueError(f"{hp.data}: none of the images is readable")
+        self.train_records, self.val_records = split_by_patient(records, hp.val_fraction, hp.seed)
+        logger.info(
+            "%s: %d train / %d val images (%d skipped)",
+            hp.data,
+            len(self.train_records),
+            len(self.val_records),
+            len(self.skipped),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        transform = light_augmentation() if self.hparams.augment else None
+        dataset = CXRImageDataset(self.train_records, self.hparams.image_size, transform)
+        return self._loader(dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out images, or an empty list (Lightning then skips validation)."""
+        if not self.val_records:
+            return []
+        return self._loader(
+            CXRImageDataset(self.val_records, self.hparams.image_size), shuffle=False
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+        )
