@@ -14,7 +14,9 @@ import numpy as np
 class FakeLLMCXR:
     """Deterministic fake: reports mention the image's mean brightness; images encode the seed."""
 
-    def __init__(self, image_size: int = 32, tokens_per_image: int = 16, fail: bool = False) -> None:
+    def __init__(
+        self, image_size: int = 32, tokens_per_image: int = 16, fail: bool = False
+    ) -> None:
         self.image_size = image_size
         self.tokens_per_image = tokens_per_image
         self.fail = fail
@@ -39,27 +41,33 @@ class FakeLLMCXR:
         *,
         num_images: int = 1,
         seed: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         **generation,
     ) -> list[list[np.ndarray]]:
-        self.calls.append(("images", {"num_images": num_images, "seed": seed,
-                                      "temperature": temperature, "top_p": top_p}))
+        self.calls.append(("images", {"num_images": num_images, "seed": seed, **generation}))
         self._check()
         total = len(reports) * num_images * self.tokens_per_image
         rng = np.random.default_rng(seed)
         out = []
         for _ in reports:
-            out.append([rng.random((self.image_size, self.image_size), dtype=np.float32)
-                        for _ in range(num_images)])
+            out.append(
+                [
+                    rng.random((self.image_size, self.image_size), dtype=np.float32)
+                    for _ in range(num_images)
+                ]
+            )
         if progress is not None:
             for done in range(0, total + 1, self.tokens_per_image):
                 progress(done, total)
         return out
 
-    def ask(self, image: np.ndarray, question: str, history: Sequence[tuple[str, str]] = (),
-            **generation) -> str:
+    def ask(
+        self,
+        image: np.ndarray,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        **generation,
+    ) -> str:
         self.calls.append(("ask", {"question": question, "history": list(history)}))
         self._check()
         return f"Answer {len(history) + 1} to: {question}"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_fake_model import FakeLLMCXR
 from PIL import Image
 
-from demo_fake_model import FakeLLMCXR
 from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling
 from llmcxr.demo.app import DemoCallbacks, build_demo, chat_messages, gr
 from llmcxr.demo.findings import highlight_findings, label_rows, split_sentences
@@ -46,12 +46,16 @@ def test_report_without_upload_asks_for_one(callbacks: DemoCallbacks) -> None:
         callbacks.report(None, True, 1.0, 0.92, 0)
 
 
-def test_report_passes_settings_and_highlights(callbacks: DemoCallbacks, fixtures_dir: Path) -> None:
+def test_report_passes_settings_and_highlights(
+    callbacks: DemoCallbacks, fixtures_dir: Path
+) -> None:
     path = str(fixtures_dir / "00000001_000.png")
     highlight, rows, text = callbacks.report(path, False, 0.7, 0.5, 3)
     model = callbacks.actions.model
-    assert model.calls[-1] == ("report", {"do_sample": False, "temperature": 0.7, "top_p": 0.5,
-                                          "seed": 3})
+    assert model.calls[-1] == (
+        "report",
+        {"do_sample": False, "temperature": 0.7, "top_p": 0.5, "seed": 3},
+    )
     assert text.startswith("Mean brightness")
     spans = [(item["token"], item["class_or_confidence"]) for item in highlight.value]
     assert "".join(token for token, _ in spans) == text
@@ -62,11 +66,19 @@ def test_report_passes_settings_and_highlights(callbacks: DemoCallbacks, fixture
 
 @pytest.mark.parametrize(
     ("temperature", "top_p", "seed", "message"),
-    [(0.0, 0.9, 0, "Temperature"), (1.0, 1.5, 0, "Top-p"), (1.0, 0.9, 1.5, "Seed"),
-     (1.0, 0.9, -1, "Seed")],
+    [
+        (0.0, 0.9, 0, "Temperature"),
+        (1.0, 1.5, 0, "Top-p"),
+        (1.0, 0.9, 1.5, "Seed"),
+        (1.0, 0.9, -1, "Seed"),
+    ],
 )
 def test_bad_sampling_settings_are_page_errors(
-    callbacks: DemoCallbacks, fixtures_dir: Path, temperature: float, top_p: float, seed: float,
+    callbacks: DemoCallbacks,
+    fixtures_dir: Path,
+    temperature: float,
+    top_p: float,
+    seed: float,
     message: str,
 ) -> None:
     with pytest.raises(gr.Error, match=message):
@@ -80,7 +92,7 @@ def test_draw_saves_pngs_and_reports_token_progress(callbacks: DemoCallbacks) ->
     def progress(value: tuple[int, int], desc: str, unit: str) -> None:
         seen.append((value, unit))
 
-    gallery, files = callbacks.draw("Cardiomegaly.", 3, 7, 0.9, 1.0, progress=progress)
+    gallery, files = callbacks.draw("Cardiomegaly.", 3, 1.0, 0.9, 7, progress=progress)
     assert gallery == files and len(files) == 3
     arrays = [np.asarray(Image.open(path)) for path in files]
     assert all(Path(path).suffix == ".png" for path in files)
@@ -91,20 +103,25 @@ def test_draw_saves_pngs_and_reports_token_progress(callbacks: DemoCallbacks) ->
 
 
 def test_same_seed_draws_the_same_images(callbacks: DemoCallbacks) -> None:
-    first, _ = callbacks.draw("Edema.", 1, 5, 0.9, 1.0, progress=lambda *a, **k: None)
-    second, _ = callbacks.draw("Edema.", 1, 5, 0.9, 1.0, progress=lambda *a, **k: None)
+    first, _ = callbacks.draw("Edema.", 1, 1.0, 0.9, 5, progress=lambda *a, **k: None)
+    second, _ = callbacks.draw("Edema.", 1, 1.0, 0.9, 5, progress=lambda *a, **k: None)
     assert first != second  # each request gets its own files
     assert np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(second[0])))
 
 
-@pytest.mark.parametrize(("report", "count", "message"),
-                         [("   ", 1, "Type a report"), ("Edema.", 4, "Number of images must be 1 to 3"),
-                          ("x" * 2001, 1, "Text too long")])
+@pytest.mark.parametrize(
+    ("report", "count", "message"),
+    [
+        ("   ", 1, "Type a report"),
+        ("Edema.", 4, "Number of images must be 1 to 3"),
+        ("x" * 2001, 1, "Text too long"),
+    ],
+)
 def test_bad_draw_requests_are_page_errors(
     callbacks: DemoCallbacks, report: str, count: int, message: str
 ) -> None:
     with pytest.raises(gr.Error, match=message):
-        callbacks.draw(report, count, 0, 0.9, 1.0, progress=lambda *a, **k: None)
+        callbacks.draw(report, count, 1.0, 0.9, 0, progress=lambda *a, **k: None)
 
 
 def test_chat_keeps_history(callbacks: DemoCallbacks, fixtures_dir: Path) -> None:
@@ -151,7 +168,11 @@ def test_model_calls_never_overlap(tmp_path: Path) -> None:
 
 def test_sampling_kwargs_round_trip() -> None:
     assert Sampling(False, 0.5, 0.8, None).as_kwargs() == {
-        "do_sample": False, "temperature": 0.5, "top_p": 0.8, "seed": None}
+        "do_sample": False,
+        "temperature": 0.5,
+        "top_p": 0.8,
+        "seed": None,
+    }
     with pytest.raises(DemoInputError):
         Sampling(True, -1.0, 0.8, 0)
 

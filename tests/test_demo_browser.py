@@ -85,7 +85,9 @@ def drive_report_page(url: str, chromium: str, screenshot: Path) -> dict[str, ob
     outside: list[str] = []
 
     def only_local(route, request) -> None:
-        if urlsplit(request.url).hostname in LOCAL_HOSTS or request.url.startswith(("data:", "blob:")):
+        if urlsplit(request.url).hostname in LOCAL_HOSTS or request.url.startswith(
+            ("data:", "blob:")
+        ):
             route.continue_()
         else:
             outside.append(request.url)
@@ -113,8 +115,12 @@ def drive_report_page(url: str, chromium: str, screenshot: Path) -> dict[str, ob
             still_serving = page.request.get(url).ok
         finally:
             browser.close()
-    return {"report": report, "highlighted": highlighted, "outside": outside,
-            "still_serving": still_serving}
+    return {
+        "report": report,
+        "highlighted": highlighted,
+        "outside": outside,
+        "still_serving": still_serving,
+    }
 
 
 def test_report_in_headless_chromium(tmp_path: Path) -> None:

@@ -15,12 +15,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from vqgan import CXRReadError, read_cxr
+
+if TYPE_CHECKING:
+    from llmcxr.pipeline import LLMCXR
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +32,6 @@ ProgressCallback = Callable[[int, int], None]
 
 class DemoInputError(ValueError):
     """A request the demo cannot serve; the message is one line meant for the user."""
-
-
-class CXRModel(Protocol):
-    """The part of :class:`llmcxr.pipeline.LLMCXR` the demo uses."""
-
-    def generate_report(
-        self,
-        images: Sequence[np.ndarray],
-        *,
-        do_sample: bool | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ) -> list[str]: ...
-
-    def generate_images(
-        self,
-        reports: Sequence[str],
-        *,
-        num_images: int = 1,
-        seed: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> list[list[np.ndarray]]: ...
-
-    def ask(
-        self, image: np.ndarray, question: str, history: Sequence[tuple[str, str]] = (), **generation
-    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -80,8 +54,12 @@ class Sampling:
     def as_kwargs(self) -> dict[str, object]:
         """Keyword arguments for the model's generate calls."""
         seed = None if self.seed is None else int(self.seed)
-        return {"do_sample": self.do_sample, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": seed}
+        return {
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,10 +74,10 @@ class DemoLimits:
 class DemoActions:
     """The three tasks of the demo (report, draw, ask) on one shared model."""
 
-    def __init__(self, model: CXRModel, output_dir: Path, limits: DemoLimits = DemoLimits()) -> None:
+    def __init__(self, model: LLMCXR, output_dir: Path, limits: DemoLimits | None = None) -> None:
         self.model = model
         self.output_dir = Path(output_dir)
-        self.limits = limits
+        self.limits = limits or DemoLimits()
         self.lock = threading.Lock()
 
     def load_image(self, path: str | Path | None) -> np.ndarray:
@@ -155,7 +133,8 @@ class DemoActions:
             raise DemoInputError(empty_message)
         if len(text) > self.limits.max_text_chars:
             raise DemoInputError(
-                f"Text too long ({len(text)} characters; the limit is {self.limits.max_text_chars})."
+                f"Text too long ({len(text)} characters; "
+                f"the limit is {self.limits.max_text_chars})."
             )
         return text
 

@@ -11,19 +11,22 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from llmcxr.demo.actions import CXRModel, DemoActions, DemoInputError, DemoLimits, Sampling, to_uint8
+from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling, to_uint8
 from llmcxr.demo.findings import highlight_findings, label_rows
 from llmcxr.demo.offline_gradio import import_gradio, offline_theme
+
+if TYPE_CHECKING:
+    from llmcxr.pipeline import LLMCXR
 
 gr = import_gradio()
 log = logging.getLogger(__name__)
 
 MODEL_QUEUE = "llmcxr-model"
-"""Concurrency id shared by every event that runs the model: one worker, so one request at a time."""
+"""Concurrency id of every event that runs the model: one worker, one request at a time."""
 
 EXAMPLE_REPORTS = [
     "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
@@ -45,12 +48,16 @@ def shows_errors(callback: _F) -> _F:
             raise gr.Error(str(err), print_exception=False) from err
         except gr.Error:
             raise
-        except ValueError as err:  # the model refused this input (e.g. prompt longer than its context)
+        except (
+            ValueError
+        ) as err:  # the model refused this input (e.g. prompt longer than its context)
             log.warning("demo request rejected: %s", err)
             raise gr.Error(f"The model cannot take this request: {err}") from err
-        except Exception as err:  # noqa: BLE001 - any model failure must reach the page, not kill it
+        except Exception as err:  # any model failure must reach the page, not kill the app
             log.exception("demo request failed")
-            raise gr.Error(f"The model failed on this request: {type(err).__name__}: {err}") from err
+            raise gr.Error(
+                f"The model failed on this request: {type(err).__name__}: {err}"
+            ) from err
 
     return wrapper  # type: ignore[return-value]
 
@@ -70,7 +77,12 @@ class DemoCallbacks:
 
     @shows_errors
     def report(
-        self, path: str | None, do_sample: bool, temperature: float, top_p: float, seed: float | None
+        self,
+        path: str | None,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        seed: float | None,
     ) -> tuple[Any, list[list[str]], str]:
         """Report of the uploaded X-ray: highlighted sentences, label table, plain text."""
         sampling = Sampling(bool(do_sample), float(temperature), float(top_p), _seed(seed))
@@ -84,10 +96,10 @@ class DemoCallbacks:
         self,
         report: str,
         num_images: float,
-        seed: float | None,
-        top_p: float,
         temperature: float,
-        progress: Any = gr.Progress(),
+        top_p: float,
+        seed: float | None,
+        progress: Any = gr.Progress(),  # noqa: B008 - gradio finds the progress bar by this default
     ) -> tuple[list[str], list[str]]:
         """Draw X-rays for a report, showing the image-token count as progress."""
         sampling = Sampling(True, float(temperature), float(top_p), _seed(seed))
@@ -120,7 +132,10 @@ def chat_messages(turns: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     """Question/answer turns as the chat component's role/content messages."""
     messages: list[dict[str, str]] = []
     for question, answer in turns:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
     return messages
 
 
@@ -132,87 +147,111 @@ def _seed(value: float | None) -> int | None:
     return int(value)
 
 
+def _upload_with_preview(elem_id: str) -> tuple[Any, Any]:
+    """An upload box for a CXR file and the image it shows once read."""
+    upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", elem_id=elem_id)
+    preview = gr.Image(label="X-ray", type="numpy", format="png", interactive=False, height=320)
+    return upload, preview
+
+
+def _sampling_controls() -> tuple[Any, Any, Any]:
+    """Temperature, top-p and seed inputs (defaults: LLM-CXR's sampling, seed 0)."""
+    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+    top_p = gr.Slider(0.05, 1.0, value=0.92, step=0.01, label="Top-p")
+    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+    return temperature, top_p, seed
+
+
 def build_demo(
-    model: CXRModel, output_dir: str | Path, *, limits: DemoLimits = DemoLimits(), title: str = "LLM-CXR"
+    model: LLMCXR,
+    output_dir: str | Path,
+    *,
+    limits: DemoLimits | None = None,
+    title: str = "LLM-CXR",
 ) -> Any:
-    """Build (not launch) the demo page for ``model``; generated PNGs are written under ``output_dir``."""
+    """Build (not launch) the demo page for ``model``; generated PNGs go under ``output_dir``."""
+    limits = limits or DemoLimits()
     callbacks = DemoCallbacks(DemoActions(model, Path(output_dir), limits))
     model_event = {"concurrency_limit": 1, "concurrency_id": MODEL_QUEUE}
-    upload_types = "PNG, JPEG or DICOM"
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# {title}\nOne language model that reads and draws chest X-rays. "
             "Research demo, not for clinical use."
         )
         with gr.Tabs():
-            with gr.Tab("Report", id="report"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        report_file = gr.File(label=f"Chest X-ray ({upload_types})", elem_id="report-upload")
-                        report_preview = gr.Image(label="X-ray", type="numpy", format="png",
-                                                  interactive=False, height=320)
-                        with gr.Accordion("Sampling", open=False):
-                            report_sample = gr.Checkbox(value=True, label="Sample (off: greedy)")
-                            report_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
-                                                           label="Temperature")
-                            report_top_p = gr.Slider(0.05, 1.0, value=0.92, step=0.01, label="Top-p")
-                            report_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-                        report_button = gr.Button("Write report", variant="primary",
-                                                  elem_id="report-button")
-                    with gr.Column(scale=1):
-                        report_highlight = gr.HighlightedText(label="Report with findings",
-                                                              elem_id="report-highlight")
-                        report_labels = gr.Dataframe(headers=["Finding", "Status"], label="Labels",
-                                                     interactive=False)
-                        report_text = gr.Textbox(label="Report text", lines=4, elem_id="report-text",
-                                                 buttons=["copy"])
-            with gr.Tab("Draw", id="draw"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        draw_report = gr.Textbox(label="Report", lines=5, elem_id="draw-report",
-                                                 placeholder="Describe the X-ray to draw")
-                        gr.Examples(EXAMPLE_REPORTS, inputs=[draw_report])
-                        draw_count = gr.Slider(1, limits.max_images, value=1, step=1,
-                                               label="Number of images")
-                        draw_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-                        draw_top_p = gr.Slider(0.05, 1.0, value=0.92, step=0.01, label="Top-p")
-                        draw_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05,
-                                                     label="Temperature")
-                        draw_button = gr.Button("Draw", variant="primary", elem_id="draw-button")
-                    with gr.Column(scale=1):
-                        draw_gallery = gr.Gallery(label="Generated X-rays", format="png", columns=2,
-                                                  buttons=["download", "fullscreen"],
-                                                  elem_id="draw-gallery")
-                        draw_files = gr.File(label="Download PNG", file_count="multiple",
-                                             interactive=False)
-            with gr.Tab("Ask", id="ask"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        ask_file = gr.File(label=f"Chest X-ray ({upload_types})", elem_id="ask-upload")
-                        ask_preview = gr.Image(label="X-ray", type="numpy", format="png",
-                                               interactive=False, height=320)
-                    with gr.Column(scale=1):
-                        chat = gr.Chatbot(label="Questions about this X-ray", height=360,
-                                          elem_id="ask-chat")
-                        turns = gr.State([])
-                        question = gr.Textbox(label="Question", elem_id="ask-question",
-                                              placeholder="Is there a pleural effusion?")
-                        with gr.Row():
-                            ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
-                            clear_button = gr.Button("New chat")
+            with gr.Tab("Report", id="report"), gr.Row():
+                with gr.Column(scale=1):
+                    report_file, report_preview = _upload_with_preview("report-upload")
+                    with gr.Accordion("Sampling", open=False):
+                        report_sample = gr.Checkbox(value=True, label="Sample (off: greedy)")
+                        report_sampling = _sampling_controls()
+                    report_button = gr.Button(
+                        "Write report", variant="primary", elem_id="report-button"
+                    )
+                with gr.Column(scale=1):
+                    report_highlight = gr.HighlightedText(
+                        label="Report with findings", elem_id="report-highlight"
+                    )
+                    report_labels = gr.Dataframe(
+                        headers=["Finding", "Status"], label="Labels", interactive=False
+                    )
+                    report_text = gr.Textbox(
+                        label="Report text", lines=4, elem_id="report-text", buttons=["copy"]
+                    )
+            with gr.Tab("Draw", id="draw"), gr.Row():
+                with gr.Column(scale=1):
+                    draw_report = gr.Textbox(
+                        label="Report",
+                        lines=5,
+                        elem_id="draw-report",
+                        placeholder="Describe the X-ray to draw",
+                    )
+                    gr.Examples(EXAMPLE_REPORTS, inputs=[draw_report])
+                    draw_count = gr.Slider(
+                        1, limits.max_images, value=1, step=1, label="Number of images"
+                    )
+                    draw_sampling = _sampling_controls()
+                    draw_button = gr.Button("Draw", variant="primary", elem_id="draw-button")
+                with gr.Column(scale=1):
+                    draw_gallery = gr.Gallery(
+                        label="Generated X-rays",
+                        format="png",
+                        columns=2,
+                        buttons=["download", "fullscreen"],
+                        elem_id="draw-gallery",
+                    )
+                    draw_files = gr.File(
+                        label="Download PNG", file_count="multiple", interactive=False
+                    )
+            with gr.Tab("Ask", id="ask"), gr.Row():
+                with gr.Column(scale=1):
+                    ask_file, ask_preview = _upload_with_preview("ask-upload")
+                with gr.Column(scale=1):
+                    chat = gr.Chatbot(
+                        label="Questions about this X-ray", height=360, elem_id="ask-chat"
+                    )
+                    turns = gr.State([])
+                    question = gr.Textbox(
+                        label="Question",
+                        elem_id="ask-question",
+                        placeholder="Is there a pleural effusion?",
+                    )
+                    with gr.Row():
+                        ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                        clear_button = gr.Button("New chat")
 
         report_file.change(callbacks.preview, report_file, report_preview, api_name=False)
         report_file.change(lambda path: path, report_file, ask_file, api_name=False)
         report_button.click(
             callbacks.report,
-            [report_file, report_sample, report_temperature, report_top_p, report_seed],
+            [report_file, report_sample, *report_sampling],
             [report_highlight, report_labels, report_text],
             api_name="report",
             **model_event,
         )
         draw_button.click(
             callbacks.draw,
-            [draw_report, draw_count, draw_seed, draw_top_p, draw_temperature],
+            [draw_report, draw_count, *draw_sampling],
             [draw_gallery, draw_files],
             api_name="draw",
             **model_event,
@@ -227,10 +266,14 @@ def build_demo(
 
 
 def launch_demo(
-    demo: Any, *, host: str = "127.0.0.1", port: int | None = None, max_queue: int = 64,
+    demo: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_queue: int = 64,
     block: bool = True,
 ) -> str:
-    """Queue and serve ``demo`` on ``host:port`` (no share link, no SSR node server); returns its URL.
+    """Queue and serve ``demo`` on ``host:port`` (no share link, no SSR server); returns its URL.
 
     ``max_queue`` bounds waiting requests (more are refused with a "queue full" message);
     ``block=False`` returns once the server is up (tests, benchmarks).

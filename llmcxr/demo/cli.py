@@ -16,15 +16,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmcxr demo",
         description="Serve a local web demo: X-ray to report, report to X-ray, and questions.",
     )
-    parser.add_argument("--model", default=None,
-                        help="model folder or training .ckpt (default: the embedded default model)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port (default: the first free one from 7860)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model folder or training .ckpt (default: the embedded default model)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="port (default: the first free one from 7860)"
+    )
     parser.add_argument("--device", default="auto", help="torch device (default auto)")
-    parser.add_argument("--max-queue", type=int, default=64,
-                        help="most requests waiting for the model before new ones are refused")
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="most requests waiting for the model before new ones are refused",
+    )
     return parser
 
 

@@ -14,11 +14,15 @@ import instructions
 STATUS_NAMES: dict[int, str] = {1: "positive", -1: "uncertain", 0: "negative"}
 """How the labeler's values read in the page."""
 
-STATUS_COLOURS: dict[str, str] = {"positive": "#ef4444", "uncertain": "#f59e0b", "negative": "#22c55e"}
+STATUS_COLOURS: dict[str, str] = {
+    "positive": "#ef4444",
+    "uncertain": "#f59e0b",
+    "negative": "#22c55e",
+}
 """Highlight colour of a sentence by the strongest status it states (positive first)."""
 
 NO_FINDING = "No Finding"
-"""The labeler's report-level "normal" class: green, and dropped from sentences that name a finding."""
+"""The labeler's report-level "normal" class: green, dropped from sentences naming a finding."""
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
 
