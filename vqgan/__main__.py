@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vqgan.data import CXRDataModule
 from vqgan.module import VQGANModule
 
 
+class VQGANCLI(LightningCLI):
+    """LightningCLI whose data image size follows the model's (one source of truth)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.config.image_size", "data.image_size")
+
+
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightningCLI:
     """The tokenizer's LightningCLI; ``args`` replaces ``sys.argv`` (tests, scripts)."""
-    return LightningCLI(
+    return VQGANCLI(
         VQGANModule,
         CXRDataModule,
         args=list(args) if args is not None else None,
