@@ -31,7 +31,17 @@ _EXPORTS = {
     "save_model_folder": "llmcxr.model_folder",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BaseModelSpec",
+    "GenerationDefaults",
+    "ImageTokenMap",
+    "LLMCXRComponents",
+    "TinyLMConfig",
+    "add_image_tokens",
+    "load_base_model",
+    "load_model_folder",
+    "save_model_folder",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -32,8 +32,10 @@ TINY_PAD = "<|pad|>"
 # A small English/radiology corpus to train the tiny test tokenizer on: byte-level BPE encodes any
 # text anyway, these lines only decide which merges it learns.
 _TINY_CORPUS = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.",
+    (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request."
+    ),
     "### Instruction: ### Input: ### Response: ### End",
     "Generate a chest X-ray image that corresponds to the entered free-text radiology report.",
     "Generate a free-text radiology report for the entered chest X-ray image.",
@@ -199,7 +201,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     log.info("converting %s to %s (once, ~30 s)", gguf.name, target)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    src = dict(gguf_file=gguf.name, local_files_only=True)
+    src = {"gguf_file": gguf.name, "local_files_only": True}
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, **src)
     config = AutoConfig.from_pretrained(gguf.parent, **src)
     if hasattr(config, "quantization_config"):
@@ -211,6 +213,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, target)

@@ -161,7 +161,11 @@ def add_image_tokens(
 
 @torch.no_grad()
 def _init_rows(
-    weight: torch.Tensor, rows: torch.Tensor, known_rows: int, noise_std: float, gen: torch.Generator
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    known_rows: int,
+    noise_std: float,
+    gen: torch.Generator,
 ) -> None:
     """Set `rows` of `weight` to mean + noise_std * std * N(0, 1) of its first `known_rows` rows."""
     known = weight[:known_rows].float()

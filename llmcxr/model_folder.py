@@ -32,8 +32,9 @@ from llmcxr.base_model import BaseModelSpec, load_base_model
 from llmcxr.image_tokens import ImageTokenMap, add_image_tokens
 
 if TYPE_CHECKING:
-    from instructions.prompt_format import PromptFormat
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from instructions.prompt_format import PromptFormat
     from vqgan import CXRTokenizer
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def save_model_folder(
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         kind = _write_llm(tmp / "llm", model, base_model, dtype, max_shard_size)
         text_tokenizer.save_pretrained(tmp / "tokenizer")
@@ -236,8 +238,9 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 
 def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
-    from instructions.prompt_format import PromptFormat
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instructions.prompt_format import PromptFormat
     from vqgan import CXRTokenizer
 
     manifest_file = path / MANIFEST_FILE
@@ -254,7 +257,9 @@ def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
     if manifest["weights"] == "lora":
         model = _load_lora(path / "llm" / "adapter", manifest, token_map, dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path / "llm", local_files_only=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            path / "llm", local_files_only=True, dtype=dtype
+        )
     return LLMCXRComponents(
         model=model,
         text_tokenizer=text_tokenizer,
@@ -287,8 +292,9 @@ def _load_lora(
 
 
 def _load_checkpoint(path: Path) -> LLMCXRComponents:
-    from instructions.prompt_format import PromptFormat
     from transformers import AutoTokenizer
+
+    from instructions.prompt_format import PromptFormat
     from vqgan import CXRTokenizer
 
     try:

@@ -29,7 +29,10 @@ def test_codes_ids_round_trip(extended) -> None:
 def test_mapping_matches_tokenizer(extended) -> None:
     _, tok, token_map, _ = extended
     for code in (0, 17, 63):
-        assert tok.convert_tokens_to_ids(image_code_token(code)) == token_map.codes_to_ids([code]).item()
+        assert (
+            tok.convert_tokens_to_ids(image_code_token(code))
+            == token_map.codes_to_ids([code]).item()
+        )
     span = token_map.image_to_text_span(list(range(16)))
     assert span[0] == token_map.start_id and span[-1] == token_map.end_id and len(span) == 18
     assert tok.decode(span, skip_special_tokens=True) == ""
