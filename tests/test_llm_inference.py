@@ -1,0 +1,206 @@
+"""Inference on the tiny model: constrained image decoding, reports without image tokens, the API."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llm_fixtures import make_tiny_model_folder
+
+from llmcxr.decoding import (
+    ImageTokenConstraint,
+    Sampling,
+    ban_image_tokens,
+    generate_image_codes,
+    generate_image_codes_hf,
+)
+from llmcxr.devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from llmcxr.pipeline import LLMCXR, ModelNotFoundError, PromptTooLongError
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LLMCXR:
+    folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
+    return LLMCXR.from_pretrained(folder, device="cpu")
+
+
+def _biased_copy(llm: LLMCXR, favour: str) -> LLMCXR:
+    """A copy whose output layer strongly prefers text rows (or image rows) at every step."""
+    clone = copy.copy(llm)
+    model = copy.deepcopy(llm.model)
+    model.config.tie_word_embeddings = False
+    weight = model.get_input_embeddings().weight.detach().clone()
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    image_rows = torch.zeros(weight.shape[0], dtype=torch.bool)
+    image_rows[llm.token_map.image_token_ids.start : llm.token_map.image_token_ids.stop] = True
+    image_rows[[llm.token_map.start_id, llm.token_map.end_id]] = True
+    scaled = image_rows if favour == "image" else ~image_rows
+    with torch.no_grad():
+        head.weight.copy_(torch.where(scaled[:, None], weight * 50.0, torch.zeros_like(weight)))
+    model.set_output_embeddings(head)
+    clone.model = model
+    return clone
+
+
+def _image_prompt(llm: LLMCXR, report: str = "Left pleural effusion.") -> tuple[torch.Tensor, torch.Tensor]:
+    text = llm.prompt_format.render("Draw this.", report)
+    return llm._pad([llm._image_prompt(text)])
+
+
+def test_text_favouring_model_really_prefers_text(llm: LLMCXR) -> None:
+    biased = _biased_copy(llm, "text")
+    ids, mask = _image_prompt(biased)
+    out = biased.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                pad_token_id=biased.pad_token_id)
+    assert not biased.token_map.is_code_id(out[0, ids.shape[1] :]).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_constrained_loop_yields_exactly_n_codes_even_when_text_is_favoured(llm: LLMCXR, seed: int) -> None:
+    biased = _biased_copy(llm, "text")
+    ids, mask = _image_prompt(biased)
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+    generator = torch.Generator().manual_seed(seed)
+    codes = generate_image_codes(biased.model, ids, mask, biased.token_map, Sampling(True, 1.3, 0.92),
+                                 generator=generator)
+    assert codes.shape == (2, biased.token_map.tokens_per_image)
+    assert codes.min() >= 0 and codes.max() < biased.token_map.codebook_size
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_constrained_generate_ends_with_marker_after_n_codes(llm: LLMCXR, seed: int) -> None:
+    biased = _biased_copy(llm, "text")
+    ids, mask = _image_prompt(biased)
+    torch.manual_seed(seed)
+    codes = generate_image_codes_hf(biased.model, ids, mask, biased.token_map, Sampling(True, 1.0, 0.92),
+                                    pad_token_id=biased.pad_token_id)
+    assert codes.shape == (1, biased.token_map.tokens_per_image)
+    assert codes.min() >= 0 and codes.max() < biased.token_map.codebook_size
+
+
+@pytest.mark.parametrize("guidance", [None, 3.0])
+def test_restricted_loop_matches_transformers_generate_greedy(llm: LLMCXR, guidance: float | None) -> None:
+    ids, mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this.", r))
+                          for r in ("Cardiomegaly.", "Small left apical pneumothorax and a rib fracture.")])
+    uncond_ids, uncond_mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this."))] * 2)
+    extra = dict(guidance_scale=guidance, uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask)
+    ours = generate_image_codes(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False), **extra)
+    reference = generate_image_codes_hf(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False),
+                                        pad_token_id=llm.pad_token_id, **extra)
+    assert torch.equal(ours, reference)
+
+
+def test_constraint_processor_masks_by_step() -> None:
+    class Layout:
+        codebook_size, first_code_id, start_id, end_id, tokens_per_image = 4, 10, 14, 15, 2
+
+    constraint = ImageTokenConstraint(Layout(), prompt_length=3)
+    scores = torch.zeros(1, 20)
+    during = constraint(torch.zeros(1, 4, dtype=torch.long), scores)
+    after = constraint(torch.zeros(1, 5, dtype=torch.long), scores)
+    assert torch.isfinite(during[0]).nonzero().flatten().tolist() == [10, 11, 12, 13]
+    assert torch.isfinite(after[0]).nonzero().flatten().tolist() == [15]
+
+
+def test_ban_image_tokens_removes_every_image_id(llm: LLMCXR) -> None:
+    scores = torch.zeros(2, llm.model.get_output_embeddings().weight.shape[0])
+    banned = ban_image_tokens(llm.token_map, "cpu")(torch.zeros(2, 1, dtype=torch.long), scores)
+    ids = torch.isinf(banned[0]).nonzero().flatten()
+    expected = [*llm.token_map.image_token_ids, llm.token_map.start_id, llm.token_map.end_id]
+    assert sorted(ids.tolist()) == sorted(expected)
+
+
+def test_reports_contain_no_image_tokens_even_when_image_tokens_are_favoured(
+    llm: LLMCXR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    biased = _biased_copy(llm, "image")
+    generated: list[torch.Tensor] = []
+    original = biased.model.generate
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        generated.append(out[:, kwargs["input_ids"].shape[1] :])
+        return out
+
+    monkeypatch.setattr(biased.model, "generate", spy)
+    reports = biased.generate_report([np.full((64, 64), 0.5, np.float32)] * 2, max_new_tokens=12, seed=0)
+    assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
+    new = generated[0]
+    image_ids = {*biased.token_map.image_token_ids, biased.token_map.start_id, biased.token_map.end_id}
+    assert new.numel() > 0 and not set(new.flatten().tolist()) & image_ids
+
+
+def test_generate_images_shapes_progress_and_seed(llm: LLMCXR) -> None:
+    calls: list[tuple[int, int]] = []
+    images = llm.generate_images(["Left pleural effusion.", "Normal chest."], num_images=2, seed=7,
+                                 batch_size=3, progress=lambda done, total: calls.append((done, total)))
+    size = llm.image_tokenizer.image_size
+    assert [len(per_report) for per_report in images] == [2, 2]
+    for image in (image for per_report in images for image in per_report):
+        assert image.shape == (size, size) and image.dtype == np.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    total = 4 * llm.token_map.tokens_per_image
+    assert calls[-1] == (total, total) and all(t == total for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    again = llm.generate_images(["Left pleural effusion.", "Normal chest."], num_images=2, seed=7, batch_size=3)
+    assert all(np.array_equal(a, b) for x, y in zip(images, again) for a, b in zip(x, y))
+
+
+def test_generate_images_with_guidance(llm: LLMCXR) -> None:
+    images = llm.generate_images(["Cardiomegaly."], seed=0, guidance_scale=2.5)
+    assert images[0][0].shape == (llm.image_tokenizer.image_size,) * 2
+
+
+def test_generate_report_accepts_paths_arrays_and_tensors(llm: LLMCXR, fixtures_dir: Path) -> None:
+    from conftest import synthetic_cxr
+
+    inputs = [fixtures_dir / "00000001_000.png", synthetic_cxr(80, 1), torch.from_numpy(synthetic_cxr(64, 2))[None]]
+    reports = llm.generate_report(inputs, max_new_tokens=4, seed=0, batch_size=2)
+    assert len(reports) == 3 and all(isinstance(r, str) for r in reports)
+
+
+def test_prompt_splices_one_image_span(llm: LLMCXR) -> None:
+    codes = torch.arange(llm.token_map.tokens_per_image) % llm.token_map.codebook_size
+    prompt = llm.encode_prompt(llm.prompt_format.render("Report.", "<image>"), [codes])
+    span = llm.token_map.image_to_text_span(codes)
+    starts = [i for i, t in enumerate(prompt.ids) if t == llm.token_map.start_id]
+    assert len(starts) == 1 and prompt.ids[starts[0] : starts[0] + len(span)] == span
+    with pytest.raises(ValueError, match="<image>"):
+        llm.encode_prompt("no placeholder", [codes])
+
+
+def test_ask_with_history_keeps_one_image(llm: LLMCXR, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    original = llm._generate_text
+    monkeypatch.setattr(llm, "_generate_text", lambda prompts, *a: seen.extend(prompts) or original(prompts, *a))
+    answer = llm.ask(np.full((64, 64), 0.3, np.float32), "Is there an effusion?",
+                     history=[("Is the heart enlarged?", "No.")], max_new_tokens=4, seed=0)
+    assert isinstance(answer, str)
+    assert seen[0].ids.count(llm.token_map.start_id) == 1
+    with pytest.raises(ValueError, match="empty"):
+        llm.ask(np.zeros((64, 64), np.float32), "   ")
+
+
+def test_bad_inputs_raise_clear_errors(llm: LLMCXR, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate_images([" "])
+    with pytest.raises(PromptTooLongError, match="context"):
+        llm.generate_images(["effusion " * 5000])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        llm.generate_report([np.full((64, 64), 3.0, np.float32)])
+    with pytest.raises(ModelNotFoundError, match="model not found"):
+        LLMCXR.from_pretrained(tmp_path / "missing")
+
+
+def test_device_and_dtype_choice() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(None, torch.device("cpu")) == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
