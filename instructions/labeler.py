@@ -39,7 +39,7 @@ CHEXPERT_CLASSES: tuple[str, ...] = (
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 DATA_DIR = Path(str(resources.files("instructions") / "data"))
 _IGNORE = "_ignore"
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+|\s+(?=\d{1,2}[.)]\s)")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]\.)(?=[A-Z][a-z])|\n+|\s+(?=\d{1,2}[.)]\s)")
 _WORD = re.compile(r"\S+")
 _T = TypeVar("_T")
 
@@ -63,7 +63,19 @@ class Finding:
 
 
 def _alternation(patterns: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
+    r"""One regex matching any of ``patterns``.
+
+    Patterns of the form ``\bBODY\b`` share one pair of word boundaries: Python's ``re`` does not
+    factor alternations, and testing each boundary separately made labelling several times slower.
+    """
+    bounded, other = [], []
+    for pattern in patterns:
+        if pattern.startswith(r"\b") and pattern.endswith(r"\b"):
+            bounded.append(f"(?:{pattern[2:-2]})")
+        else:
+            other.append(f"(?:{pattern})")
+    parts = ([rf"\b(?:{'|'.join(bounded)})\b"] if bounded else []) + other
+    return re.compile("|".join(parts))
 
 
 def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str]:
@@ -201,11 +213,31 @@ class ReportLabeler:
             return UNCERTAIN if self._status(clause, start, end) == UNCERTAIN else POSITIVE
         return status
 
+    def _finding(
+        self, label: str, status: int, phrase: str, sentence: str, clause: str, start: int, end: int
+    ) -> Finding:
+        """A Finding with its descriptors; a negated mention gets none (there is nothing to describe)."""
+        if status == NEGATIVE:
+            return Finding(label, status, phrase, sentence)
+        location, _ = self._nearest(self._location, clause, start, end)
+        severity, _ = self._nearest(self._severity, clause, start, end)
+        return Finding(
+            label=label,
+            status=status,
+            mention=phrase,
+            sentence=sentence,
+            laterality=self._closest_kind(self._laterality, clause, start, end),
+            location=location.group() if location else None,
+            severity=severity.group() if severity else None,
+        )
+
     def extract(self, text: str) -> list[Finding]:
         """Every mention of a CheXpert class in ``text``, with status, laterality, location and severity."""
         findings: list[Finding] = []
         for sentence in split_sentences(text):
             lowered = sentence.lower()
+            if not self._mentions.search(lowered):
+                continue  # most sentences name no class: skip the costlier clause work
             for clause in self._clauses(lowered):
                 masked = self._pseudo.sub(lambda m: " " * len(m.group()), clause)
                 for match in self._mentions.finditer(masked):
@@ -221,18 +253,8 @@ class ReportLabeler:
                         )
                         if status is None:
                             continue
-                        location, _ = self._nearest(self._location, masked, start, end)
-                        severity, _ = self._nearest(self._severity, masked, start, end)
                         findings.append(
-                            Finding(
-                                label=label,
-                                status=status,
-                                mention=phrase,
-                                sentence=sentence,
-                                laterality=self._closest_kind(self._laterality, masked, start, end),
-                                location=location.group() if location else None,
-                                severity=severity.group() if severity else None,
-                            )
+                            self._finding(label, status, phrase, sentence, masked, start, end)
                         )
         return findings
 

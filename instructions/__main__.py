@@ -1,0 +1,13 @@
+"""``python -m instructions build ...`` -> ``instructions.cli.main``."""
+
+from __future__ import annotations
+
+import sys
+
+from instructions.cli import main
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if argv[:1] == ["build"]:
+        argv = argv[1:]
+    raise SystemExit(main(argv))

@@ -1,0 +1,139 @@
+"""Rule-based visual-question-answer synthesis from a labelled report, answered in the report's own words.
+
+LLM-CXR generated its VQA data with Llama-2-13b-chat and never released it; this is the offline,
+deterministic counterpart: presence (yes/no; negatives only where the report states them), location,
+severity, devices and an open "what is abnormal" question. Sentences about prior studies or plans are
+never used. ``instructions.vqa_llm`` offers the LLM-based variant.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from instructions.filters import filter_cues
+from instructions.labeler import DATA_DIR, NEGATIVE, POSITIVE, UNCERTAIN, Finding
+
+QA_KINDS = ("presence", "location", "severity", "devices", "open")
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """One question and its answer; ``kind`` is one of ``QA_KINDS``, ``label`` the CheXpert class asked about."""
+
+    question: str
+    answer: str
+    kind: str
+    label: str = ""
+    certain: bool = True
+    """False when the answer relays the report's uncertainty ("Possibly ..."); stage 2 drops these."""
+
+
+@cache
+def _wording(path: str | None = None) -> dict[str, object]:
+    return json.loads(Path(path or DATA_DIR / "vqa_questions.json").read_text(encoding="utf-8"))
+
+
+def _usable(sentence: str) -> bool:
+    cues = filter_cues()
+    return not cues["prior_comparison"].search(sentence) and not cues["plans"].search(sentence)
+
+
+def _sentence_answer(prefix: str, sentence: str) -> str:
+    return f"{prefix} {sentence.strip()}" if sentence.strip() else prefix
+
+
+def synthesize_vqa(
+    findings: list[Finding], impression: str, rng: random.Random, max_pairs: int = 8
+) -> list[QAPair]:
+    """QA pairs for one report from its labelled ``findings`` (see ``extract_findings``).
+
+    Presence questions are balanced: at most as many "no" questions as "yes" ones (at least two for a
+    normal report), and a "no" is only asked when the report states the negative. Deterministic for a
+    given ``rng`` state.
+    """
+    wording = _wording()
+    phrases: dict[str, str] = wording["finding_phrases"]  # type: ignore[assignment]
+    usable = [f for f in findings if _usable(f.sentence)]
+    first: dict[tuple[str, int], Finding] = {}
+    for finding in usable:
+        first.setdefault((finding.label, finding.status), finding)
+    positives = [
+        f for (label, status), f in first.items() if status == POSITIVE and label in phrases
+    ]
+    uncertain = [
+        f
+        for (label, status), f in first.items()
+        if status == UNCERTAIN and label in phrases and (label, POSITIVE) not in first
+    ]
+    negatives = [
+        f
+        for (label, status), f in first.items()
+        if status == NEGATIVE
+        and label in phrases
+        and (label, POSITIVE) not in first
+        and (label, UNCERTAIN) not in first
+    ]
+    pairs: list[QAPair] = []
+
+    def ask(kind: str, finding: Finding | None = None) -> str:
+        template = rng.choice(wording[kind])  # type: ignore[arg-type]
+        if finding is None:
+            return template
+        phrase = phrases[finding.label]
+        if (
+            kind != "presence"
+        ):  # "the {finding}" reads wrong with an article: "the a pleural effusion"
+            phrase = re.sub(r"^(?:a|an) ", "", phrase)
+        return template.format(finding=phrase)
+
+    budget = max(len(positives) + len(uncertain), 2)
+    rng.shuffle(negatives)
+    presence = [("Yes.", f, True) for f in positives] + [("Possibly.", f, False) for f in uncertain]
+    presence += [("No.", f, True) for f in sorted(negatives[:budget], key=lambda f: f.label)]
+    for prefix, finding, certain in presence:
+        question = ask("presence", finding)
+        pairs.append(
+            QAPair(
+                question,
+                _sentence_answer(prefix, finding.sentence),
+                "presence",
+                finding.label,
+                certain,
+            )
+        )
+    for finding in positives:
+        if finding.location or finding.laterality:
+            where = finding.location or ""
+            side = wording["location_phrases"].get(finding.laterality or "", "")  # type: ignore[union-attr]
+            located = where and (finding.laterality or "") in where
+            answer = (
+                f"In the {where}."
+                if located
+                else " ".join(x for x in (side, f"Location: {where}." if where else "") if x)
+            )
+            pairs.append(QAPair(ask("location", finding), answer, "location", finding.label))
+        if finding.severity:
+            answer = f"{finding.severity.capitalize()}."
+            pairs.append(QAPair(ask("severity", finding), answer, "severity", finding.label))
+    devices = sorted(
+        {f.mention for f in usable if f.label == "Support Devices" and f.status == POSITIVE}
+    )
+    if devices:
+        pairs.append(
+            QAPair(
+                ask("devices"), f"{', '.join(devices).capitalize()}.", "devices", "Support Devices"
+            )
+        )
+    abnormal_sentences = list(dict.fromkeys(f.sentence for f in positives + uncertain))
+    if abnormal_sentences:
+        pairs.append(QAPair(ask("open"), " ".join(abnormal_sentences), "open"))
+    elif impression.strip() and not positives and not uncertain and _usable(impression):
+        pairs.append(QAPair(ask("open"), impression.strip(), "open", "No Finding"))
+    if len(pairs) > max_pairs:
+        pairs = rng.sample(pairs, max_pairs)
+    return pairs
