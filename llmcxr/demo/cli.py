@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_queue < 1:
         print(f"llmcxr demo: --max-queue must be >= 1, got {args.max_queue}", file=sys.stderr)
         return 2
-    from llmcxr.demo.app import build_demo, launch_demo
+    try:
+        from llmcxr.demo.app import build_demo, launch_demo
+    except ImportError as err:
+        print(f"llmcxr demo needs gradio ({err}): pip install 'llmcxr[demo]'", file=sys.stderr)
+        return 2
     from llmcxr.pipeline import LLMCXR
 
     try:

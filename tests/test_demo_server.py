@@ -1,0 +1,68 @@
+"""The served demo over HTTP (gradio's queue API), with a fake model: errors reach the caller as
+messages, the app keeps serving, and the command refuses bad arguments with one line."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from demo_fake_model import FakeLLMCXR
+
+from llmcxr.demo import main
+from llmcxr.demo.app import build_demo, launch_demo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_served_app_reports_errors_and_keeps_running(tmp_path: Path, fixtures_dir: Path) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    model = FakeLLMCXR()
+    demo = build_demo(model, tmp_path)
+    url = launch_demo(demo, port=free_port(), block=False)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        with pytest.raises(AppError, match="Type a report to draw an X-ray from"):
+            client.predict("  ", 1, 1.0, 0.92, 0, api_name="/draw")
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        with pytest.raises(AppError, match="Cannot read broken.jpg"):
+            client.predict(handle_file(str(broken)), True, 1.0, 0.92, 0, api_name="/report")
+        highlighted, labels, text = client.predict(
+            handle_file(str(fixtures_dir / "00000001_000.png")),
+            True,
+            1.0,
+            0.92,
+            0,
+            api_name="/report",
+        )
+        gallery, files = client.predict("Cardiomegaly.", 2, 1.0, 0.92, 3, api_name="/draw")
+        client.close()
+    finally:
+        demo.close()
+    assert text.startswith("Mean brightness") and "Pleural Effusion" in str(labels)
+    assert "Effusion" in str(highlighted)
+    assert len(gallery) == 2 and all(str(f["path"]).endswith(".png") for f in files)
+    assert [name for name, _ in model.calls] == ["report", "images"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--port", "70000"], "--port must be 1-65535"), (["--max-queue", "0"], "--max-queue")],
+)
+def test_command_rejects_bad_arguments(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_names_a_missing_model(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-such-model"
+    assert main(["--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and str(missing) in err
