@@ -194,7 +194,11 @@ def report_records(
             else:
                 add(direction, image.image_id, instruction, text, IMAGE_PLACEHOLDER, image.image_id)
     if images:
-        pairs = synthesize_vqa(findings, report.impression, rng, options.max_qa_per_report)
+        # QA always draws on findings + impression of the (filtered) report: stage 2's impression-only
+        # text would leave too few questions for its VQA-heavy mix.
+        full_text = report.text()
+        qa_findings = findings if full_text == text else extract_findings(full_text)
+        pairs = synthesize_vqa(qa_findings, report.impression, rng, options.max_qa_per_report)
         for number, pair in enumerate(pairs):
             if options.certain_qa_only and not pair.certain:
                 continue

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 FRONTAL_VIEWS = frozenset(
-    {"PA", "AP", "AP SUPINE", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD"}
+    {"PA", "AP", "FRONTAL", "AP SUPINE", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD"}
 )
-"""View positions counted as frontal (MIMIC-CXR-JPG ViewPosition / DICOM View Position values)."""
+"""View positions counted as frontal (MIMIC-CXR-JPG ViewPosition / DICOM values; FRONTAL: projection unknown)."""
 
 # Header spellings seen in MIMIC-CXR / OpenI reports -> canonical section name.
 SECTION_ALIASES: dict[str, str] = {
@@ -125,9 +125,9 @@ class ReadStats:
     read: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
-    def skip(self, reason: str) -> None:
-        """Count one skipped input under ``reason``."""
-        self.skipped[reason] += 1
+    def skip(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` skipped inputs under ``reason``."""
+        self.skipped[reason] += count
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict for the card."""

@@ -1,0 +1,162 @@
+"""Synthetic image-report pairs: each labelled image matched with a real OpenI report whose labels agree.
+
+Paired CXR image-report data is scarce offline (MIMIC-CXR needs credentials; the OpenI images are not
+here). This pairs every image of local labelled folders (``labels.csv`` + ``images/``, e.g. NIH
+ChestX-ray14, the COVID-19 sets) with an OpenI report whose labeler positives fit the image's labels.
+The pairs are synthetic matches, not real paired data; the card says so. Splits stay consistent: OpenI
+reports are split by their own hashed id with the same fractions, and an image only gets a report from
+its patient's split, so no report text crosses splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from instructions.corpora.csvfiles import iter_csv_rows
+from instructions.corpora.openi import read_openi
+from instructions.filters import StripDeidMarks
+from instructions.labeler import DATA_DIR, POSITIVE, UNCERTAIN, label_report
+from instructions.reports import ImageRef, ReadStats, Report
+from instructions.splits import SplitConfig
+
+PAIRED_NOTE = (
+    "SYNTHETIC PAIRS: each image comes from a labelled image set and its report is a real OpenI report "
+    "chosen because the rule-based labeler's findings match the image's labels. Image and report are "
+    "NOT from the same patient or study; use these pairs for bootstrapping, not as paired ground truth."
+)
+_IGNORED_FOR_MATCH = ("No Finding", "Support Devices")
+
+
+def load_label_map(path: str | Path | None = None) -> dict[str, list[str]]:
+    """Image label (lower-cased) -> acceptable CheXpert classes (``data/paired_label_map.json``)."""
+    data = json.loads(Path(path or DATA_DIR / "paired_label_map.json").read_text(encoding="utf-8"))
+    return {k.lower(): v for k, v in data.items() if not k.startswith("_")}
+
+
+def parse_image_labels(cell: str) -> list[str]:
+    """``"Effusion|Mass"`` / ``"COVID-19 (folder covid19)"`` -> ``["effusion", "mass"]`` / ``["covid-19"]``."""
+    return [part.split(" (")[0].strip().lower() for part in cell.split("|") if part.strip()]
+
+
+def report_matches(positives: frozenset[str], normal: bool, wanted: list[list[str]]) -> bool:
+    """True when a report's positives fit the image: normal with normal, else every image label met by
+    an acceptable class and no positive outside the acceptable ones."""
+    if not wanted or all(not classes for classes in wanted):
+        return normal and not positives
+    allowed = {c for classes in wanted for c in classes}
+    return (
+        bool(positives)
+        and positives <= allowed
+        and all(positives & set(classes) for classes in wanted if classes)
+    )
+
+
+def _view(raw: str) -> str:
+    text = raw.strip().upper()
+    for view in ("PA", "AP"):
+        if text.startswith(view):
+            return view
+    return "FRONTAL" if "FRONTAL" in text else text
+
+
+def _openi_pool(
+    archive: str | Path | None, split: SplitConfig
+) -> dict[str, dict[frozenset[str], list[Report]]]:
+    """OpenI reports with findings or impression, by split and by set of definite positive classes."""
+    pool: dict[str, dict[frozenset[str], list[Report]]] = defaultdict(lambda: defaultdict(list))
+    strip = StripDeidMarks()
+    for report in read_openi(archive):
+        cleaned, _ = strip.apply(report)
+        assert cleaned is not None
+        text = cleaned.text()
+        if not text:
+            continue
+        labels = label_report(text)
+        if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
+            continue  # an uncertain finding cannot be matched to an image label either way
+        positives = frozenset(
+            k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
+        )
+        cleaned.reference_labels = labels
+        pool[split.assign(report.report_id, "")][positives].append(cleaned)
+    return pool
+
+
+def pair_labelled_images(
+    folders: list[Path],
+    openi_archive: str | Path | None = None,
+    seed: int = 0,
+    stats: ReadStats | None = None,
+    limit_per_folder: int | None = None,
+    split: SplitConfig | None = None,
+) -> tuple[list[Report], dict[str, object]]:
+    """One synthetic study per pairable image; returns the studies and per-folder pairing counts."""
+    stats = stats if stats is not None else ReadStats()
+    split = split or SplitConfig()
+    label_map = load_label_map()
+    pool = _openi_pool(openi_archive, split)
+    seen_hashes: set[str] = set()
+    studies: list[Report] = []
+    summary: dict[str, object] = {}
+    for folder in folders:
+        folder = Path(folder)
+        counts: Counter[str] = Counter()
+        rows = list(iter_csv_rows(folder / "labels.csv", ("filename", "labels")))[:limit_per_folder]
+        for row in tqdm(rows, desc=f"pairing {folder.name}", unit="image", leave=False):
+            path = folder / "images" / row["filename"]
+            if not path.is_file():
+                counts["image file missing"] += 1
+                continue
+            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            if digest in seen_hashes:  # the COVID-19 sets overlap: keep each image once
+                counts["duplicate image"] += 1
+                continue
+            seen_hashes.add(digest)
+            names = parse_image_labels(row["labels"])
+            if not names or any(n not in label_map for n in names):
+                counts["label without a CheXpert class"] += 1
+                continue
+            wanted = [label_map[n] for n in names]
+            patient = f"{folder.name}:{row.get('patient_id') or Path(row['filename']).stem}"
+            by_positives = pool[split.assign(patient)]
+            candidates = sorted(
+                (
+                    r
+                    for positives, reports in by_positives.items()
+                    if report_matches(
+                        positives, "No Finding" in reports[0].reference_labels, wanted
+                    )
+                    for r in reports
+                ),  # type: ignore[operator]
+                key=lambda r: r.report_id,
+            )
+            if not candidates:
+                counts["no matching report"] += 1
+                continue
+            chosen = random.Random(f"{seed}:{folder.name}/{row['filename']}").choice(candidates)
+            image = ImageRef(
+                f"{folder.name}/{row['filename']}", str(path.resolve()), _view(row.get("view", ""))
+            )
+            studies.append(
+                Report(
+                    report_id=f"{folder.name}/{Path(row['filename']).stem}~{chosen.report_id}",
+                    patient_id=patient,
+                    source=f"paired:{folder.name}+openi",
+                    sections=dict(chosen.sections),
+                    images=[image],
+                    reference_labels=None,
+                )
+            )
+            counts["paired"] += 1
+            stats.read += 1
+        for reason, count in counts.items():
+            if reason != "paired":
+                stats.skip(f"{folder.name}: {reason}", count)
+        summary[folder.name] = dict(sorted(counts.items()))
+    return studies, summary
