@@ -48,7 +48,7 @@ def _run_data(argv: list[str]) -> int:
     job, rest = argv[0], argv[1:]
     if job == "build":
         try:
-            from instructions.build import main as build_main
+            from instructions.cli import main as build_main
         except ModuleNotFoundError as err:
             raise CommandUnavailableError("data build", err) from err
         return build_main(rest) or 0
