@@ -84,14 +84,19 @@ def drive_report_page(url: str, chromium: str, screenshot: Path) -> dict[str, ob
 
     outside: list[str] = []
 
+    def is_local(url: str) -> bool:
+        return url.startswith(("data:", "blob:")) or urlsplit(url).hostname in LOCAL_HOSTS
+
     def only_local(route, request) -> None:
-        if urlsplit(request.url).hostname in LOCAL_HOSTS or request.url.startswith(
-            ("data:", "blob:")
-        ):
+        if is_local(request.url):
             route.continue_()
         else:
             outside.append(request.url)
             route.abort()
+
+    def record_outside(url: str) -> None:  # also catches what routing does not (websockets)
+        if not is_local(url) and url not in outside:
+            outside.append(url)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
@@ -99,6 +104,8 @@ def drive_report_page(url: str, chromium: str, screenshot: Path) -> dict[str, ob
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.route("**/*", only_local)
+            page.on("request", lambda request: record_outside(request.url))
+            page.on("websocket", lambda socket: record_outside(socket.url))
             page.goto(url)
             page.locator("#report-upload input[type=file]").set_input_files(str(FIXTURE_IMAGE))
             page.locator("#report-button").click()

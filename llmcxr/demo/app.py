@@ -150,7 +150,14 @@ def _seed(value: float | None) -> int | None:
 def _upload_with_preview(elem_id: str) -> tuple[Any, Any]:
     """An upload box for a CXR file and the image it shows once read."""
     upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", elem_id=elem_id)
-    preview = gr.Image(label="X-ray", type="numpy", format="png", interactive=False, height=320)
+    preview = gr.Image(
+        label="X-ray",
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=320,
+        buttons=["download", "fullscreen"],  # no "share": it uploads to Hugging Face
+    )
     return upload, preview
 
 
@@ -228,7 +235,11 @@ def build_demo(
                     ask_file, ask_preview = _upload_with_preview("ask-upload")
                 with gr.Column(scale=1):
                     chat = gr.Chatbot(
-                        label="Questions about this X-ray", height=360, elem_id="ask-chat"
+                        label="Questions about this X-ray",
+                        height=360,
+                        elem_id="ask-chat",
+                        buttons=["copy", "copy_all"],
+                        feedback_options=None,
                     )
                     turns = gr.State([])
                     question = gr.Textbox(
@@ -262,6 +273,7 @@ def build_demo(
         ask_button.click(callbacks.ask, *ask_io, api_name="ask", **model_event)
         question.submit(callbacks.ask, *ask_io, api_name=False, **model_event)
         clear_button.click(callbacks.new_chat, None, [chat, turns], api_name=False)
+        chat.clear(callbacks.new_chat, None, [chat, turns], api_name=False)
     return demo
 
 
