@@ -71,6 +71,21 @@ def test_frechet_distance_known_gaussians() -> None:
         metrics.frechet_distance(a[:1], b)
 
 
+@pytest.mark.parametrize("n_a,n_b", [(40, 30), (5, 4)])  # more and fewer samples than dimensions
+def test_frechet_distance_matches_scipy_sqrtm(n_a: int, n_b: int) -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(n_a)
+    a = rng.normal(size=(n_a, 8))
+    b = rng.normal(size=(n_b, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 1.0
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = (
+        ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
+        - 2 * np.trace(np.real(linalg.sqrtm(cov_a @ cov_b)))
+    )
+    assert metrics.frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
+
+
 def test_image_similarity_metrics() -> None:
     zeros = np.zeros((32, 32))
     assert metrics.psnr(zeros, zeros + 0.1) == pytest.approx(20.0)

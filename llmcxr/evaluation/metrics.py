@@ -131,11 +131,14 @@ def bootstrap_ci(
     return (float(low), float(high))
 
 
-def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, D] (Heusel et al. 2017).
 
-    Hand-written on scipy's ``sqrtm`` because torchmetrics' FID is tied to its Inception network;
-    a near-singular covariance product gets ``eps`` on the diagonal, as pytorch-fid does.
+    ``d = |mu_a - mu_b|^2 + tr(C_a) + tr(C_b) - 2 tr(sqrt(C_a C_b))``. Only the trace of the matrix
+    square root is needed, so scipy's slow ``sqrtm`` is avoided: ``tr(sqrt(C_a C_b))`` is the sum
+    of the square roots of the eigenvalues of ``C_a C_b``. With fewer samples than dimensions
+    these are the squared singular values of ``X_a X_b^T / sqrt((n_a-1)(n_b-1))`` (centred
+    features), an ``n_a x n_b`` problem; otherwise of the symmetric ``sqrt(C_a) C_b sqrt(C_a)``.
     """
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
@@ -144,14 +147,17 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float 
     if min(len(a), len(b)) < 2:
         raise ValueError("frechet_distance needs at least 2 samples per set")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(cov_a.shape[0]) * eps
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = np.real(covmean)
+    xa, xb = (a - mu_a) / math.sqrt(len(a) - 1), (b - mu_b) / math.sqrt(len(b) - 1)
+    trace_a, trace_b = float((xa**2).sum()), float((xb**2).sum())
+    if min(len(a), len(b)) <= a.shape[1]:
+        trace_sqrt = float(linalg.svdvals(xa @ xb.T).sum())
+    else:
+        eig_a, vec_a = linalg.eigh(xa.T @ xa)
+        sqrt_a = (vec_a * np.sqrt(np.clip(eig_a, 0, None))) @ vec_a.T
+        product_eigs = linalg.eigvalsh(sqrt_a @ (xb.T @ xb) @ sqrt_a)
+        trace_sqrt = float(np.sqrt(np.clip(product_eigs, 0, None)).sum())
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt)
 
 
 def ssim(image_a: np.ndarray, image_b: np.ndarray) -> float:
@@ -204,3 +210,38 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = overlap / len(pred), overlap / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def headline_intervals(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap 95 % intervals (items resampled) of micro/macro AUROC and F1."""
+    y_true, y_score, y_pred = (np.asarray(a) for a in (y_true, y_score, y_pred))
+
+    def macro_auroc(idx: np.ndarray) -> float:
+        values = [auroc_or_nan(y_true[idx, j], y_score[idx, j]) for j in range(y_true.shape[1])]
+        return float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
+
+    statistics = {
+        "auroc_micro": lambda idx: auroc_or_nan(y_true[idx], y_score[idx]),
+        "auroc_macro": macro_auroc,
+        "f1_micro": lambda idx: float(f1_score(y_true[idx], y_pred[idx], average="micro", zero_division=0)),
+        "f1_macro": lambda idx: float(f1_score(y_true[idx], y_pred[idx], average="macro", zero_division=0)),
+    }
+    return {
+        name: bootstrap_ci(stat, len(y_true), n_boot=n_boot, seed=seed)
+        for name, stat in statistics.items()
+    }
+
+
+def mean_interval(
+    values: Sequence[float], *, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the mean of per-item values."""
+    arr = np.asarray(values, dtype=np.float64)
+    return bootstrap_ci(lambda idx: float(arr[idx].mean()), len(arr), n_boot=n_boot, seed=seed)

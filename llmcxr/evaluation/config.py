@@ -1,0 +1,156 @@
+"""Typed settings of one evaluation run, and the run context the task protocols share."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from llmcxr.evaluation.store import ResultStore, atomic_write_text
+
+if TYPE_CHECKING:
+    from llmcxr.evaluation.classifier import ImageClassifier
+    from llmcxr.evaluation.data import EvalSplit
+    from llmcxr.pipeline import LLMCXR
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("report", "image", "vqa", "roundtrip", "tokenizer")
+REPORT_SECTIONS = ("full", "impression")
+
+
+@dataclass
+class EvaluationConfig:
+    """What to evaluate and how; every field has a matching ``llmcxr evaluate`` flag."""
+
+    data: Path
+    """Built instruction dataset folder (holds stage1/, stage2/, images.jsonl)."""
+    model: str | None = None
+    """Model folder or training .ckpt; None = the embedded default model."""
+    out: Path = Path("results/eval")
+    """Results folder: metrics.json, table.md, plots, per-item JSONL (resumable)."""
+    stage: int = 2
+    split: str = "test"
+    tasks: tuple[str, ...] = ("report", "image", "vqa", "roundtrip", "tokenizer")
+    classifier: str | None = None
+    """CXR classifier weights (export folder, .safetensors, .ckpt or torchxrayvision cache name)."""
+    limit: int | None = None
+    """Evaluate at most this many records per task (quick runs)."""
+    report_section: str = "full"
+    """Which text is labelled and scored: the whole report, or its IMPRESSION section."""
+    samples_per_image: int = 1
+    """Sampled reports per image; > 1 gives per-class probabilities for AUROC."""
+    images_per_report: int = 2
+    """Generated images per report; >= 2 is needed for the diversity (pairwise SSIM) figure."""
+    uncertain_as_positive: bool = False
+    batch_size: int = 8
+    seed: int = 0
+    max_new_tokens: int | None = None
+    bootstrap: int = 1000
+    """Bootstrap resamples for confidence intervals (0 = none)."""
+    device: str = "auto"
+    inception_weights: str | None = None
+    """torchvision Inception-v3 state dict for Inception FID (omitted without it)."""
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.out = Path(self.out)
+        self.tasks = tuple(self.tasks)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"--tasks: unknown {unknown or 'empty'}; choose from {', '.join(TASKS)}")
+        if self.report_section not in REPORT_SECTIONS:
+            raise ValueError(f"--report-section must be one of {REPORT_SECTIONS}, got {self.report_section!r}")
+        for name in ("samples_per_image", "images_per_report", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        needs_classifier = {"image", "roundtrip"} & set(self.tasks)
+        if needs_classifier and not self.classifier:
+            raise ValueError(
+                f"--tasks {','.join(sorted(needs_classifier))} needs --classifier (torchxrayvision "
+                "DenseNet weights or a classifier exported by `python -m vqgan.classifier export`)"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that change per-item results: a resumed run must match them."""
+        return {
+            "model": self.model,
+            "data": str(self.data.resolve()),
+            "stage": self.stage,
+            "split": self.split,
+            "classifier": self.classifier,
+            "samples_per_image": self.samples_per_image,
+            "images_per_report": self.images_per_report,
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["data"], out["out"], out["tasks"] = str(self.data), str(self.out), list(self.tasks)
+        return out
+
+
+@dataclass
+class RunContext:
+    """What the task protocols share: settings, data, the lazily loaded model and classifier."""
+
+    config: EvaluationConfig
+    split: EvalSplit
+    classes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def model(self) -> LLMCXR:
+        """The model, loaded on first use (a fully resumed run never loads it)."""
+        from llmcxr.pipeline import LLMCXR
+
+        return LLMCXR.from_pretrained(self.config.model, device=self.config.device)
+
+    @cached_property
+    def classifier(self) -> ImageClassifier | None:
+        from llmcxr.evaluation.classifier import ImageClassifier
+
+        return ImageClassifier.from_weights(self.config.classifier) if self.config.classifier else None
+
+    def store(self, name: str) -> ResultStore:
+        return ResultStore(self.config.out / "items" / f"{name}.jsonl")
+
+    def save_png(self, image: np.ndarray, relative: str) -> str:
+        """Write a float image [H, W] in [0, 1] as 8-bit PNG under the output folder."""
+        path = self.config.out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path)
+        return relative
+
+    def save_features(self, features: np.ndarray, relative: str) -> str:
+        path = self.config.out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.asarray(features, dtype=np.float32))
+        return relative
+
+    def load_features(self, relative: str) -> np.ndarray:
+        return np.load(self.config.out / relative)
+
+
+def check_run_identity(config: EvaluationConfig) -> None:
+    """Refuse to mix results of different runs in one folder; record this run's identity."""
+    path = config.out / "run.json"
+    identity = config.identity()
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        if diff:
+            raise ValueError(
+                f"{config.out} holds results of a different run ({', '.join(diff)} differ); "
+                "use another --out"
+            )
+    atomic_write_text(path, json.dumps(identity, indent=2) + "\n")

@@ -1,0 +1,107 @@
+"""Append-only JSONL of finished evaluation items, so an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ResultStore:
+    """Rows keyed by ``row["key"]`` in ``path``; a key present here is never computed again.
+
+    Each row is written as one line and flushed to disk before the next item starts. A line cut
+    short by a crash is dropped on the next open (and the file rewritten without it).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        text = self.path.read_text()
+        lines = text.splitlines()
+        complete = text.endswith("\n")
+        dropped = 0
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if i == len(lines) - 1 and not complete:
+                dropped += 1  # a last line without its newline may be a half-written row
+                continue
+            self.rows[row["key"]] = row
+        if dropped:
+            logger.warning("%s: dropped %d incomplete line(s) from an interrupted run", self.path, dropped)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows.values()))
+
+    def done(self, key: str) -> bool:
+        """True when the item ``key`` has a stored result."""
+        return key in self.rows
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Append a finished item (must carry ``key``) and flush it to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows[row["key"]] = row
+
+    def select(self, keys: Iterable[str]) -> list[dict[str, Any]]:
+        """Stored rows for ``keys`` in that order (keys without a result are skipped)."""
+        return [self.rows[k] for k in keys if k in self.rows]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
+    """``(start index, slice)`` pairs of at most ``size`` items."""
+    for start in range(0, len(items), max(1, size)):
+        yield start, items[start : start + size]
+
+
+def map_chunk(
+    generate: Callable[[Sequence[T]], Sequence[R]], chunk: Sequence[T]
+) -> list[tuple[T, R | None, str | None]]:
+    """Run ``generate`` on a whole chunk; when the model rejects it (a ``ValueError`` such as an
+    over-long prompt), retry item by item so one bad record costs only itself.
+
+    Returns ``(item, result, error)`` triples; ``error`` is the rejection message or None.
+    """
+    try:
+        return [(item, result, None) for item, result in zip(chunk, generate(chunk), strict=True)]
+    except ValueError as batch_error:
+        if len(chunk) == 1:
+            logger.warning("item skipped: %s", batch_error)
+            return [(chunk[0], None, str(batch_error))]
+    out: list[tuple[T, R | None, str | None]] = []
+    for item in chunk:
+        out += map_chunk(generate, [item])
+    return out

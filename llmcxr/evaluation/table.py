@@ -1,0 +1,150 @@
+"""Markdown tables laid out like LLM-CXR's Tables 1 and 4, our rows beside the published ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llmcxr.evaluation import published
+from llmcxr.evaluation.metrics import LABEL_CONVENTIONS
+
+
+def fmt(value: Any, ci: Sequence[float] | None = None, digits: int = 3) -> str:
+    """A number with an optional bootstrap interval; '-' for missing or undefined values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.{digits}f}"
+    if ci is not None and not any(c is None or math.isnan(c) for c in ci):
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _report_row(name: str, m: Mapping[str, Any]) -> list[str]:
+    ci = m.get("ci95", {})
+    nlg = m.get("nlg", {})
+    return [
+        name,
+        fmt(m["auroc"]["micro"], ci.get("auroc_micro")),
+        fmt(m["auroc"]["macro"], ci.get("auroc_macro")),
+        fmt(m["auroc"]["weighted"]),
+        fmt(m["f1"]["micro"], ci.get("f1_micro")),
+        fmt(m["f1"]["macro"], ci.get("f1_macro")),
+        fmt(m["f1"]["weighted"]),
+        *(fmt(nlg.get(f"bleu_{n}")) for n in range(1, 5)),
+        fmt(nlg.get("rouge_l"), ci.get("rouge_l")),
+        fmt(nlg.get("cider_d"), ci.get("cider_d")),
+    ]
+
+
+def report_table(result: Mapping[str, Any]) -> list[str]:
+    """Table 1: CXR -> report."""
+    header = ["system", "AUROC micro", "AUROC macro", "AUROC weighted", "F1 micro", "F1 macro",
+              "F1 weighted", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"]
+    rows = [_report_row("ours (this run)", result)]
+    if "baseline_most_common_report" in result:
+        rows.append(_report_row("most common training report", result["baseline_most_common_report"]))
+    for name, p in published.REPORT_ROWS.items():
+        rows.append([name, fmt(p["auroc_micro"]), fmt(p["auroc_macro"]), "-", fmt(p["f1_micro"]),
+                     fmt(p["f1_macro"])] + ["-"] * 7)
+    return _table(header, rows)
+
+
+def image_table(result: Mapping[str, Any]) -> list[str]:
+    """Table 4: report -> CXR."""
+    header = ["system", "AUROC micro", "AUROC macro", "F1 micro", "F1 macro", "FID Inception",
+              "FID XRV", "diversity (pairwise SSIM)"]
+    gen = result["generated"]
+    ci = gen.get("ci95", {})
+    rows = [[
+        "ours, generated images",
+        fmt(gen["auroc"]["micro"], ci.get("auroc_micro")), fmt(gen["auroc"]["macro"], ci.get("auroc_macro")),
+        fmt(gen["f1"]["micro"], ci.get("f1_micro")), fmt(gen["f1"]["macro"], ci.get("f1_macro")),
+        fmt(result.get("fid_inception"), digits=2), fmt(result.get("fid_xrv")),
+        fmt(result.get("diversity_ssim"), result.get("diversity_ssim_ci95")),
+    ]]
+    if "real" in result:
+        real = result["real"]
+        rows.append(["real test images (classifier reference)", fmt(real["auroc"]["micro"]),
+                     fmt(real["auroc"]["macro"]), fmt(real["f1"]["micro"]), fmt(real["f1"]["macro"]),
+                     "-", "-", "-"])
+    for name, p in published.IMAGE_ROWS.items():
+        rows.append([name, fmt(p["auroc_micro"]), fmt(p["auroc_macro"]), "-", "-",
+                     fmt(p["fid_inception"], digits=2), fmt(p["fid_xrv"]), "-"])
+    return _table(header, rows)
+
+
+def vqa_table(result: Mapping[str, Any]) -> list[str]:
+    header = ["system", "yes/no accuracy", "open token F1", "open ROUGE-L", "ELIXR-protocol score"]
+    rows = [["ours (this run)", fmt(result.get("yes_no_accuracy"), result.get("yes_no_accuracy_ci95")),
+             fmt(result.get("open_token_f1"), result.get("open_token_f1_ci95")),
+             fmt(result.get("open_rouge_l")), "-"]]
+    rows += [[name, "-", "-", "-", fmt(score)] for name, score in published.VQA_ROWS.items()]
+    return _table(header, rows)
+
+
+def render(metrics: Mapping[str, Any]) -> str:
+    """The whole Markdown report for ``metrics.json``'s content."""
+    run = metrics["run"]
+    lines = [
+        "# llmcxr evaluation",
+        "",
+        (f"Model `{run['model'] or 'embedded default'}`, data `{run['data']}` stage {run['stage']} "
+        f"split `{run['split']}`; items per task capped at {run['limit'] or 'none'}. "
+        "Brackets: bootstrap 95 % intervals (items resampled)."),
+        "",
+    ]
+    if "report" in metrics and metrics["report"].get("n_items"):
+        r = metrics["report"]
+        lines += [(f"## CXR -> report ({r['n_items']} images, {r['report_section']} text, "
+                  f"{r['samples_per_image']} sample(s) per image)"), ""]
+        lines += report_table(r) + [""]
+    if "image" in metrics and metrics["image"].get("generated"):
+        im = metrics["image"]
+        lines += [(f"## Report -> CXR ({im['generated']['n_items']} reports, {im['images_per_report']} "
+                  f"image(s) each; classes: {', '.join(im['classes'])})"), ""]
+        lines += image_table(im) + [""]
+    if "vqa" in metrics and metrics["vqa"].get("n_items"):
+        v = metrics["vqa"]
+        lines += [f"## VQA ({v['n_yes_no']} yes/no, {v['n_open']} open questions)", ""]
+        lines += vqa_table(v) + [""]
+    trip = metrics.get("roundtrip", {})
+    if trip:
+        lines += ["## Round trips", ""]
+        rows = []
+        if "report_image_report" in trip:
+            t = trip["report_image_report"]
+            rows.append(["report -> image -> report", str(t["n_items"]),
+                         (f"label agreement {fmt(t['label_agreement'])}; exact label set "
+                         f"{fmt(t['exact_label_match'], t['exact_label_match_ci95'])}; "
+                         f"F1 micro {fmt(t['f1']['micro'])}")])
+        if "image_report_image" in trip:
+            t = trip["image_report_image"]
+            rows.append(["image -> report -> image", str(t["n_items"]),
+                         (f"classifier agreement {fmt(t['prediction_agreement'])}; mean prob. gap "
+                         f"{fmt(t['mean_abs_probability_gap'])}; feature cosine "
+                         f"{fmt(t['feature_cosine'], t['feature_cosine_ci95'])}")])
+        lines += _table(["trip", "items", "agreement with the original"], rows) + [""]
+    if "tokenizer" in metrics and metrics["tokenizer"].get("n_items"):
+        t = metrics["tokenizer"]
+        lines += [f"## Image tokenizer reconstruction ({t['n_items']} test images)", ""]
+        lines += _table(
+            ["PSNR (dB)", "SSIM", "feature cosine", "classifier agreement", "codebook usage"],
+            [[fmt(t["psnr"], t.get("psnr_ci95"), 2), fmt(t["ssim"], t.get("ssim_ci95")),
+              fmt(t["feature_cosine"]), fmt(t["prediction_agreement"]), fmt(t["codebook_usage"])]],
+        ) + [""]
+    skipped = {task: n for task, n in metrics.get("skipped", {}).items() if n}
+    if skipped:
+        lines += ["Records the model rejected (e.g. over-long prompts), left out: "
+                  + ", ".join(f"{k} {v}" for k, v in skipped.items()), ""]
+    lines += ["## How labels are scored", ""]
+    lines += [f"- {key.replace('_', ' ')}: {text}" for key, text in LABEL_CONVENTIONS.items()]
+    lines += ["", (f"Published rows: {published.CITATION}. They used the CheXpert labeler on "
+              "MIMIC-CXR; ours use the project's labeler on the data named above, so compare "
+              "like with like only when the data are the same."), ""]
+    return "\n".join(lines)

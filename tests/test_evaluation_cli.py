@@ -1,0 +1,122 @@
+"""`llmcxr evaluate` end to end on the tiny model and a tiny built dataset; resuming; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from evaluation_fixtures import make_tiny_dataset
+from llm_fixtures import make_tiny_model_folder
+
+from llmcxr.evaluation.cli import main
+from llmcxr.evaluation.store import ResultStore
+from vqgan.clinical import build_densenet, save_classifier_export
+
+CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumonia", "Mass"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluation")
+    classifier = save_classifier_export(
+        build_densenet(len(CLASSIFIER_LABELS)), CLASSIFIER_LABELS, root / "classifier"
+    )
+    return {
+        "model": make_tiny_model_folder(root / "model"),
+        "data": make_tiny_dataset(root / "data", n_test=3),
+        "classifier": classifier,
+    }
+
+
+def _args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--model", str(assets["model"]), "--data", str(assets["data"]), "--out", str(out),
+            "--max-new-tokens", "8", "--bootstrap", "20", "--device", "cpu", *extra]
+
+
+def test_evaluate_writes_metrics_table_and_plots(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = main(_args(assets, out, "--tasks", "report,image,vqa,roundtrip,tokenizer",
+                      "--classifier", str(assets["classifier"]), "--limit", "2"))
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = metrics["report"]
+    assert report["n_items"] == 2
+    assert set(report["per_label"]) >= {"Pleural Effusion", "Cardiomegaly", "No Finding"}
+    assert set(report["nlg"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"}
+    # The baseline answers the training split's most common report for every image.
+    assert report["baseline_most_common_report"]["report"] == "No acute cardiopulmonary process."
+    image = metrics["image"]
+    assert image["classes"] == ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia"]
+    assert image["generated"]["n_items"] == 2
+    assert image["fid_xrv"] is not None and image["fid_xrv"] >= 0
+    assert -1 <= image["diversity_ssim"] <= 1
+    # The first two VQA records: one open question, one yes/no question.
+    assert metrics["vqa"]["n_yes_no"] == 1 and metrics["vqa"]["n_open"] == 1
+    assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
+    assert 0 <= metrics["tokenizer"]["codebook_usage"] <= 1
+    table = (out / "table.md").read_text()
+    for heading in ("CXR -> report", "Report -> CXR", "VQA", "Round trips", "LLM-CXR (paper)",
+                    "most common training report", "uncertain"):
+        assert heading in table
+    for plot in ("report_per_label", "image_per_label", "vqa_confusion", "real_vs_generated"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert len(list((out / "images" / "image").glob("*.png"))) == 2 * 2
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_without_recomputing(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmcxr.pipeline import LLMCXR
+
+    original = LLMCXR.generate_report
+    calls: list[list[str]] = []
+    fail_after = {"n": 2}
+
+    def counting(self, images, **kwargs):  # one call per batch of 1 image
+        if len(calls) == fail_after["n"]:
+            raise _Interrupt("injected interruption")
+        calls.append([str(i) for i in images])
+        return original(self, images, **kwargs)
+
+    monkeypatch.setattr(LLMCXR, "generate_report", counting)
+    out = tmp_path / "eval"
+    args = _args(assets, out, "--tasks", "report", "--batch-size", "1")
+    with pytest.raises(_Interrupt):
+        main(args)
+    store_path = out / "items" / "report.jsonl"
+    first_rows = ResultStore(store_path).rows
+    assert len(first_rows) == 2
+    # A crash in the middle of a write leaves half a line: it is dropped and redone.
+    with store_path.open("a") as handle:
+        handle.write('{"key": "half a ro')
+    done_before = list(calls)
+    fail_after["n"] = 10**6
+    assert main(args) == 0
+    new_calls = calls[len(done_before):]
+    assert len(new_calls) == 1  # only the third test image was generated again
+    rows = ResultStore(store_path).rows
+    assert len(rows) == 3
+    assert all(rows[k] == first_rows[k] for k in first_rows)
+    # A fully finished run reruns without loading the model at all.
+    monkeypatch.setattr(LLMCXR, "from_pretrained", classmethod(lambda cls, *a, **k: 1 / 0))
+    assert main(args) == 0
+
+
+def test_bad_input_gives_one_line_and_exit_2(
+    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(assets, tmp_path / "a", "--tasks", "image")) == 2
+    assert "--classifier" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "missing"), "--tasks", "report"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "b"
+    (out).mkdir()
+    (out / "run.json").write_text(json.dumps({"model": "another"}))
+    assert main(_args(assets, out, "--tasks", "report")) == 2
+    assert "different run" in capsys.readouterr().err
