@@ -17,7 +17,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vqgan.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,25 @@ def xrv_weights_path(name: str) -> Path:
     return Path(xrv.utils.get_cache_dir()) / os.path.basename(url)
 
 
+def to_xrv_input(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` in ``[0, 1]`` -> ``[B, 1, 224, 224]`` in ``[-1024, 1024]`` (differentiable).
+
+    The input torchxrayvision's DenseNet was trained on; ``(2x - 1) * 1024`` is its
+    ``utils.normalize`` for images already in ``[0, 1]``.
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected images [B, 1, H, W], got shape {tuple(images.shape)}")
+    if images.shape[-2:] != (XRV_INPUT_SIZE, XRV_INPUT_SIZE):
+        images = F.interpolate(
+            images,
+            size=(XRV_INPUT_SIZE, XRV_INPUT_SIZE),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+    return (images * 2.0 - 1.0) * XRV_INPUT_RANGE
+
+
 class ClinicalFeatureExtractor(nn.Module):
     """Frozen DenseNet-121 CXR classifier: pooled ``features2`` (1,024-d) and label probabilities.
 
@@ -128,18 +148,8 @@ class ClinicalFeatureExtractor(nn.Module):
         return super().train(False)
 
     def to_xrv_input(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, H, W]`` in ``[0, 1]`` -> ``[B, 1, 224, 224]`` in ``[-1024, 1024]`` (differentiable)."""
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"expected images [B, 1, H, W], got shape {tuple(images.shape)}")
-        if images.shape[-2:] != (XRV_INPUT_SIZE, XRV_INPUT_SIZE):
-            images = F.interpolate(
-                images,
-                size=(XRV_INPUT_SIZE, XRV_INPUT_SIZE),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-        return (images * 2.0 - 1.0) * XRV_INPUT_RANGE
+        """See :func:`to_xrv_input`."""
+        return to_xrv_input(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled DenseNet features ``[B, 1024]`` for images ``[B, 1, H, W]`` in ``[0, 1]``."""
@@ -277,19 +287,8 @@ def save_classifier_export(
         **extra,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in densenet.state_dict().items()}
-    _atomic_write(out_dir / EXPORT_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
-    _atomic_write(
+    atomic_write(out_dir / EXPORT_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(
         out_dir / EXPORT_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")
     )
     return out_dir
-
-
-def _atomic_write(target: Path, write) -> None:
-    handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

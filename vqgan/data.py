@@ -234,6 +234,19 @@ def light_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
     )
 
 
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """The DataLoader both datamodules use (training loaders drop a ragged last batch)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
 class CXRDataModule(L.LightningDataModule):
     """Chest X-rays from a folder or a CSV/JSONL manifest, for tokenizer training.
 
@@ -302,24 +315,13 @@ class CXRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         transform = light_augmentation() if self.hparams.augment else None
         dataset = CXRImageDataset(self.train_records, self.hparams.image_size, transform)
-        return self._loader(dataset, shuffle=True)
+        return make_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """The held-out images, or an empty list (Lightning then skips validation)."""
         if not self.val_records:
             return []
-        return self._loader(
-            CXRImageDataset(self.val_records, self.hparams.image_size), shuffle=False
-        )
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+        dataset = CXRImageDataset(self.val_records, self.hparams.image_size)
+        return make_loader(
+            dataset, self.hparams.batch_size, self.hparams.num_workers, shuffle=False
         )

@@ -1,0 +1,152 @@
+"""vqgan.classifier*: label encoding, masked loss, AUROC logging, atomic checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from vqgan.checkpointing import AtomicModelCheckpoint
+from vqgan.classifier import CXRClassifierModule, masked_bce
+from vqgan.classifier_data import NO_FINDING, LabelEncoder, LabelledCXRDataModule
+from vqgan.classifier_train import main
+from vqgan.clinical import ClinicalFeatureExtractor
+from vqgan.data import ImageRecord
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_masked_bce_ignores_unknown_labels() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    a = masked_bce(logits, torch.tensor([[1.0, 0.0, 0.0]]), mask)
+    b = masked_bce(logits, torch.tensor([[1.0, 1.0, 0.0]]), mask)  # differs only where masked
+    assert torch.equal(a, b) and a > 0
+    assert masked_bce(logits, torch.ones(1, 3), torch.zeros(1, 3)) == 0
+
+
+def test_label_encoder_targets_and_masks() -> None:
+    encoder = LabelEncoder(["Pneumonia", "COVID-19", "Effusion", NO_FINDING])
+    rows = ["Normal", "COVID-19 (PCR-positive patient)", "PNEUMONIA (viral)", "unknown", "SARS"]
+    records = [ImageRecord(f"/x/{i}.jpg", fields={"labels": raw}) for i, raw in enumerate(rows)]
+    encoded = encoder.encode_source(records, "src")
+    assert [e.record.path for e in encoded] == ["/x/0.jpg", "/x/1.jpg", "/x/2.jpg"]
+    normal, covid, pneumonia = encoded
+    assert normal.target == (0, 0, 0, 1) and normal.known == (1, 1, 1, 1)
+    # The source annotates Pneumonia, COVID-19 and No Finding, never Effusion: masked.
+    assert covid.target == (0, 1, 0, 0) and covid.known == (1, 1, 0, 1)
+    assert pneumonia.target == (1, 0, 0, 0) and pneumonia.known == (1, 1, 0, 1)
+    assert encoder.unmatched == {"SARS"}
+    with pytest.raises(ValueError, match="not in labels"):
+        LabelEncoder(["A"], {"x": "B"})
+
+
+def test_datamodule_on_fixture_labels(fixtures_dir: Path) -> None:
+    dm = LabelledCXRDataModule(
+        [str(fixtures_dir)],
+        labels=["Cardiomegaly", NO_FINDING],
+        batch_size=2,
+        image_size=32,
+        val_fraction=0.0,
+        augment=False,
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 32)
+    by_name = {
+        Path(p).name: t.tolist() for p, t in zip(batch["path"], batch["target"], strict=True)
+    }
+    assert by_name == {"00000001_000.png": [1.0, 0.0], "00027426_000.png": [0.0, 1.0]}
+    assert batch["mask"].min() == 1
+
+
+def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) -> None:
+    module = CXRClassifierModule(labels=["A", "B"])
+    batch = {
+        "image": synthetic_images,
+        "path": [str(i) for i in range(4)],
+        "target": torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+        "mask": torch.tensor(
+            [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]
+        ),  # B: one known, negative
+    }
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)
+    metrics = trainer.callback_metrics
+    assert 0.0 <= float(metrics["val/auroc/A"]) <= 1.0
+    assert "val/auroc/B" not in metrics and math.isfinite(float(metrics["val/loss"]))
+    assert float(metrics["val/auroc_macro"]) == float(metrics["val/auroc/A"])
+
+
+def _fake_trainer(write) -> SimpleNamespace:
+    return SimpleNamespace(
+        save_checkpoint=write,
+        is_global_zero=True,
+        global_step=1,
+        loggers=[],
+        strategy=SimpleNamespace(barrier=lambda name=None: None),
+    )
+
+
+def test_atomic_checkpoint_never_leaves_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "epoch=0.ckpt"
+
+    def crash(path: str, weights_only: bool = False) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise RuntimeError("killed mid-write")
+
+    callback = AtomicModelCheckpoint(dirpath=tmp_path)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        callback._save_checkpoint(_fake_trainer(crash), str(target))
+    assert not target.exists()
+
+    def write(path: str, weights_only: bool = False) -> None:
+        Path(path).write_bytes(b"whole")
+
+    callback._save_checkpoint(_fake_trainer(write), str(target))
+    assert target.read_bytes() == b"whole" and not list(tmp_path.glob(".*.partial"))
+    assert callback._last_checkpoint_saved == str(target)
+
+
+def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_images) -> None:
+    monkeypatch.chdir(REPO)  # the config names tests/fixtures relative to the repository root
+    main(
+        [
+            "fit",
+            "-c",
+            "configs/classifier/tiny.yaml",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    losses = [
+        float(row["train/loss"]) for row in csv.DictReader(metrics.open()) if row["train/loss"]
+    ]
+    assert len(losses) == 1 and all(math.isfinite(x) for x in losses)
+    (export,) = tmp_path.rglob("classifier_export")
+    extractor = ClinicalFeatureExtractor.from_weights(export)
+    assert extractor.labels == ["Cardiomegaly", NO_FINDING]
+    assert extractor(synthetic_images[:1]).shape == (1, 1024)
+    # The checkpoint itself loads too, and the export subcommand gives the same weights.
+    last = next(tmp_path.rglob("last.ckpt"))
+    main(["export", "--ckpt", str(last), "--out", str(tmp_path / "again")])
+    again = ClinicalFeatureExtractor.from_weights(tmp_path / "again")
+    from_ckpt = ClinicalFeatureExtractor.from_weights(last)
+    assert torch.allclose(again(synthetic_images[:1]), from_ckpt(synthetic_images[:1]))
