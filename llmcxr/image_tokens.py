@@ -172,3 +172,30 @@ def _init_rows(
     mean, std = known.mean(0), known.std(0)
     noise = torch.randn(len(rows), weight.shape[1], generator=gen)
     weight[rows] = (mean + noise_std * std * noise).to(weight.dtype)
+
+
+def encode_text_with_images(
+    text: str,
+    image_codes: Sequence[torch.Tensor | Sequence[int]],
+    tokenizer: PreTrainedTokenizerBase,
+    token_map: ImageTokenMap,
+    placeholder: str = "<image>",
+) -> list[int]:
+    """Token ids of `text` with each `placeholder` replaced by one image's marker-wrapped codes.
+
+    The text pieces around a placeholder are tokenised separately (special tokens such as BOS only
+    on the first piece), so an image span is always exactly ``image_to_text_span(codes)``.
+    Training and inference must both build prompts this way to see the same ids.
+    """
+    pieces = text.split(placeholder)
+    if len(pieces) - 1 != len(image_codes):
+        raise ValueError(
+            f"text has {len(pieces) - 1} {placeholder} placeholder(s) but {len(image_codes)} image(s)"
+        )
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if piece:
+            ids += tokenizer(piece, add_special_tokens=i == 0)["input_ids"]
+        if i < len(image_codes):
+            ids += token_map.image_to_text_span(image_codes[i])
+    return ids

@@ -335,5 +335,6 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
             "weights": "checkpoint",
             "base_model": info["base_model"],
             "checkpoint": str(path),
+            "image_tokenizer": info["image_tokenizer"],
         },
     )

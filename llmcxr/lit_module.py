@@ -1,0 +1,285 @@
+"""LightningModule for LLM-CXR instruction tuning: full fine-tune or LoRA over a causal LM.
+
+The model is the base LM with image tokens added (or a stage-1 result via ``init_from``). With
+LoRA the new token rows (input and output embeddings, tied or not) are trained through peft's
+``trainable_token_indices``. Checkpoints carry a plain-data ``llmcxr`` entry so
+`llmcxr.model_folder.load_model_folder` can load them with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from llmcxr.base_model import BaseModelSpec, load_base_model
+from llmcxr.data import RecordEncoder
+from llmcxr.image_tokens import add_image_tokens
+from llmcxr.model_folder import (
+    CHECKPOINT_KEY,
+    GenerationDefaults,
+    apply_lora,
+    checkpoint_payload,
+    load_model_folder,
+    save_model_folder,
+)
+from vqgan.config import VQGANConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft ``LoraConfig``); the image-token rows are always trained."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or ``all-linear``."""
+
+    def to_peft_kwargs(self, new_token_ids: list[int]) -> dict[str, Any]:
+        """Plain LoraConfig kwargs (JSON types, stored in checkpoints)."""
+        return {
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "trainable_token_indices": {"embed_tokens": list(new_token_ids)},
+        }
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW with linear warm-up then cosine decay (per optimizer step)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of ``lr``."""
+
+
+@dataclass
+class ModelSettings:
+    """What to train."""
+
+    base: BaseModelSpec = field(default_factory=BaseModelSpec)
+    lora: LoraSettings | None = None
+    """LoRA adapter; ``null`` for a full fine-tune."""
+    gradient_checkpointing: bool = False
+    new_token_noise_std: float = 0.1
+    """Noise (relative to the existing rows' std) added to the mean-initialised image rows."""
+
+
+class LLMCXRModule(L.LightningModule):
+    """Trains the LLM on instruction sequences (loss on response tokens only)."""
+
+    def __init__(
+        self,
+        image_tokenizer: str | None = None,
+        model: ModelSettings | None = None,
+        optimizer: OptimizerSettings | None = None,
+        init_from: str | None = None,
+        generation: GenerationDefaults | None = None,
+        create_image_tokenizer: VQGANConfig | None = None,
+    ) -> None:
+        """
+        Args:
+            image_tokenizer: CXRTokenizer folder or vqgan ``.ckpt``; optional with ``init_from``
+                (then the stage-1 model's image tokenizer is used).
+            model: base model, LoRA, gradient checkpointing.
+            optimizer: learning rate schedule and AdamW settings.
+            init_from: start from this model folder or llmcxr ``.ckpt`` (stage 2 from stage 1).
+            generation: sampling defaults written into exported model folders.
+            create_image_tokenizer: if ``image_tokenizer`` does not exist yet, first write a
+                randomly initialised CXRTokenizer of this config there (tiny runs, tests).
+        """
+        super().__init__()
+        from instructions.prompt_format import PromptFormat
+        from vqgan import CXRTokenizer
+
+        self.settings = model or ModelSettings()
+        self.optim = optimizer or OptimizerSettings()
+        self.generation = generation or GenerationDefaults()
+        self.init_from = init_from
+        self.lora_kwargs: dict[str, Any] | None = None
+        if (
+            create_image_tokenizer is not None
+            and image_tokenizer
+            and not Path(image_tokenizer).exists()
+        ):
+            _write_random_image_tokenizer(create_image_tokenizer, Path(image_tokenizer))
+        if init_from:
+            parts = load_model_folder(init_from)
+            tokenizer_path = image_tokenizer or _image_tokenizer_source(init_from, parts.manifest)
+            if image_tokenizer and (
+                CXRTokenizer.from_pretrained(image_tokenizer).fingerprint
+                != parts.image_tokenizer.fingerprint
+            ):
+                raise ValueError(
+                    f"image_tokenizer {image_tokenizer} differs from the one {init_from} was "
+                    "trained with; leave image_tokenizer unset to reuse it"
+                )
+            llm, self.text_tokenizer, self.token_map = (
+                parts.model,
+                parts.text_tokenizer,
+                parts.token_map,
+            )
+            self.prompt_format = parts.prompt_format
+            self.image_tokenizer_fingerprint = parts.image_tokenizer.fingerprint
+            llm.train()
+        else:
+            if not image_tokenizer:
+                raise ValueError("model.image_tokenizer is required unless init_from is set")
+            cxr = CXRTokenizer.from_pretrained(image_tokenizer)
+            llm, self.text_tokenizer = load_base_model(self.settings.base)
+            self.token_map = add_image_tokens(
+                llm,
+                self.text_tokenizer,
+                cxr.codebook_size,
+                cxr.tokens_per_image,
+                noise_std=self.settings.new_token_noise_std,
+            )
+            self.prompt_format = PromptFormat()
+            self.image_tokenizer_fingerprint = cxr.fingerprint
+            tokenizer_path = image_tokenizer
+        self.image_tokenizer_path = str(Path(tokenizer_path).resolve())
+        if self.settings.gradient_checkpointing:
+            llm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            llm.config.use_cache = False
+        if self.settings.lora is not None:
+            new_ids = [
+                *self.token_map.image_token_ids,
+                self.token_map.start_id,
+                self.token_map.end_id,
+            ]
+            self.lora_kwargs = self.settings.lora.to_peft_kwargs(new_ids)
+            llm = apply_lora(llm, self.lora_kwargs)
+        self.model = llm
+        self._batch_start = 0.0
+
+    # ------------------------------------------------------------------ data side
+    def record_encoder(self) -> RecordEncoder:
+        """How the datamodule turns records into this model's token ids."""
+        return RecordEncoder(self.text_tokenizer, self.token_map, self.prompt_format)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the supervised (response) tokens."""
+        out = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+        return out.loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        seconds = time.perf_counter() - self._batch_start
+        tokens = batch["attention_mask"].sum().item()
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log(
+            "val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
+        )
+        return loss
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log("test/loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = get_cosine_with_min_lr_schedule_with_warmup(
+            opt,
+            num_warmup_steps=min(self.optim.warmup_steps, total),
+            num_training_steps=total,
+            min_lr_rate=self.optim.min_lr_ratio,
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------ persistence
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = checkpoint_payload(
+            model=self.model,
+            text_tokenizer=self.text_tokenizer,
+            token_map=self.token_map,
+            prompt_format=self.prompt_format,
+            image_tokenizer_path=self.image_tokenizer_path,
+            base_model=self.settings.base,
+            lora=self.lora_kwargs,
+            generation_defaults=self.generation,
+        )
+
+    def export(self, path: str | Path, overwrite: bool = True, **training_info: Any) -> Path:
+        """Write a model folder with the current weights (LoRA saved as adapter when possible)."""
+        from vqgan import CXRTokenizer
+
+        reproducible_base = self.init_from is None and self.settings.base.reproducible
+        return save_model_folder(
+            path,
+            model=self.model,
+            text_tokenizer=self.text_tokenizer,
+            image_tokenizer=CXRTokenizer.from_pretrained(self.image_tokenizer_path),
+            token_map=self.token_map,
+            prompt_format=self.prompt_format,
+            base_model=self.settings.base if reproducible_base else None,
+            generation_defaults=self.generation,
+            training_info={
+                "init_from": self.init_from,
+                "lora": self.lora_kwargs is not None,
+                "global_step": int(self.global_step),
+                "settings": asdict(self.settings),
+                **training_info,
+            },
+            overwrite=overwrite,
+        )
+
+
+def _write_random_image_tokenizer(config: VQGANConfig, path: Path) -> None:
+    """A seeded random CXRTokenizer at `path`: lets tiny configs run with no trained weights."""
+    from vqgan import CXRTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tokenizer = CXRTokenizer(config)
+    tokenizer.save_pretrained(path)
+    log.warning("wrote a RANDOM image tokenizer to %s (tiny runs only)", path)
+
+
+def _image_tokenizer_source(init_from: str, manifest: dict[str, Any]) -> str:
+    """Where the image tokenizer of a model folder or checkpoint lives."""
+    path = Path(init_from)
+    return str(path / "image_tokenizer") if path.is_dir() else str(manifest["image_tokenizer"])
