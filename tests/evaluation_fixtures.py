@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import synthetic_cxr
+from PIL import Image
 
 REPORTS = [
     "Small left pleural effusion. No pneumothorax.",

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llmcxr.evaluation import metrics, nlg
+from llmcxr.evaluation import labelling, metrics, nlg
 
 CLASSES = ["A", "B", "C"]
 # A: ordinary class; B: no positives (AUROC undefined); C: all-equal scores.
@@ -124,3 +124,14 @@ def test_rouge_l_and_cider_d_hand_computed() -> None:
     assert mean == pytest.approx(10.0)
     with pytest.raises(ValueError, match="references"):
         nlg.nlg_metrics(["a"], [])
+
+
+def test_label_matrix_uses_the_labeler_and_the_impression_section() -> None:
+    classes = ["Pleural Effusion", "Pneumonia", "Cardiomegaly"]
+    report = "FINDINGS: The heart is enlarged.\nIMPRESSION: Pleural effusion. May represent pneumonia."
+    assert labelling.impression_section(report) == "Pleural effusion. May represent pneumonia."
+    full = labelling.label_matrix([report], classes)
+    assert full.tolist() == [[1, 0, 1]]  # uncertain pneumonia counts as negative by default
+    impression = labelling.label_matrix([report], classes, section="impression", uncertain_as_positive=True)
+    assert impression.tolist() == [[1, 1, 0]]
+    assert labelling.label_matrix(["No pleural effusion."], classes).tolist() == [[0, 0, 0]]

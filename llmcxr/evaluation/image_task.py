@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
@@ -25,7 +24,7 @@ from llmcxr.evaluation.metrics import (
     mean_interval,
     mean_pairwise_ssim,
 )
-from llmcxr.evaluation.store import chunks, map_chunk
+from llmcxr.evaluation.store import run_pending
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +43,18 @@ def read_real(record: EvalRecord, size: int) -> np.ndarray | None:
 def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Generate ``images_per_report`` images per report, classify them and the real image."""
     cfg = ctx.config
-    store = ctx.store(STORE)
-    todo = [r for r in records if not store.done(r.id)]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc="report->CXR", unit="report") as bar:
-        for start, chunk in chunks(todo, cfg.batch_size):
 
-            def generate(part: Sequence[EvalRecord], start: int = start) -> list[list[np.ndarray]]:
-                return ctx.model.generate_images(
-                    [r.report for r in part],
-                    num_images=cfg.images_per_report,
-                    seed=cfg.seed + start,
-                    batch_size=cfg.batch_size,
-                )
+    def generate(part: Sequence[EvalRecord], start: int) -> list[list[np.ndarray]]:
+        return ctx.model.generate_images(
+            [r.report for r in part],
+            num_images=cfg.images_per_report,
+            seed=cfg.seed + start,
+            batch_size=cfg.batch_size,
+        )
 
-            for record, images, error in map_chunk(generate, chunk):
-                store.add({"key": record.id, "error": error} if error else _classify_item(ctx, record, images))
-            bar.update(len(chunk))
-    return store.select(r.id for r in records)
+    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=generate,
+                       make_row=lambda r, images: _classify_item(ctx, r, images),
+                       batch_size=cfg.batch_size, desc="report->CXR")
 
 
 def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]) -> dict[str, Any]:
@@ -69,7 +63,6 @@ def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]
     probs, feats = ctx.classifier(batch)
     n = len(images)
     return {
-        "key": record.id,
         "image_id": record.image_id,
         "report": record.report,
         "images": [ctx.save_png(img, f"images/{STORE}/{record.id}_{k}.png") for k, img in enumerate(images)],

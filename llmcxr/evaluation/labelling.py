@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from llmcxr.evaluation.metrics import binarize_labels
-
-_IMPRESSION = re.compile(r"\bimpression\s*:", re.IGNORECASE)
 
 
 def chexpert_classes() -> list[str]:
@@ -20,10 +17,11 @@ def chexpert_classes() -> list[str]:
 
 
 def impression_section(text: str) -> str:
-    """The text after the last ``IMPRESSION:`` header, or the whole text when there is none
-    (stage-2 reports hold the impression alone)."""
-    parts = _IMPRESSION.split(text)
-    return parts[-1].strip() if len(parts) > 1 else text.strip()
+    """The report's IMPRESSION section (``instructions`` section parser), or the whole text when
+    it has none (stage-2 reports hold the impression alone)."""
+    from instructions.reports import normalize_text, parse_sections
+
+    return parse_sections(text).get("IMPRESSION") or normalize_text(text)
 
 
 def label_matrix(

@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
 from llmcxr.evaluation.labelling import impression_section, label_matrix
 from llmcxr.evaluation.metrics import classification_metrics, headline_intervals, mean_interval
 from llmcxr.evaluation.nlg import NLG_NOTES, cider_d, nlg_metrics, rouge_l
-from llmcxr.evaluation.store import chunks, map_chunk
+from llmcxr.evaluation.store import run_pending
 
 STORE = "report"
 
@@ -25,36 +24,26 @@ STORE = "report"
 def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Generate ``samples_per_image`` reports per record's image; finished records are skipped."""
     cfg = ctx.config
-    store = ctx.store(STORE)
-    todo = [r for r in records if not store.done(r.id)]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc="CXR->report", unit="img") as bar:
-        for start, chunk in chunks(todo, cfg.batch_size):
 
-            def generate(part: Sequence[EvalRecord], start: int = start) -> list[list[str]]:
-                paths = [str(r.image_path) for r in part]
-                samples = [
-                    ctx.model.generate_report(
-                        paths,
-                        max_new_tokens=cfg.max_new_tokens,
-                        do_sample=True if cfg.samples_per_image > 1 else None,
-                        seed=cfg.seed + 1000 * k + start,
-                        batch_size=cfg.batch_size,
-                    )
-                    for k in range(cfg.samples_per_image)
-                ]
-                return [list(per_item) for per_item in zip(*samples)]
+    def generate(part: Sequence[EvalRecord], start: int) -> list[list[str]]:
+        paths = [str(r.image_path) for r in part]
+        samples = [
+            ctx.model.generate_report(
+                paths,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=True if cfg.samples_per_image > 1 else None,
+                seed=cfg.seed + 1000 * k + start,
+                batch_size=cfg.batch_size,
+            )
+            for k in range(cfg.samples_per_image)
+        ]
+        return [list(per_item) for per_item in zip(*samples)]
 
-            for record, generated, error in map_chunk(generate, chunk):
-                store.add(
-                    {"key": record.id, "error": error} if error else {
-                        "key": record.id,
-                        "image_id": record.image_id,
-                        "reference": record.report,
-                        "generated": generated,
-                    }
-                )
-            bar.update(len(chunk))
-    return store.select(r.id for r in records)
+    def make_row(record: EvalRecord, generated: list[str]) -> dict[str, Any]:
+        return {"image_id": record.image_id, "reference": record.report, "generated": generated}
+
+    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=generate,
+                       make_row=make_row, batch_size=cfg.batch_size, desc="CXR->report")
 
 
 def score_reports(

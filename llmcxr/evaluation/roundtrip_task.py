@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
 from llmcxr.evaluation.image_task import read_real
 from llmcxr.evaluation.labelling import label_matrix
 from llmcxr.evaluation.metrics import classification_metrics, cosine_similarity, mean_interval
-from llmcxr.evaluation.store import chunks, map_chunk
+from llmcxr.evaluation.store import run_pending
 
 REPORT_STORE = "roundtrip_report"
 IMAGE_STORE = "roundtrip_image"
@@ -28,62 +27,52 @@ IMAGE_STORE = "roundtrip_image"
 def run_report_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """report -> image -> report for each report->CXR record."""
     cfg = ctx.config
-    store = ctx.store(REPORT_STORE)
-    todo = [r for r in records if not store.done(r.id)]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc="report->CXR->report") as bar:
-        for start, chunk in chunks(todo, cfg.batch_size):
 
-            def trip(part: Sequence[EvalRecord], start: int = start) -> list[tuple[np.ndarray, str]]:
-                images = [imgs[0] for imgs in ctx.model.generate_images(
-                    [r.report for r in part], seed=cfg.seed + start, batch_size=cfg.batch_size
-                )]
-                reports = ctx.model.generate_report(
-                    images, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start,
-                    batch_size=cfg.batch_size,
-                )
-                return list(zip(images, reports))
+    def trip(part: Sequence[EvalRecord], start: int) -> list[tuple[np.ndarray, str]]:
+        images = [imgs[0] for imgs in ctx.model.generate_images(
+            [r.report for r in part], seed=cfg.seed + start, batch_size=cfg.batch_size
+        )]
+        reports = ctx.model.generate_report(
+            images, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start, batch_size=cfg.batch_size
+        )
+        return list(zip(images, reports))
 
-            for record, result, error in map_chunk(trip, chunk):
-                store.add({"key": record.id, "error": error} if error else {
-                    "key": record.id, "report": record.report, "report_back": result[1],
-                    "image": ctx.save_png(result[0], f"images/{REPORT_STORE}/{record.id}.png"),
-                })
-            bar.update(len(chunk))
-    return store.select(r.id for r in records)
+    def make_row(record: EvalRecord, result: tuple[np.ndarray, str]) -> dict[str, Any]:
+        image, back = result
+        return {"report": record.report, "report_back": back,
+                "image": ctx.save_png(image, f"images/{REPORT_STORE}/{record.id}.png")}
+
+    return run_pending(ctx.store(REPORT_STORE), records, key=lambda r: r.id, generate=trip,
+                       make_row=make_row, batch_size=cfg.batch_size, desc="report->CXR->report")
 
 
 def run_image_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """image -> report -> image for each CXR->report record with an image."""
     cfg = ctx.config
-    store = ctx.store(IMAGE_STORE)
-    todo = [r for r in records if not store.done(r.id)]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc="CXR->report->CXR") as bar:
-        for start, chunk in chunks(todo, cfg.batch_size):
 
-            def trip(part: Sequence[EvalRecord], start: int = start) -> list[tuple[str, np.ndarray]]:
-                reports = ctx.model.generate_report(
-                    [str(r.image_path) for r in part], max_new_tokens=cfg.max_new_tokens,
-                    seed=cfg.seed + start, batch_size=cfg.batch_size,
-                )
-                images = [imgs[0] for imgs in ctx.model.generate_images(
-                    reports, seed=cfg.seed + start, batch_size=cfg.batch_size
-                )]
-                return list(zip(reports, images))
+    def trip(part: Sequence[EvalRecord], start: int) -> list[tuple[str, np.ndarray]]:
+        reports = ctx.model.generate_report(
+            [str(r.image_path) for r in part], max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed + start, batch_size=cfg.batch_size,
+        )
+        images = [imgs[0] for imgs in ctx.model.generate_images(
+            reports, seed=cfg.seed + start, batch_size=cfg.batch_size
+        )]
+        return list(zip(reports, images))
 
-            for record, result, error in map_chunk(trip, chunk):
-                if error:
-                    store.add({"key": record.id, "error": error})
-                    continue
-                report, image = result
-                probs, feats = ctx.classifier([read_real(record, image.shape[0]), image])
-                store.add({
-                    "key": record.id, "report": report,
-                    "image": ctx.save_png(image, f"images/{IMAGE_STORE}/{record.id}.png"),
-                    "original_probs": probs[0].tolist(), "final_probs": probs[1].tolist(),
-                    "feature_cosine": float(cosine_similarity(feats[:1], feats[1:])[0]),
-                })
-            bar.update(len(chunk))
-    return store.select(r.id for r in records)
+    def make_row(record: EvalRecord, result: tuple[str, np.ndarray]) -> dict[str, Any]:
+        report, image = result
+        probs, feats = ctx.classifier([read_real(record, image.shape[0]), image])
+        return {
+            "report": report,
+            "image": ctx.save_png(image, f"images/{IMAGE_STORE}/{record.id}.png"),
+            "original_probs": probs[0].tolist(),
+            "final_probs": probs[1].tolist(),
+            "feature_cosine": float(cosine_similarity(feats[:1], feats[1:])[0]),
+        }
+
+    return run_pending(ctx.store(IMAGE_STORE), records, key=lambda r: r.id, generate=trip,
+                       make_row=make_row, batch_size=cfg.batch_size, desc="CXR->report->CXR")
 
 
 def summarize(

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -105,3 +107,29 @@ def map_chunk(
     for item in chunk:
         out += map_chunk(generate, [item])
     return out
+
+
+def run_pending(
+    store: ResultStore,
+    items: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    generate: Callable[[Sequence[T], int], Sequence[R]],
+    make_row: Callable[[T, R], dict[str, Any]],
+    batch_size: int,
+    desc: str,
+) -> list[dict[str, Any]]:
+    """Compute the items that have no stored result, in batches, and return all rows in order.
+
+    ``generate(batch, start)`` returns one result per item (``start`` is the batch's position,
+    used to derive seeds); ``make_row(item, result)`` turns it into the stored row (its ``key`` is
+    set here). Items the model rejects are stored as ``{"key", "error"}`` rows.
+    """
+    todo = [item for item in items if not store.done(key(item))]
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item") as bar:
+        for start, chunk in chunks(todo, batch_size):
+            for item, result, error in map_chunk(lambda part, start=start: generate(part, start), chunk):
+                row = {"error": error} if error else make_row(item, result)
+                store.add({"key": key(item), **row})
+            bar.update(len(chunk))
+    return store.select(key(item) for item in items)

@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
 from llmcxr.evaluation.image_task import read_real
 from llmcxr.evaluation.metrics import cosine_similarity, mean_interval, psnr, ssim
-from llmcxr.evaluation.store import chunks
+from llmcxr.evaluation.store import run_pending
 
 STORE = "tokenizer"
 
@@ -33,35 +32,33 @@ def unique_images(records: Sequence[EvalRecord]) -> list[EvalRecord]:
     return list(seen.values())
 
 
-@torch.no_grad()
 def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Encode and decode each image once; finished images are skipped."""
-    store = ctx.store(STORE)
     tokenizer = ctx.model.image_tokenizer
-    todo = [r for r in records if not store.done(r.image_id)]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc="tokenizer", unit="img") as bar:
-        for _, chunk in chunks(todo, ctx.config.batch_size):
-            originals = [read_real(r, tokenizer.image_size) for r in chunk]
-            pixels = torch.from_numpy(np.stack(originals))[:, None].to(tokenizer.device)
-            codes = tokenizer.encode(pixels)
-            recon = tokenizer.decode(codes)[:, 0].float().cpu().numpy()
-            if ctx.classifier is not None:
-                probs, feats = ctx.classifier(originals + list(recon))
-            n = len(chunk)
-            for i, record in enumerate(chunk):
-                row = {
-                    "key": record.image_id,
-                    "psnr": psnr(originals[i], recon[i]),
-                    "ssim": ssim(originals[i], recon[i]),
-                    "codes": sorted(set(codes[i].tolist())),
-                    "codebook_size": tokenizer.codebook_size,
-                }
-                if ctx.classifier is not None:
-                    row["feature_cosine"] = float(cosine_similarity(feats[i : i + 1], feats[n + i : n + i + 1])[0])
-                    row["prediction_agreement"] = float(((probs[i] >= 0.5) == (probs[n + i] >= 0.5)).mean())
-                store.add(row)
-            bar.update(n)
-    return store.select(r.image_id for r in records)
+
+    @torch.no_grad()
+    def reconstruct(part: Sequence[EvalRecord], start: int) -> list[dict[str, Any]]:
+        originals = [read_real(r, tokenizer.image_size) for r in part]
+        pixels = torch.from_numpy(np.stack(originals))[:, None].to(tokenizer.device)
+        codes = tokenizer.encode(pixels)
+        recon = tokenizer.decode(codes)[:, 0].float().cpu().numpy()
+        rows = [
+            {"psnr": psnr(orig, rec), "ssim": ssim(orig, rec), "codes": sorted(set(c.tolist())),
+             "codebook_size": tokenizer.codebook_size}
+            for orig, rec, c in zip(originals, recon, codes)
+        ]
+        if ctx.classifier is not None:
+            n = len(part)
+            probs, feats = ctx.classifier(originals + list(recon))
+            cosine = cosine_similarity(feats[:n], feats[n:])
+            agreement = ((probs[:n] >= 0.5) == (probs[n:] >= 0.5)).mean(axis=1)
+            for row, cos, agree in zip(rows, cosine, agreement):
+                row["feature_cosine"], row["prediction_agreement"] = float(cos), float(agree)
+        return rows
+
+    return run_pending(ctx.store(STORE), records, key=lambda r: r.image_id, generate=reconstruct,
+                       make_row=lambda record, row: row, batch_size=ctx.config.batch_size,
+                       desc="tokenizer")
 
 
 def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

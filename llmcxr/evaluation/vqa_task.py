@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
 from llmcxr.evaluation.metrics import mean_interval, token_f1, yes_no
 from llmcxr.evaluation.nlg import rouge_l
-from llmcxr.evaluation.store import map_chunk
+from llmcxr.evaluation.store import run_pending
 
 STORE = "vqa"
 ANSWER_CLASSES = ("yes", "no", "other")
@@ -27,22 +26,18 @@ ANSWER_CLASSES = ("yes", "no", "other")
 def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Ask each test question about its image; finished questions are skipped."""
     cfg = ctx.config
-    store = ctx.store(STORE)
-    todo = [r for r in records if not store.done(r.id)]
-    for record in tqdm(todo, total=len(records), initial=len(records) - len(todo), desc="VQA", unit="q"):
 
-        def answer(part: Sequence[EvalRecord]) -> list[str]:
-            return [ctx.model.ask(
-                str(part[0].image_path), part[0].instruction, seed=cfg.seed,
-                max_new_tokens=cfg.max_new_tokens,
-            )]
+    def answer(part: Sequence[EvalRecord], start: int) -> list[str]:
+        record = part[0]
+        return [ctx.model.ask(str(record.image_path), record.instruction, seed=cfg.seed,
+                              max_new_tokens=cfg.max_new_tokens)]
 
-        for _, reply, error in map_chunk(answer, [record]):
-            store.add({"key": record.id, "error": error} if error else {
-                "key": record.id, "image_id": record.image_id, "question": record.instruction,
-                "reference": record.response, "answer": reply,
-            })
-    return store.select(r.id for r in records)
+    def make_row(record: EvalRecord, reply: str) -> dict[str, Any]:
+        return {"image_id": record.image_id, "question": record.instruction,
+                "reference": record.response, "answer": reply}
+
+    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=answer,
+                       make_row=make_row, batch_size=1, desc="VQA")
 
 
 def score_answers(
