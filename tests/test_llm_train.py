@@ -1,0 +1,102 @@
+"""The tiny two-stage config through the real entry point: loss falls, stage 2 starts from stage 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmcxr.base_model import BaseModelSpec, TinyLMConfig
+from llmcxr.data import InstructionDataModule
+from llmcxr.lit_module import LLMCXRModule, ModelSettings
+from llmcxr.model_folder import load_model_folder
+from llmcxr.train import cli_main, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "llmcxr"
+FAST = ["--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=1000"]
+
+
+def _config(name: str, root: Path) -> str:
+    """The shipped YAML with its run folder and CSV pointed into `root` / the repository."""
+    text = (CONFIGS / name).read_text()
+    text = text.replace("runs/llmcxr_tiny", str(root)).replace(
+        "configs/llmcxr/tiny_reports.csv", str(CONFIGS / "tiny_reports.csv")
+    )
+    out = root / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_run")
+    assert main(["fit", "-c", _config("tiny.yaml", root), "--trainer.max_steps=12", *FAST]) == 0
+    return root
+
+
+def _mean_loss(model: torch.nn.Module, module: LLMCXRModule, root: Path) -> float:
+    data = InstructionDataModule(str(root / "data"), stage="stage1", build_cache=False)
+    data.attach(module.record_encoder(), module.image_tokenizer_path)
+    data.setup("fit")
+    with torch.no_grad():
+        losses = [model(**batch).loss for batch in data._loader("train", shuffle=False)]
+    return float(torch.stack(losses).mean())
+
+
+def test_stage1_writes_checkpoint_and_model_and_loss_falls(stage1: Path) -> None:
+    folder = stage1 / "stage1" / "model"
+    assert (folder / "llmcxr.json").is_file() and (
+        stage1 / "stage1" / "checkpoints" / "last.ckpt"
+    ).is_file()
+    start = LLMCXRModule(  # the same seeded initialisation as the run's first step
+        image_tokenizer=str(stage1 / "image_tokenizer"),
+        model=ModelSettings(base=BaseModelSpec(tiny=TinyLMConfig())),
+    )
+    trained = load_model_folder(folder).model
+    before, after = (
+        _mean_loss(start.model.eval(), start, stage1),
+        _mean_loss(trained, start, stage1),
+    )
+    assert after < 0.85 * before, (before, after)
+
+
+def test_checkpoint_loads_like_the_exported_folder(stage1: Path) -> None:
+    from_ckpt = load_model_folder(stage1 / "stage1" / "checkpoints" / "last.ckpt")
+    from_folder = load_model_folder(stage1 / "stage1" / "model")
+    ids = torch.tensor(
+        [[3, 40, from_folder.token_map.start_id, from_folder.token_map.first_code_id]]
+    )
+    with torch.no_grad():
+        assert torch.equal(from_ckpt.model(ids).logits, from_folder.model(ids).logits)
+    assert from_ckpt.token_map == from_folder.token_map
+
+
+def test_stage2_starts_from_stage1_weights_and_trains(stage1: Path) -> None:
+    stage1_model = load_model_folder(stage1 / "stage1" / "model").model
+    start = LLMCXRModule(init_from=str(stage1 / "stage1" / "model"))
+    for (name, a), (_, b) in zip(stage1_model.named_parameters(), start.model.named_parameters()):
+        assert torch.equal(a, b), name
+    assert (
+        main(["fit", "-c", _config("tiny_stage2.yaml", stage1), "--trainer.max_steps=2", *FAST])
+        == 0
+    )
+    stage2 = load_model_folder(stage1 / "stage2" / "model")
+    assert stage2.manifest["training"]["init_from"].endswith("stage1/model")
+    emb1 = stage1_model.get_input_embeddings().weight
+    assert not torch.equal(emb1, stage2.model.get_input_embeddings().weight)
+
+
+def test_init_from_a_wrong_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        LLMCXRModule(init_from=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli_main(["fit", "-c", str(CONFIGS / name), "--print_config"])
+    assert done.value.code in (0, None)
+    assert "model:" in capsys.readouterr().out
