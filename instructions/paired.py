@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,12 +67,12 @@ def _view(raw: str) -> str:
 
 
 def _openi_pool(
-    archive: str | Path | None, split: SplitConfig
+    reports: Iterable[Report], split: SplitConfig
 ) -> dict[str, dict[frozenset[str], list[Report]]]:
     """OpenI reports with findings or impression, by split and by set of definite positive classes."""
     pool: dict[str, dict[frozenset[str], list[Report]]] = defaultdict(lambda: defaultdict(list))
     strip = StripDeidMarks()
-    for report in read_openi(archive):
+    for report in reports:
         cleaned, _ = strip.apply(report)
         assert cleaned is not None
         text = cleaned.text()
@@ -95,12 +96,18 @@ def pair_labelled_images(
     stats: ReadStats | None = None,
     limit_per_folder: int | None = None,
     split: SplitConfig | None = None,
+    openi_reports: Iterable[Report] | None = None,
 ) -> tuple[list[Report], dict[str, object]]:
-    """One synthetic study per pairable image; returns the studies and per-folder pairing counts."""
+    """One synthetic study per pairable image; returns the studies and per-folder pairing counts.
+
+    ``openi_reports`` replaces reading ``openi_archive`` (e.g. a subset, for tests).
+    """
     stats = stats if stats is not None else ReadStats()
     split = split or SplitConfig()
     label_map = load_label_map()
-    pool = _openi_pool(openi_archive, split)
+    pool = _openi_pool(
+        openi_reports if openi_reports is not None else read_openi(openi_archive), split
+    )
     seen_hashes: set[str] = set()
     studies: list[Report] = []
     summary: dict[str, object] = {}

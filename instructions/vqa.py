@@ -16,7 +16,14 @@ from functools import cache
 from pathlib import Path
 
 from instructions.filters import filter_cues
-from instructions.labeler import DATA_DIR, NEGATIVE, POSITIVE, UNCERTAIN, Finding
+from instructions.labeler import (
+    DATA_DIR,
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    Finding,
+    labels_from_findings,
+)
 
 QA_KINDS = ("presence", "location", "severity", "devices", "open")
 
@@ -58,26 +65,15 @@ def synthesize_vqa(
     """
     wording = _wording()
     phrases: dict[str, str] = wording["finding_phrases"]  # type: ignore[assignment]
+    overall = labels_from_findings(findings)  # answers must agree with the report's own labels
     usable = [f for f in findings if _usable(f.sentence)]
-    first: dict[tuple[str, int], Finding] = {}
+    first: dict[str, Finding] = {}
     for finding in usable:
-        first.setdefault((finding.label, finding.status), finding)
-    positives = [
-        f for (label, status), f in first.items() if status == POSITIVE and label in phrases
-    ]
-    uncertain = [
-        f
-        for (label, status), f in first.items()
-        if status == UNCERTAIN and label in phrases and (label, POSITIVE) not in first
-    ]
-    negatives = [
-        f
-        for (label, status), f in first.items()
-        if status == NEGATIVE
-        and label in phrases
-        and (label, POSITIVE) not in first
-        and (label, UNCERTAIN) not in first
-    ]
+        if finding.status == overall.get(finding.label) and finding.label in phrases:
+            first.setdefault(finding.label, finding)
+    positives = [f for f in first.values() if f.status == POSITIVE]
+    uncertain = [f for f in first.values() if f.status == UNCERTAIN]
+    negatives = [f for f in first.values() if f.status == NEGATIVE]
     pairs: list[QAPair] = []
 
     def ask(kind: str, finding: Finding | None = None) -> str:
@@ -134,6 +130,19 @@ def synthesize_vqa(
         pairs.append(QAPair(ask("open"), " ".join(abnormal_sentences), "open"))
     elif impression.strip() and not positives and not uncertain and _usable(impression):
         pairs.append(QAPair(ask("open"), impression.strip(), "open", "No Finding"))
-    if len(pairs) > max_pairs:
-        pairs = rng.sample(pairs, max_pairs)
-    return pairs
+    return _cap(pairs, max_pairs, rng)
+
+
+def _cap(pairs: list[QAPair], max_pairs: int, rng: random.Random) -> list[QAPair]:
+    """At most ``max_pairs`` pairs, keeping "no" answers no more numerous than "yes"/"possibly" (or 2)."""
+    if len(pairs) <= max_pairs:
+        return pairs
+    affirmed = [p for p in pairs if p.kind == "presence" and not p.answer.startswith("No.")]
+    denied = [p for p in pairs if p.kind == "presence" and p.answer.startswith("No.")]
+    others = [p for p in pairs if p.kind != "presence"]
+    keep_affirmed = rng.sample(affirmed, min(len(affirmed), max(1, max_pairs // 2)))
+    room = max_pairs - len(keep_affirmed)
+    keep_denied = rng.sample(denied, min(len(denied), max(len(keep_affirmed), 2), room))
+    room -= len(keep_denied)
+    keep = set(map(id, keep_affirmed + keep_denied + rng.sample(others, min(room, len(others)))))
+    return [p for p in pairs if id(p) in keep]

@@ -1,0 +1,226 @@
+"""VQA consistency, task mix, patient splits, the two stages, pairing and the CLI end to end (shipped OpenI)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from instructions import (
+    CHEXPERT_CLASSES,
+    IMAGE_PLACEHOLDER,
+    PromptFormat,
+    extract_findings,
+    label_report,
+)
+from instructions.build import BuildConfig, build_dataset
+from instructions.cli import main
+from instructions.corpora import read_openi
+from instructions.filters import FilterPipeline, filter_cues, stage1_rules
+from instructions.paired import pair_labelled_images, parse_image_labels, report_matches
+from instructions.records import COLUMNS, Record, TaskMix, mix_records
+from instructions.reports import Report
+from instructions.splits import SplitConfig, patient_splits
+from instructions.vqa import synthesize_vqa
+
+
+@pytest.fixture(scope="module")
+def openi_reports() -> list[Report]:
+    return list(read_openi(limit=400))
+
+
+def test_vqa_answers_agree_with_labels(openi_reports: list[Report]) -> None:
+    cues = filter_cues()
+    kinds: set[str] = set()
+    answers = {"Yes.": 1, "No.": 0, "Possibly.": -1}
+    for report in FilterPipeline(stage1_rules())(openi_reports):
+        text = report.text()
+        labels = label_report(text)
+        pairs = synthesize_vqa(extract_findings(text), report.impression, random.Random(1))
+        assert pairs == synthesize_vqa(extract_findings(text), report.impression, random.Random(1))
+        yes = sum(p.kind == "presence" and p.answer.startswith("Yes.") for p in pairs)
+        no = sum(p.kind == "presence" and p.answer.startswith("No.") for p in pairs)
+        assert no <= max(yes + sum(p.answer.startswith("Possibly.") for p in pairs), 2)
+        for pair in pairs:
+            kinds.add(pair.kind)
+            assert pair.question.strip() and pair.answer.strip()
+            assert not cues["prior_comparison"].search(pair.answer) or pair.kind == "open"
+            if pair.kind == "presence":
+                prefix = pair.answer.split()[0]
+                assert labels.get(pair.label) == answers[prefix], (pair, labels)
+            if pair.kind in ("location", "severity"):
+                assert labels.get(pair.label) == 1
+    assert {"presence", "location", "severity", "open"} <= kinds
+
+
+def test_vqa_never_invents_negatives() -> None:
+    findings = extract_findings("Small right pleural effusion.")
+    pairs = synthesize_vqa(findings, "Small right pleural effusion.", random.Random(0))
+    assert {p.label for p in pairs if p.kind == "presence"} == {"Pleural Effusion"}
+    where = [p.answer for p in pairs if p.kind == "location"]
+    assert where == ["On the right."]
+    assert [p.answer for p in pairs if p.kind == "severity"] == ["Small."]
+
+
+def test_task_mix_follows_shares_without_repeats() -> None:
+    def records(task: str, n: int) -> list[Record]:
+        return [
+            Record(f"{task}{i}", task, "i", "", "r", "", "p", "{}", "s", "train", "r")
+            for i in range(n)
+        ]
+
+    pools = {
+        "cxr_to_report": records("cxr_to_report", 300),
+        "report_to_cxr": records("report_to_cxr", 300),
+        "vqa": records("vqa", 1000),
+        "text": records("text", 50),
+    }
+    chosen, summary = mix_records(pools, TaskMix(30, 30, 20, 20), random.Random(0))
+    achieved = summary["achieved"]
+    assert achieved == {
+        "cxr_to_report": 75,
+        "report_to_cxr": 75,
+        "vqa": 50,
+        "text": 50,
+    }  # text is the bottleneck
+    assert len({r.id for r in chosen}) == len(chosen) == 250
+    _, capped = mix_records(pools, TaskMix(1, 1, 0, 0), random.Random(0), max_records=10)
+    assert capped["achieved"] == {"cxr_to_report": 5, "report_to_cxr": 5, "vqa": 0, "text": 0}
+    with pytest.raises(ValueError, match="4 numbers"):
+        TaskMix.parse("1,2")
+    with pytest.raises(ValueError, match="non-negative"):
+        TaskMix(0, 0, 0, 0)
+
+
+def test_splits_by_patient() -> None:
+    config = SplitConfig(0.2, 0.2)
+    assigned = [config.assign(f"patient{i}") for i in range(500)]
+    assert {"train", "val", "test"} == set(assigned)
+    assert assigned == [config.assign(f"patient{i}") for i in range(500)]
+    assert config.assign("anyone", "test") == "test"
+    assert patient_splits({"a": {"train", "test"}}, config) == {"a": "test"}
+    with pytest.raises(ValueError, match="< 1"):
+        SplitConfig(0.5, 0.5)
+
+
+def _records(results, stage: int) -> list[Record]:
+    return [r for recs in results[stage].records.values() for r in recs]
+
+
+def test_two_stages_subset_contract_and_no_patient_leak(openi_reports: list[Report]) -> None:
+    results = build_dataset(openi_reports, BuildConfig(split=SplitConfig(0.2, 0.2)))
+    stage1, stage2 = _records(results, 0), _records(results, 1)
+    assert stage1 and stage2
+    assert results[1].source_report_ids <= results[0].source_report_ids
+    assert len(results[1].source_report_ids) < len(results[0].source_report_ids)
+    assert {r.report_id for r in stage2} <= results[1].source_report_ids
+    for records in (stage1, stage2):
+        split_of: dict[str, str] = {}
+        for record in records:
+            assert split_of.setdefault(record.patient_id, record.split) == record.split
+            if record.task in ("cxr_to_report", "vqa"):
+                assert record.input == IMAGE_PLACEHOLDER and record.image_id
+            elif record.task == "report_to_cxr":
+                assert (
+                    record.response == IMAGE_PLACEHOLDER and IMAGE_PLACEHOLDER not in record.input
+                )
+            else:
+                assert (
+                    IMAGE_PLACEHOLDER not in record.input + record.response and not record.image_id
+                )
+            assert set(json.loads(record.labels)) <= set(CHEXPERT_CLASSES)
+    directions: dict[str, set[str]] = {}
+    for record in stage1:
+        if record.task in ("cxr_to_report", "report_to_cxr"):
+            directions.setdefault(record.image_id, set()).add(record.task)
+    assert directions and all(len(tasks) == 1 for tasks in directions.values())
+    by_id = {r.report_id: r for r in openi_reports}
+    for record in stage2:  # stage 2 reports are impressions only
+        if record.task == "cxr_to_report":
+            assert record.response and by_id[record.report_id].findings not in record.response
+    again = build_dataset(openi_reports, BuildConfig(split=SplitConfig(0.2, 0.2)))
+    assert _records(again, 0) == stage1
+
+
+def test_cli_builds_openi_end_to_end(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    out = tmp_path / "openi"
+    assert (
+        main(["--source", "openi", "--limit", "60", "--out", str(out), "--val-fraction", "0.2"])
+        == 0
+    )
+    for stage in ("stage1", "stage2"):
+        dataset = load_from_disk(str(out / stage))
+        assert set(dataset) == {"train", "val", "test"}
+        assert tuple(dataset["train"].column_names) == COLUMNS
+        assert all(dataset["train"].features[c].dtype == "string" for c in COLUMNS)
+        assert len(dataset["train"]) > 0
+    images = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+    assert images and set(images[0]) == {"image_id", "path", "patient_id", "view"}
+    assert PromptFormat.load(out / "prompt_format.json") == PromptFormat()
+    card = json.loads((out / "card.json").read_text())
+    assert card["stages"]["stage1"]["filters"]["steps"][0]["name"] == "strip_deid_marks"
+    assert sum(card["stages"]["stage1"]["records"].values()) == sum(
+        len(load_from_disk(str(out / "stage1"))[s]) for s in ("train", "val", "test")
+    )
+    assert "stage2" in (out / "README.md").read_text()
+    assert main(["--source", "csv", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_pairing_rules() -> None:
+    assert parse_image_labels("Effusion|Mass") == ["effusion", "mass"]
+    assert parse_image_labels("COVID-19 (folder covid19)") == ["covid-19"]
+    effusion, lesion = ["Pleural Effusion"], ["Lung Lesion"]
+    assert report_matches(frozenset({"Pleural Effusion", "Lung Lesion"}), False, [effusion, lesion])
+    assert not report_matches(frozenset({"Pleural Effusion"}), False, [effusion, lesion])
+    assert not report_matches(frozenset({"Pleural Effusion", "Cardiomegaly"}), False, [effusion])
+    assert report_matches(frozenset(), True, [[]]) and not report_matches(frozenset(), False, [[]])
+    covid = ["Pneumonia", "Lung Opacity", "Consolidation"]
+    assert report_matches(frozenset({"Lung Opacity"}), False, [covid])
+
+
+def test_paired_source_matches_labels_and_keeps_splits(
+    tmp_path: Path, fixtures_dir: Path, openi_reports: list[Report]
+) -> None:
+    folder = tmp_path / "nihlike"
+    (folder / "images").mkdir(parents=True)
+    rows = ["filename,labels,view,patient_id"]
+    sources = ["00000001_000.png", "00027426_000.png", "16747_3_1.jpg"]
+    labels = ["Cardiomegaly", "No Finding", "Effusion", "Emphysema"]
+    for i, name in enumerate(labels):
+        data = (fixtures_dir / sources[i % 3]).read_bytes() + bytes(
+            [i]
+        )  # distinct files (dedup is by hash)
+        (folder / "images" / f"img{i}.png").write_bytes(data)
+        rows.append(f"img{i}.png,{name},PA,{i}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    split = SplitConfig(0.3, 0.3)
+    studies, summary = pair_labelled_images(
+        [folder], seed=0, split=split, openi_reports=openi_reports
+    )
+    assert summary["nihlike"]["label without a CheXpert class"] == 1
+    assert len(studies) == summary["nihlike"].get("paired", 0) >= 2
+    openi_ids = {r.report_id for r in openi_reports}
+    for study in studies:
+        (image,) = study.images
+        wanted = {
+            "img0.png": {"Cardiomegaly"},
+            "img1.png": set(),
+            "img2.png": {"Pleural Effusion"},
+        }[image.image_id.split("/")[1]]
+        report_id = study.report_id.split("~")[1]
+        assert split.assign(report_id) == split.assign(study.patient_id)
+        labels_now = label_report(study.text())
+        positives = {
+            k
+            for k, v in labels_now.items()
+            if v == 1 and k not in ("No Finding", "Support Devices")
+        }
+        assert positives == wanted and report_id in openi_ids
+    studies_again, _ = pair_labelled_images(
+        [folder], seed=0, split=split, openi_reports=openi_reports
+    )
+    assert [s.report_id for s in studies_again] == [s.report_id for s in studies]
