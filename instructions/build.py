@@ -9,6 +9,7 @@ import random
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from instructions.records import (
 from instructions.reports import ImageRef, Report
 from instructions.splits import SPLITS, SplitConfig, patient_splits
 from instructions.templates import InstructionTemplates
+from instructions.vqa import QAPair
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class BuildConfig:
     seed: int = 0
     alternate_directions: bool = True
     max_qa_per_report: int = 8
+    extra_qa: Callable[[str], list[QAPair]] | None = None
+    """Optional extra VQA source (e.g. a local LM via ``instructions.vqa_llm``)."""
     general_instructions: list[dict[str, object]] = field(default_factory=list)
     """Optional plain-text Alpaca/Dolly rows (instruction, input/context, output/response)."""
     sources: dict[str, object] = field(default_factory=dict)
@@ -147,6 +151,7 @@ def build_stage(
         alternate_directions=config.alternate_directions,
         certain_qa_only=stage.certain_qa_only,
         max_qa_per_report=config.max_qa_per_report,
+        extra_qa=config.extra_qa,
         seed=config.seed,
     )
     pools: dict[str, dict[str, list[Record]]] = {s: defaultdict(list) for s in SPLITS}

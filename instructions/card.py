@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -26,6 +27,15 @@ DATASET_NOTES = [
     ),
     "VQA pairs are synthesised by rules from each report's own sentences (LLM-CXR used Llama-2-13b-chat).",
 ]
+
+
+def _jsonable(value: object) -> object:
+    """JSON for the card's non-JSON values (dataclass statistics, sets)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"card value of type {type(value).__name__} is not JSON serialisable")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -109,7 +119,7 @@ def card_markdown(card: dict[str, object]) -> str:
         "## Sources",
         "",
         "```json",
-        json.dumps(card["sources"], indent=2),
+        json.dumps(card["sources"], indent=2, default=_jsonable),
         "```",
         "",
         "## Notes",
@@ -124,6 +134,6 @@ def write_card(
 ) -> dict[str, object]:
     """Write ``card.json`` and ``README.md`` into ``out``; returns the card."""
     card = card_dict(results, config, n_images, n_reports)
-    _atomic_write(out / "card.json", json.dumps(card, indent=2))
+    _atomic_write(out / "card.json", json.dumps(card, indent=2, default=_jsonable))
     _atomic_write(out / "README.md", card_markdown(card))
     return card

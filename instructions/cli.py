@@ -9,12 +9,14 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from instructions.build import BuildConfig, build_dataset, default_stages, save_dataset
 from instructions.records import STAGE1_MIX, STAGE2_MIX, TaskMix
 from instructions.reports import ReadStats, Report
 from instructions.splits import SplitConfig
+from instructions.vqa import QAPair
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,19 @@ def _parser() -> argparse.ArgumentParser:
         "--both-directions", action="store_true", help="use every image for both directions"
     )
     group.add_argument("--max-qa-per-report", type=int, default=8)
+    group = parser.add_argument_group("optional LLM-made VQA (slow without a GPU)")
+    group.add_argument(
+        "--llm-vqa", type=Path, help="local instruction-tuned causal LM folder for extra QA pairs"
+    )
+    group.add_argument(
+        "--llm-vqa-gguf", help="GGUF file name inside --llm-vqa (e.g. a quantised model)"
+    )
+    group.add_argument(
+        "--llm-vqa-max-reports",
+        type=int,
+        default=200,
+        help="ask the LM about at most this many reports",
+    )
     group.add_argument(
         "--val-fraction", type=float, default=0.05, help="patients in val when no official split"
     )
@@ -190,6 +205,27 @@ def _read_reports(
     return reports, {"corpus": args.source, **paths, "read": stats.to_dict()}, notes
 
 
+def _llm_qa(args: argparse.Namespace, sources: dict[str, object]) -> Callable[[str], list[QAPair]]:
+    """QA from a local LM for the first ``--llm-vqa-max-reports`` reports (cached per text); counts in the card."""
+    from instructions.vqa_llm import LLMQAStats, llm_qa, load_generator
+
+    generate = load_generator(args.llm_vqa, args.llm_vqa_gguf)
+    stats = LLMQAStats()
+    cache: dict[str, list[QAPair]] = {}
+    sources["llm_vqa"] = {"model": str(args.llm_vqa), "stats": stats}
+
+    def ask(text: str) -> list[QAPair]:
+        if text not in cache:
+            cache[text] = (
+                llm_qa(text, generate, stats=stats)
+                if stats.reports < args.llm_vqa_max_reports
+                else []
+            )
+        return cache[text]
+
+    return ask
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the dataset; returns a process exit code (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -213,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for stage in stages:
             stage.max_records = args.max_records
+        extra_qa = _llm_qa(args, sources) if args.llm_vqa else None
         config = BuildConfig(
             stages=stages,
             split=split,
             seed=args.seed,
             alternate_directions=not args.both_directions,
             max_qa_per_report=args.max_qa_per_report,
+            extra_qa=extra_qa,
             general_instructions=general,
             sources=sources,
             notes=notes,

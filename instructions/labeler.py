@@ -258,6 +258,14 @@ class ReportLabeler:
                         )
         return findings
 
+    def mentions_any(self, text: str) -> bool:
+        """True when ``text`` names any CheXpert class (used to tell on-topic text)."""
+        return any(
+            label != _IGNORE
+            for m in self._mentions.finditer(text.lower())
+            for label, _ in self._phrase_class[re.sub(r"\s+", " ", m.group())]
+        )
+
     def label(self, text: str) -> dict[str, int]:
         """CheXpert labels: per class 1 if any positive mention, else -1 if any uncertain, else 0.
 

@@ -20,7 +20,7 @@ from instructions.prompt_format import IMAGE_PLACEHOLDER
 from instructions.reports import ImageRef, Report
 from instructions.splits import stable_fraction
 from instructions.templates import InstructionTemplates
-from instructions.vqa import synthesize_vqa
+from instructions.vqa import QAPair, synthesize_vqa
 
 TASKS = ("cxr_to_report", "report_to_cxr", "vqa", "text")
 COLUMNS = (
@@ -108,6 +108,8 @@ class RecordOptions:
     certain_qa_only: bool = False
     max_qa_per_report: int = 8
     seed: int = 0
+    extra_qa: Callable[[str], list[QAPair]] | None = None
+    """Optional extra QA source given the report text (e.g. ``vqa_llm.llm_qa`` with a local LM)."""
 
 
 def direction_of(image_id: str) -> str:
@@ -199,6 +201,8 @@ def report_records(
         full_text = report.text()
         qa_findings = findings if full_text == text else extract_findings(full_text)
         pairs = synthesize_vqa(qa_findings, report.impression, rng, options.max_qa_per_report)
+        if options.extra_qa is not None:
+            pairs = pairs + options.extra_qa(full_text)
         for number, pair in enumerate(pairs):
             if options.certain_qa_only and not pair.certain:
                 continue

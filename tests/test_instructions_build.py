@@ -224,3 +224,33 @@ def test_paired_source_matches_labels_and_keeps_splits(
         [folder], seed=0, split=split, openi_reports=openi_reports
     )
     assert [s.report_id for s in studies_again] == [s.report_id for s in studies]
+
+
+def test_llm_vqa_output_is_parsed_and_validated() -> None:
+    from instructions.vqa_llm import LLMQAStats, llm_qa, load_generator, parse_qa_output
+
+    answer = (
+        'Here you go: [{"question": "Is there a pleural effusion?", "answer": "Yes, a small one on the left."},'
+        ' {"question": "What is the capital of France?", "answer": "Paris"},'
+        ' {"question": "Is the effusion larger than on the prior study?", "answer": "Yes"},'
+        ' {"question": "", "answer": "Cardiomegaly."}, "stray"]'
+    )
+    prompts: list[str] = []
+
+    def fake(prompt: str) -> str:
+        prompts.append(prompt)
+        return answer
+
+    stats = LLMQAStats()
+    pairs = llm_qa("Small left pleural effusion.", fake, stats=stats)
+    assert [(p.question, p.kind) for p in pairs] == [("Is there a pleural effusion?", "llm")]
+    assert "Small left pleural effusion." in prompts[0]
+    assert stats.dropped == {
+        "off topic": 1,
+        "about priors or plans": 1,
+        "empty question or answer": 1,
+        "not an object": 1,
+    }
+    assert parse_qa_output("no json here", stats) == [] and stats.dropped["no JSON list"] == 1
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_generator("/nonexistent/model")
