@@ -28,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGE = REPO / "tests" / "fixtures" / "00000001_000.png"
 TASKS = ("report", "draw", "ask", "mixed")
+CLIENT_TIMEOUT_S = 300.0
 
 
 def free_port() -> int:
@@ -65,7 +66,15 @@ def fire(url: str, task: str, count: int) -> list[dict[str, object]]:
     """Send ``count`` requests at the same moment, one client session each; per-request results."""
     from gradio_client import Client
 
-    clients = [Client(url, verbose=False, download_files=False) for _ in range(count)]
+    # Browsers wait for an upload as long as it takes; gradio_client's default 5 s read timeout
+    # would count a busy 2-core server as an error, so the clients wait like a browser would.
+    options = {
+        "verbose": False,
+        "download_files": False,
+        "analytics_enabled": False,
+        "httpx_kwargs": {"timeout": CLIENT_TIMEOUT_S},
+    }
+    clients = [Client(url, **options) for _ in range(count)]
     start = threading.Barrier(count)
     results: list[dict[str, object]] = [{} for _ in range(count)]
 
@@ -76,10 +85,13 @@ def fire(url: str, task: str, count: int) -> list[dict[str, object]]:
         try:
             clients[index].predict(*args, api_name=endpoint)
             error = None
-        except Exception as err:  # a failed request is a result to count, not a crash
+        except Exception as err:  # noqa: BLE001 - a failed request is a result to count
             error = f"{type(err).__name__}: {err}"
-        results[index] = {"endpoint": endpoint, "seconds": time.perf_counter() - began,
-                          "error": error}
+        results[index] = {
+            "endpoint": endpoint,
+            "seconds": time.perf_counter() - began,
+            "error": error,
+        }
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     for thread in threads:
@@ -132,17 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         "model": "tiny random test model" if args.model is None else model_path,
         **summarise(results),
         "wall_s": round(wall, 3),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "per_request": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, args.out)
-    print(f"task={summary['task']} requests={summary['requests']} errors={summary['errors']} "
-          f"median={summary['latency_median_s']}s p95={summary['latency_p95_s']}s "
-          f"max={summary['latency_max_s']}s wall={summary['wall_s']}s -> {args.out}")
+    print(
+        f"task={summary['task']} requests={summary['requests']} errors={summary['errors']} "
+        f"median={summary['latency_median_s']}s p95={summary['latency_p95_s']}s "
+        f"max={summary['latency_max_s']}s wall={summary['wall_s']}s -> {args.out}"
+    )
     for message in summary["error_messages"]:
         print(f"  error: {message}")
     return 0 if summary["errors"] == 0 else 1

@@ -27,7 +27,7 @@ def test_served_app_reports_errors_and_keeps_running(tmp_path: Path, fixtures_di
     demo = build_demo(model, tmp_path)
     url = launch_demo(demo, port=free_port(), block=False)
     try:
-        client = Client(url, verbose=False, download_files=False)
+        client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
         with pytest.raises(AppError, match="Type a report to draw an X-ray from"):
             client.predict("  ", 1, 1.0, 0.92, 0, api_name="/draw")
         broken = tmp_path / "broken.jpg"
