@@ -265,6 +265,7 @@ class LLMCXRModule(L.LightningModule):
                 **training_info,
             },
             overwrite=overwrite,
+            new_token_noise_std=self.settings.new_token_noise_std,
         )
 
 

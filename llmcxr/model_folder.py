@@ -98,12 +98,15 @@ def save_model_folder(
     dtype: torch.dtype | None = None,
     max_shard_size: str = "16MB",
     overwrite: bool = False,
+    new_token_noise_std: float = 0.1,
 ) -> Path:
     """Write a model folder; `model` may be a peft LoRA model.
 
     A LoRA model over a reproducible `base_model` is stored as adapter + base reference; any
     other model (full fine-tune, or LoRA over a random tiny base) is stored whole (LoRA merged).
     `dtype` casts the stored weights (e.g. ``torch.float16`` for shipping).
+    `new_token_noise_std` is the value `add_image_tokens` used, recorded so an adapter's base is
+    rebuilt with identical new rows.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -123,6 +126,7 @@ def save_model_folder(
             "format_version": FORMAT_VERSION,
             "weights": kind,
             "base_model": base_model.to_dict() if base_model else None,
+            "new_token_noise_std": new_token_noise_std,
             "image_tokenizer_fingerprint": image_tokenizer.fingerprint,
             "training": training_info or {},
         }
@@ -207,7 +211,9 @@ def _write_llm(
 ) -> str:
     is_peft = hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
     if is_peft and base_model is not None and base_model.reproducible:
-        model.save_pretrained(out / "adapter")
+        # The resized embedding need not be stored whole: its new rows are in the adapter
+        # (trainable_token_indices) and the rest is rebuilt from the base on load.
+        model.save_pretrained(out / "adapter", save_embedding_layers=False)
         return "lora"
     if is_peft:  # merge a copy: merging in place would alter the model still being trained
         model = copy.deepcopy(model).merge_and_unload()
@@ -281,7 +287,13 @@ def _load_lora(
 
     spec = BaseModelSpec.from_dict(manifest["base_model"])
     base, tok = load_base_model(spec)
-    rebuilt = add_image_tokens(base, tok, token_map.codebook_size, token_map.tokens_per_image)
+    rebuilt = add_image_tokens(
+        base,
+        tok,
+        token_map.codebook_size,
+        token_map.tokens_per_image,
+        noise_std=manifest.get("new_token_noise_std", 0.1),
+    )
     if rebuilt != token_map:
         raise ValueError(
             f"base model {spec.name!r} gives image token ids {rebuilt} but the adapter was trained "

@@ -1,0 +1,78 @@
+"""LoRA: the new image-token rows train, the text rows stay frozen, the adapter folder reloads."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from llm_fixtures import tiny_vqgan_config
+
+from instructions.prompt_format import IMAGE_PLACEHOLDER
+from llmcxr.base_model import BaseModelSpec, TinyLMConfig, build_tiny_model
+from llmcxr.data import PadCollator
+from llmcxr.lit_module import LLMCXRModule, LoraSettings, ModelSettings
+from llmcxr.model_folder import load_model_folder
+from vqgan import CXRTokenizer
+
+
+@pytest.fixture(scope="module")
+def lora_module(tmp_path_factory: pytest.TempPathFactory) -> LLMCXRModule:
+    root = tmp_path_factory.mktemp("lora")
+    base, tok = build_tiny_model(TinyLMConfig())
+    base.save_pretrained(root / "base")  # a local base folder: reproducible, so saved as adapter
+    tok.save_pretrained(root / "base")
+    CXRTokenizer(tiny_vqgan_config()).save_pretrained(root / "image_tokenizer")
+    return LLMCXRModule(
+        image_tokenizer=str(root / "image_tokenizer"),
+        model=ModelSettings(
+            base=BaseModelSpec(name=str(root / "base")), lora=LoraSettings(r=4, alpha=8)
+        ),
+    )
+
+
+def _merged(module: LLMCXRModule) -> torch.nn.Module:
+    return copy.deepcopy(module.model).merge_and_unload()
+
+
+def test_lora_trains_new_token_rows_only_among_embeddings(lora_module: LLMCXRModule) -> None:
+    token_map = lora_module.token_map
+    before = _merged(lora_module).get_input_embeddings().weight.detach().clone()
+    encoder = lora_module.record_encoder()
+    record = {
+        "instruction": "Draw it.",
+        "input": "Cardiomegaly.",
+        "response": IMAGE_PLACEHOLDER,
+        "task": "report_to_cxr",
+    }
+    batch = PadCollator(0)([encoder.encode(record, torch.randint(0, 64, (16,)))])
+    trainable = [p for p in lora_module.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        lora_module(batch).backward()
+        opt.step()
+    after = _merged(lora_module).get_input_embeddings().weight.detach()
+    new_rows = [*token_map.image_token_ids, token_map.start_id, token_map.end_id]
+    text_rows = list(range(token_map.first_code_id))
+    assert not torch.equal(after[new_rows], before[new_rows])
+    assert torch.equal(after[text_rows], before[text_rows])
+
+
+def test_lora_export_is_an_adapter_that_reloads_to_the_same_logits(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    folder = lora_module.export(tmp_path / "model")
+    assert json.loads((folder / "llmcxr.json").read_text())["weights"] == "lora"
+    assert (folder / "llm" / "adapter").is_dir() and not (
+        folder / "llm" / "model.safetensors"
+    ).exists()
+    loaded = load_model_folder(folder)
+    ids = torch.tensor(
+        [[5, 9, lora_module.token_map.start_id, lora_module.token_map.first_code_id + 7]]
+    )
+    with torch.no_grad():
+        expected = _merged(lora_module).eval()(ids).logits
+        assert torch.allclose(loaded.model(ids).logits, expected, atol=1e-5)
