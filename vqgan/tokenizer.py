@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vqgan.atomic import atomic_write
 from vqgan.config import VQGANConfig
 from vqgan.networks import VQGAN
 
@@ -139,8 +138,8 @@ class CXRTokenizer(nn.Module):
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.model.state_dict().items()}
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "fingerprint": self.fingerprint}
-        _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT_NAME}))
-        _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT_NAME}))
+        atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
         return out
 
     @classmethod
@@ -202,15 +201,3 @@ def _read_lightning_checkpoint(path: Path) -> tuple[VQGANConfig, dict[str, torch
     if not state:
         raise ValueError(f"{path} holds no generator weights (keys starting with {prefix!r})")
     return config, state
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary next to ``target``, then atomically replace it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
