@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from evaluation_fixtures import make_tiny_dataset
 from llm_fixtures import make_tiny_model_folder
 
+from llmcxr.evaluation.classifier import ImageClassifier
 from llmcxr.evaluation.cli import main
 from llmcxr.evaluation.store import ResultStore
-from vqgan.clinical import build_densenet, save_classifier_export
+from vqgan.clinical import (
+    ClinicalFeatureExtractor,
+    build_densenet,
+    import_torchxrayvision,
+    save_classifier_export,
+)
 
 CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumonia", "Mass"]
 
@@ -19,14 +26,33 @@ CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumo
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluation")
-    classifier = save_classifier_export(
-        build_densenet(len(CLASSIFIER_LABELS)), CLASSIFIER_LABELS, root / "classifier"
-    )
     return {
         "model": make_tiny_model_folder(root / "model"),
         "data": make_tiny_dataset(root / "data", n_test=3),
-        "classifier": classifier,
     }
+
+
+@pytest.fixture
+def tiny_classifier(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A 4-block torchxrayvision DenseNet in place of DenseNet-121 (which costs seconds per image
+    on these CPUs); the real export loading is covered by the test below."""
+    densenet = import_torchxrayvision().models.DenseNet(
+        weights=None, num_classes=len(CLASSIFIER_LABELS), growth_rate=8, block_config=(1, 1, 1, 1),
+        num_init_features=16, op_threshs=None,
+    )
+    extractor = ClinicalFeatureExtractor(densenet, CLASSIFIER_LABELS)
+    monkeypatch.setattr(ImageClassifier, "from_weights", classmethod(lambda cls, w, batch_size=16: cls(extractor)))
+    return "tiny-test-classifier"
+
+
+def test_classifier_export_loads_and_maps_labels(tmp_path: Path) -> None:
+    folder = save_classifier_export(build_densenet(len(CLASSIFIER_LABELS)), CLASSIFIER_LABELS, tmp_path)
+    classifier = ImageClassifier.from_weights(str(folder))
+    columns = classifier.chexpert_columns(["Pleural Effusion", "Cardiomegaly", "Fracture"])
+    assert columns == {"Pleural Effusion": 2, "Cardiomegaly": 1}
+    probs, feats = classifier([np.full((64, 64), 0.5, dtype=np.float32)])
+    assert probs.shape == (1, len(CLASSIFIER_LABELS)) and feats.shape == (1, 1024)
+    assert ((probs > 0) & (probs < 1)).all()
 
 
 def _args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
@@ -34,10 +60,12 @@ def _args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--max-new-tokens", "8", "--bootstrap", "20", "--device", "cpu", *extra]
 
 
-def test_evaluate_writes_metrics_table_and_plots(assets: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_writes_metrics_table_and_plots(
+    assets: dict[str, Path], tiny_classifier: str, tmp_path: Path
+) -> None:
     out = tmp_path / "eval"
     code = main(_args(assets, out, "--tasks", "report,image,vqa,roundtrip,tokenizer",
-                      "--classifier", str(assets["classifier"]), "--limit", "2"))
+                      "--classifier", tiny_classifier, "--limit", "2"))
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     report = metrics["report"]
