@@ -141,6 +141,7 @@ def generate_image_codes(
     uncond_input_ids: torch.Tensor | None = None,
     uncond_attention_mask: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
+    restrict_logits: bool = True,
 ) -> torch.Tensor:
     """Sample `tokens_per_image` codes per prompt with a KV cache -> LongTensor [B, N] in [0, K).
 
@@ -148,7 +149,8 @@ def generate_image_codes(
     marker. With `guidance_scale` (and an unconditional prompt batch of the same shape, e.g.
     the prompt with an empty report), logits follow classifier-free guidance on log-probs:
     `uncond + scale * (cond - uncond)` (Sanchez et al. 2023, as transformers'
-    `UnbatchedClassifierFreeGuidanceLogitsProcessor`).
+    `UnbatchedClassifierFreeGuidanceLogitsProcessor`). `restrict_logits=False` computes the
+    full-vocabulary logits and slices them (same result, slower; kept for benchmarking).
     """
     batch = input_ids.shape[0]
     n_tokens, first, k = layout.tokens_per_image, layout.first_code_id, layout.codebook_size
@@ -160,13 +162,13 @@ def generate_image_codes(
             (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
         )
     warpers = _warpers(sampling)
-    restricted = _has_plain_lm_head(model)
+    restricted = restrict_logits and _has_plain_lm_head(model)
     if restricted:
         decoder = model.get_decoder()
         head = model.get_output_embeddings()
         head_weight = head.weight[first : first + k]  # [K, H]
         head_bias = head.bias[first : first + k] if getattr(head, "bias", None) is not None else None
-    else:
+    elif restrict_logits:
         logger.info("model scales its logits; computing full-vocabulary logits while drawing")
 
     position_ids = _position_ids(attention_mask)

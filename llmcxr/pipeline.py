@@ -25,6 +25,7 @@ from instructions.prompt_format import IMAGE_PLACEHOLDER
 from instructions.templates import default_instruction
 from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
 from llmcxr.devices import resolve_device, resolve_dtype
+from llmcxr.image_tokens import encode_text_with_images
 
 if TYPE_CHECKING:
     from instructions import PromptFormat
@@ -122,21 +123,11 @@ class LLMCXR:
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:
-        """Tokenise prompt text, splicing one `<img_start> codes <img_end>` span per `<image>`.
-
-        The text around each placeholder is tokenised separately (special tokens only on the
-        first piece), so the image span is exactly `token_map.image_to_text_span(codes)`.
-        """
-        pieces = text.split(IMAGE_PLACEHOLDER)
-        if len(pieces) - 1 != len(image_codes):
-            raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_PLACEHOLDER} but {len(image_codes)} images")
-        ids: list[int] = []
-        for i, piece in enumerate(pieces):
-            if piece:
-                ids += self.text_tokenizer(piece, add_special_tokens=i == 0)["input_ids"]
-            if i < len(image_codes):
-                ids += self.token_map.image_to_text_span(image_codes[i])
-        return EncodedPrompt(ids)
+        """Tokenise prompt text with one `<img_start> codes <img_end>` span per `<image>`,
+        exactly as training does (`llmcxr.image_tokens.encode_text_with_images`)."""
+        return EncodedPrompt(
+            encode_text_with_images(text, image_codes, self.text_tokenizer, self.token_map, IMAGE_PLACEHOLDER)
+        )
 
     def _check_fits(self, prompt: EncodedPrompt, new_tokens: int) -> None:
         if self.context_length is not None and len(prompt.ids) + new_tokens > self.context_length:
