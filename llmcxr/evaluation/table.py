@@ -104,11 +104,18 @@ def render(metrics: Mapping[str, Any]) -> str:
         lines += [(f"## CXR -> report ({r['n_items']} images, {r['report_section']} text, "
                   f"{r['samples_per_image']} sample(s) per image)"), ""]
         lines += report_table(r) + [""]
+        lines += [(f"AUROC macro / weighted over the {len(r['per_label']) - r['auroc']['n_undefined']} "
+                  f"classes whose reference labels take both values ({r['auroc']['n_undefined']} undefined). "
+                  "NLG scores use the first sampled report per image; METEOR is omitted (it needs "
+                  "WordNet data or Java, not available offline)."), ""]
     if "image" in metrics and metrics["image"].get("generated"):
         im = metrics["image"]
         lines += [(f"## Report -> CXR ({im['generated']['n_items']} reports, {im['images_per_report']} "
                   f"image(s) each; classes: {', '.join(im['classes'])})"), ""]
         lines += image_table(im) + [""]
+        lines += [(f"AUROC macro over the {len(im['classes']) - im['generated']['auroc']['n_undefined']} "
+                  "classes with both values in the reports' labels; FID XRV on the classifier's pooled "
+                  "features; Inception FID only with --inception-weights (torchvision Inception-v3)."), ""]
     if "vqa" in metrics and metrics["vqa"].get("n_items"):
         v = metrics["vqa"]
         lines += [f"## VQA ({v['n_yes_no']} yes/no, {v['n_open']} open questions)", ""]
