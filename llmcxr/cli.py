@@ -287,7 +287,7 @@ def _report_batch(llm: LLMCXR, paths: Sequence[Path], args: argparse.Namespace) 
         for row, report in zip(ok, reports):
             row["report"] = report
             if args.json:
-                from instructions.labeler import label_report
+                from instructions import label_report
 
                 row["labels"] = label_report(report)
     return rows

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from instructions.prompt_format import IMAGE_PLACEHOLDER
-from instructions.templates import default_instruction
+from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
 from llmcxr.devices import resolve_device, resolve_dtype
 from llmcxr.image_tokens import encode_text_with_images
@@ -298,7 +297,10 @@ class LLMCXR:
         # The unconditional branch: the same instruction with no report (Alpaca's no-input form).
         uncond = self._image_prompt(self.prompt_format.render(instruction)) if guided else None
         generator = torch.Generator(self.device)
-        generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        if seed is None:
+            generator.seed()  # a fresh random seed for this generator only, not the global RNG
+        else:
+            generator.manual_seed(seed)
         total = len(prompts) * n_tokens
         codes = []
         for start, chunk in zip(range(0, len(prompts), batch_size), _chunks(prompts, batch_size)):
@@ -354,7 +356,6 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
