@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import signal
 import sys
 import tempfile
-
-log = logging.getLogger(__name__)
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"llmcxr demo: cannot load the model: {err}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="llmcxr-demo-") as output_dir:
+    with tempfile.TemporaryDirectory(prefix="llmcxr-demo-") as output_dir, _exit_on_sigterm():
         demo = build_demo(model, output_dir)
         try:
             launch_demo(demo, host=args.host, port=args.port, max_queue=args.max_queue, block=True)
@@ -70,6 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             demo.close()
     return 0
+
+
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (service stop) into a normal exit, so the server closes and temp files go.
+
+    The previous handler comes back afterwards; off the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
