@@ -1,0 +1,190 @@
+"""Benchmark a CXR tokenizer: reconstruction quality, clinical fidelity, codebook use, speed.
+
+    python benchmarks/tokenizer.py --tokenizer <folder|.ckpt> --classifier <export|.ckpt> \
+        [--data ../shared/data/nih_chestxray14] [--limit 128]
+
+Prints a summary and writes JSON (default ``benchmarks/results/tokenizer.json``) with PSNR and
+SSIM (torchmetrics, images in [0, 1]), the cosine between the classifier's 1,024-d features of
+each original and its reconstruction, classifier-output agreement (predicted labels at 0.5, mean
+absolute probability difference), codebook usage and perplexity over all tokens, and encode /
+decode images per second on the CPU (and on the GPU when one is present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from tqdm import tqdm
+
+from vqgan import CXRReadError, CXRTokenizer, load_cxr_tensor
+from vqgan.clinical import ClinicalFeatureExtractor
+from vqgan.data import load_records
+
+logger = logging.getLogger("benchmarks.tokenizer")
+
+DEFAULT_DATA = "../shared/data/nih_chestxray14"
+DEFAULT_OUTPUT = "benchmarks/results/tokenizer.json"
+
+
+def load_images(data: str, size: int, limit: int | None, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Read up to ``limit`` images (seeded subset) as ``[N, 1, size, size]``; unreadable ones are skipped."""
+    records = load_records(data, limit=limit, seed=seed)
+    images, paths, skipped = [], [], []
+    for record in tqdm(records, desc="reading images", unit="img"):
+        try:
+            images.append(load_cxr_tensor(record.path, size))
+            paths.append(record.path)
+        except CXRReadError as err:
+            logger.warning("skipped %s", err)
+            skipped.append(record.path)
+    if not images:
+        raise SystemExit(f"no readable images in {data}")
+    return torch.stack(images), paths, skipped
+
+
+def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def measure_speed(tokenizer: CXRTokenizer, images: torch.Tensor, batch_size: int, device: torch.device) -> dict:
+    """Encode and decode throughput (images/s) on ``device``, after one warm-up batch."""
+    tokenizer.to(device)
+    batches = list(images.split(batch_size))
+    tokenizer.decode(tokenizer.encode(batches[0].to(device)))  # warm-up (allocations, kernels)
+    encode_s = decode_s = 0.0
+    for batch in tqdm(batches, desc=f"speed on {device.type}", unit="batch"):
+        batch = batch.to(device)
+        ids, seconds = _timed(lambda: tokenizer.encode(batch), device)
+        encode_s += seconds
+        _, seconds = _timed(lambda: tokenizer.decode(ids), device)
+        decode_s += seconds
+    n = images.shape[0]
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "batch_size": batch_size,
+        "encode_images_per_s": n / encode_s,
+        "decode_images_per_s": n / decode_s,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    tokenizer: CXRTokenizer, classifier: ClinicalFeatureExtractor, images: torch.Tensor, batch_size: int,
+    device: torch.device,
+) -> dict:
+    """Quality metrics of decode(encode(images)) against the originals."""
+    tokenizer.to(device)
+    classifier.to(device)
+    psnr, ssim, cosine, agree, prob_diff, all_ids = [], [], [], [], [], []
+    for batch in tqdm(images.split(batch_size), desc="reconstructing", unit="batch"):
+        batch = batch.to(device)
+        ids = tokenizer.encode(batch)
+        recon = tokenizer.decode(ids)
+        all_ids.append(ids.cpu())
+        psnr.append(peak_signal_noise_ratio(recon, batch, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+        ssim.append(structural_similarity_index_measure(recon, batch, data_range=1.0, reduction="none"))
+        cosine.append(F.cosine_similarity(classifier(batch), classifier(recon), dim=1))
+        p_orig, p_recon = classifier.predict_proba(batch), classifier.predict_proba(recon)
+        agree.append(((p_orig > 0.5) == (p_recon > 0.5)).float().mean(dim=1))
+        prob_diff.append((p_orig - p_recon).abs().mean(dim=1))
+    ids = torch.cat(all_ids)
+    counts = torch.bincount(ids.flatten(), minlength=tokenizer.codebook_size).float()
+    probs = counts / counts.sum()
+    perplexity = torch.exp(-(probs * probs.clamp_min(1e-10).log()).sum())
+
+    def mean(values: list[torch.Tensor]) -> float:
+        return float(torch.cat([v.reshape(-1).float().cpu() for v in values]).mean())
+
+    return {
+        "psnr_db": mean(psnr),
+        "ssim": mean(ssim),
+        "clinical_feature_cosine": mean(cosine),
+        "label_agreement_at_0.5": mean(agree),
+        "mean_abs_prob_diff": mean(prob_diff),
+        "codebook_usage": float((counts > 0).float().mean()),
+        "codes_used": int((counts > 0).sum()),
+        "code_perplexity": float(perplexity),
+        "classifier_labels": list(classifier.labels),
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained) or fit .ckpt")
+    parser.add_argument("--classifier", required=True,
+                        help="clinical classifier: export folder, .safetensors, .ckpt or torchxrayvision cache name")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="folder or CSV/JSONL manifest of CXRs")
+    parser.add_argument("--limit", type=int, default=128, help="images to use (seeded random subset)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON results file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark, print the figures and write them as JSON."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = CXRTokenizer.from_pretrained(args.tokenizer)
+    classifier = ClinicalFeatureExtractor.from_weights(args.classifier)
+    images, paths, skipped = load_images(args.data, tokenizer.image_size, args.limit, args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    results = {
+        "data": str(args.data),
+        "images": len(paths),
+        "skipped": skipped,
+        "tokenizer": str(args.tokenizer),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "tokenizer_config": tokenizer.config.to_dict(),
+        "tokenizer_parameters": sum(p.numel() for p in tokenizer.parameters()),
+        "classifier": str(args.classifier),
+        "quality": evaluate(tokenizer, classifier, images, args.batch_size, device),
+        "speed": {"cpu": measure_speed(tokenizer, images, args.batch_size, torch.device("cpu"))},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        results["speed"]["cuda"] = measure_speed(tokenizer, images, args.batch_size, device)
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    quality = results["quality"]
+    print(f"{results['images']} images from {args.data} ({len(skipped)} skipped), "
+          f"tokenizer {tokenizer.fingerprint} ({tokenizer.tokens_per_image} tokens, {tokenizer.codebook_size} codes)")
+    print(f"PSNR {quality['psnr_db']:.2f} dB  SSIM {quality['ssim']:.4f}  "
+          f"clinical-feature cosine {quality['clinical_feature_cosine']:.4f}")
+    print(f"label agreement {quality['label_agreement_at_0.5']:.4f}  "
+          f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage {quality['codebook_usage']:.3f} "
+          f"({quality['codes_used']} codes)  perplexity {quality['code_perplexity']:.1f}")
+    for name, speed in results["speed"].items():
+        print(f"{name}: encode {speed['encode_images_per_s']:.2f} img/s, decode {speed['decode_images_per_s']:.2f} img/s "
+              f"(batch {speed['batch_size']})")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""benchmarks/tokenizer.py runs end to end on the fixtures and writes sane JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from vqgan import CXRTokenizer
+from vqgan.clinical import build_densenet, save_classifier_export
+from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenizer.py"
+
+
+def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) -> None:
+    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    tokenizer = CXRTokenizer(TINY).save_pretrained(tmp_path / "tokenizer")
+    classifier = save_classifier_export(build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier")
+    out = tmp_path / "results.json"
+
+    benchmark.main(["--tokenizer", str(tokenizer), "--classifier", str(classifier), "--data", str(fixtures_dir),
+                    "--limit", "3", "--batch-size", "2", "--output", str(out)])
+
+    results = json.loads(out.read_text())
+    quality = results["quality"]
+    assert results["images"] + len(results["skipped"]) == 3
+    assert results["tokenizer_fingerprint"] == CXRTokenizer.from_pretrained(tokenizer).fingerprint
+    assert 0 < quality["psnr_db"] < 100 and -1 <= quality["ssim"] <= 1
+    assert -1 <= quality["clinical_feature_cosine"] <= 1
+    assert 0 <= quality["label_agreement_at_0.5"] <= 1 and 0 <= quality["mean_abs_prob_diff"] <= 1
+    assert 0 < quality["codebook_usage"] <= 1 and 1 <= quality["code_perplexity"] <= TINY.n_embed
+    assert results["speed"]["cpu"]["encode_images_per_s"] > 0 and results["speed"]["cpu"]["decode_images_per_s"] > 0
