@@ -82,7 +82,7 @@ class EvaluationConfig:
     def identity(self) -> dict[str, Any]:
         """Settings that change per-item results: a resumed run must match them."""
         return {
-            "model": self.model,
+            "model": str(Path(self.model).resolve()) if self.model else None,
             "data": str(self.data.resolve()),
             "stage": self.stage,
             "split": self.split,

@@ -80,6 +80,9 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
         return {"n_items": 0, "note": "no report->CXR records"}
     columns = ctx.classifier.chexpert_columns(ctx.classes)
     classes = list(columns)
+    if not classes:
+        return {"n_items": len(rows), "note": f"the classifier's labels {ctx.classifier.labels} "
+                "name none of the CheXpert classes; no AUROC / F1 / FID computed"}
     cols = [columns[c] for c in classes]
     truth = label_matrix(
         [r["report"] for r in rows], classes, uncertain_as_positive=cfg.uncertain_as_positive

@@ -1,0 +1,51 @@
+"""The resumable result store and the batch loop that isolates rejected items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from llmcxr.evaluation.store import ResultStore, map_chunk, run_pending
+
+
+def _double(items: Sequence[int], start: int = 0) -> list[int]:
+    if 13 in items:
+        raise ValueError("prompt is too long: 13")
+    return [2 * i for i in items]
+
+
+def test_map_chunk_isolates_the_rejected_item() -> None:
+    out = map_chunk(_double, [1, 13, 2])
+    assert out == [(1, 2, None), (13, None, "prompt is too long: 13"), (2, 4, None)]
+    with pytest.raises(RuntimeError):
+        map_chunk(lambda part: (_ for _ in ()).throw(RuntimeError("not a bad input")), [1])
+
+
+def test_run_pending_skips_stored_items_and_records_errors(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "rows.jsonl")
+    seen: list[int] = []
+
+    def generate(part: Sequence[int], start: int) -> list[int]:
+        seen.extend(part)
+        return _double(part)
+
+    kw = {"key": str, "generate": generate, "make_row": lambda i, r: {"value": r}, "batch_size": 2, "desc": "t"}
+    rows = run_pending(store, [1, 2, 13], **kw)
+    assert rows == [{"key": "1", "value": 2}, {"key": "2", "value": 4},
+                    {"key": "13", "error": "prompt is too long: 13"}]
+    seen.clear()
+    again = run_pending(ResultStore(tmp_path / "rows.jsonl"), [1, 2, 13, 4], **kw)
+    assert seen == [4]  # only the new item is computed; stored ones (errors included) are not
+    assert again[-1] == {"key": "4", "value": 8}
+
+
+def test_store_drops_a_half_written_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    ResultStore(path).add({"key": "a", "value": 1})
+    with path.open("a") as handle:
+        handle.write('{"key": "b", "val')
+    store = ResultStore(path)
+    assert list(store.rows) == ["a"]
+    assert path.read_text() == '{"key": "a", "value": 1}\n'
