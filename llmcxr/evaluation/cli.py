@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=(1, 2), default=_DEFAULTS["stage"],
                    help="dataset stage: 1 = findings+impression, 2 = impression only (default %(default)s)")
     p.add_argument("--split", default=_DEFAULTS["split"], help="dataset split (default %(default)s)")
-    p.add_argument("--tasks", default=",".join(_DEFAULTS["tasks"]),
-                   help=f"comma-separated subset of {','.join(TASKS)} (default: all)")
+    p.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default: all; "
+                   "without --classifier all but image and roundtrip)")
     p.add_argument("--classifier", help="CXR classifier weights: export folder, .safetensors, .ckpt, "
                    "or a torchxrayvision cache name such as densenet121-res224-all (never downloaded)")
     p.add_argument("--limit", type=int, help="at most N records per task (quick runs)")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             stage=args.stage,
             split=args.split,
-            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None,
             classifier=args.classifier,
             limit=args.limit,
             report_section=args.report_section,

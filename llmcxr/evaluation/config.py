@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASKS = ("report", "image", "vqa", "roundtrip", "tokenizer")
+CLASSIFIER_TASKS = ("image", "roundtrip")
 REPORT_SECTIONS = ("full", "impression")
 
 
@@ -37,7 +38,8 @@ class EvaluationConfig:
     """Results folder: metrics.json, table.md, plots, per-item JSONL (resumable)."""
     stage: int = 2
     split: str = "test"
-    tasks: tuple[str, ...] = ("report", "image", "vqa", "roundtrip", "tokenizer")
+    tasks: tuple[str, ...] | None = None
+    """Subset of TASKS; None = all of them, less image and roundtrip when no classifier is given."""
     classifier: str | None = None
     """CXR classifier weights (export folder, .safetensors, .ckpt or torchxrayvision cache name)."""
     limit: int | None = None
@@ -61,6 +63,10 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.out = Path(self.out)
+        if self.tasks is None:
+            self.tasks = TASKS if self.classifier else tuple(t for t in TASKS if t not in CLASSIFIER_TASKS)
+            if not self.classifier:
+                logger.warning("no --classifier: skipping the %s tasks", " and ".join(CLASSIFIER_TASKS))
         self.tasks = tuple(self.tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
@@ -72,7 +78,7 @@ class EvaluationConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        needs_classifier = {"image", "roundtrip"} & set(self.tasks)
+        needs_classifier = set(CLASSIFIER_TASKS) & set(self.tasks)
         if needs_classifier and not self.classifier:
             raise ValueError(
                 f"--tasks {','.join(sorted(needs_classifier))} needs --classifier (torchxrayvision "
