@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 MODEL_QUEUE = "llmcxr-model"
 """Concurrency id of every event that runs the model: one worker, one request at a time."""
 
+MAX_UPLOAD = "100mb"
+"""Largest accepted upload: room for an uncompressed 16-bit DICOM, not for abuse."""
+
 EXAMPLE_REPORTS = [
     "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
     "Large right pleural effusion with adjacent atelectasis. Moderate cardiomegaly.",
@@ -295,6 +298,7 @@ def launch_demo(
         server_name=host,
         server_port=port,
         share=False,
+        max_file_size=MAX_UPLOAD,
         inbrowser=False,
         prevent_thread_lock=not block,
         ssr_mode=False,
