@@ -44,7 +44,9 @@ class InceptionFeatures:
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        network = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        # transform_input=True as torchvision sets it for these weights: they expect [-1, 1]
+        # inputs and the model maps our ImageNet-normalised batch to that range.
+        network = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
         network.load_state_dict(state)
         network.AuxLogits = None
         network.aux_logits = False
