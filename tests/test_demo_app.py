@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_fake_model import FakeLLMCXR
+from demo_requirements import missing_modules, require
 from PIL import Image
+
+require(missing_modules("gradio"))
+
+from demo_fake_model import FakeLLMCXR
 
 from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling
 from llmcxr.demo.app import DemoCallbacks, build_demo, chat_messages, gr

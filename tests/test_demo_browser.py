@@ -9,7 +9,6 @@ Run as a script to refresh the README screenshot:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import sys
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
+from demo_requirements import missing_modules, require
 
 FIXTURE_IMAGE = Path(__file__).parent / "fixtures" / "00000001_000.png"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -28,19 +27,11 @@ PAGE_TIMEOUT_MS = 45_000
 
 def chromium_or_skip() -> str:
     """Path of the system chromium; skip without it (fail under CI, which must run this test)."""
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package (pip install playwright)")
     chromium = shutil.which("chromium")
+    missing = missing_modules("gradio", "playwright")
     if chromium is None:
         missing.append("a chromium executable (apt-get install chromium)")
-    if missing:
-        reason = "browser test needs " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI is set: it must run here)")
-        pytest.skip(reason)
+    require(missing)
     return chromium
 
 

@@ -7,6 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from demo_requirements import missing_modules, require
+
+require(missing_modules("gradio"))
+
 from demo_fake_model import FakeLLMCXR
 
 from llmcxr.demo import main
