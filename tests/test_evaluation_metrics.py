@@ -101,6 +101,22 @@ def test_answer_metrics() -> None:
     assert metrics.yes_no("Yes, there is an effusion.") == "yes"
     assert metrics.yes_no("no.") == "no"
     assert metrics.yes_no("Possibly") is None
+    assert metrics.yes_no("No acute cardiopulmonary abnormality.") == "no"
+    assert metrics.yes_no("No acute cardiopulmonary abnormality.", strict=True) is None
+    assert metrics.yes_no("No. There is no pneumothorax.", strict=True) == "no"
+    assert metrics.yes_no("yes", strict=True) == "yes"
+
+
+def test_vqa_scoring_counts_and_confusion() -> None:
+    from llmcxr.evaluation.vqa_task import score_answers
+
+    refs = ["Yes.", "No. Heart normal.", "No.", "No acute abnormality.", "Left pleural effusion."]
+    answers = ["yes, small", "Yes", "maybe", "No acute disease.", "pleural effusion"]
+    out = score_answers(refs, answers, n_boot=10)
+    assert out["n_yes_no"] == 3 and out["n_open"] == 2
+    assert out["yes_no_accuracy"] == pytest.approx(1 / 3)
+    assert out["confusion"]["counts"] == [[1, 0, 0], [1, 0, 1]]  # rows yes/no; cols yes/no/other
+    assert out["open_token_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert metrics.token_f1("small left effusion", "Left pleural effusion.") == pytest.approx(2 / 3)
     assert metrics.token_f1("heart", "lungs") == 0.0
 

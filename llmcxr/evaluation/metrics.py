@@ -194,8 +194,18 @@ def answer_tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def yes_no(answer: str) -> str | None:
-    """'yes' / 'no' when the answer starts with that word, else None."""
+_STANDALONE_YES_NO = re.compile(r"^\s*(yes|no)\s*(?:[.,;:!]|$)", re.IGNORECASE)
+
+
+def yes_no(answer: str, *, strict: bool = False) -> str | None:
+    """'yes' / 'no' when the answer starts with that word, else None.
+
+    ``strict`` needs the word to stand alone ("No." / "Yes, ..."), so that a sentence such as
+    "No acute cardiopulmonary abnormality." is not read as a yes/no answer (used for references).
+    """
+    if strict:
+        match = _STANDALONE_YES_NO.match(answer)
+        return match.group(1).lower() if match else None
     tokens = answer_tokens(answer)
     return tokens[0] if tokens and tokens[0] in ("yes", "no") else None
 

@@ -1,7 +1,8 @@
 """VQA protocol: accuracy on yes/no questions, token F1 and ROUGE-L on open answers.
 
-A question is yes/no when its reference answer starts with "yes" or "no"; the model's answer is
-read the same way ("other" when it starts with neither, which counts as wrong).
+A question is yes/no when its reference answer starts with a standalone "Yes" or "No" ("No. The
+heart is normal."; not "No acute abnormality."); the model's answer counts by its first word
+("other" when that is neither, which counts as wrong).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def score_answers(
     references: Sequence[str], answers: Sequence[str], *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Yes/no accuracy with a confusion table, and open-answer token F1 / ROUGE-L."""
-    closed = [(yes_no(r), yes_no(a) or "other") for r, a in zip(references, answers) if yes_no(r)]
-    open_pairs = [(r, a) for r, a in zip(references, answers) if not yes_no(r)]
+    closed = [(yes_no(r, strict=True), yes_no(a) or "other")
+              for r, a in zip(references, answers) if yes_no(r, strict=True)]
+    open_pairs = [(r, a) for r, a in zip(references, answers) if not yes_no(r, strict=True)]
     correct = [float(ref == pred) for ref, pred in closed]
     confusion = Counter(closed)
     out: dict[str, Any] = {
