@@ -51,9 +51,8 @@ def shows_errors(callback: _F) -> _F:
             raise gr.Error(str(err), print_exception=False) from err
         except gr.Error:
             raise
-        except (
-            ValueError
-        ) as err:  # the model refused this input (e.g. prompt longer than its context)
+        except ValueError as err:
+            # The model refused this input (e.g. a prompt longer than its context).
             log.warning("demo request rejected: %s", err)
             raise gr.Error(f"The model cannot take this request: {err}") from err
         except Exception as err:  # any model failure must reach the page, not kill the app
