@@ -134,7 +134,6 @@ class LLMCXRModule(L.LightningModule):
             )
             self.prompt_format = parts.prompt_format
             self.image_tokenizer_fingerprint = parts.image_tokenizer.fingerprint
-            llm.train()
         else:
             if not image_tokenizer:
                 raise ValueError("model.image_tokenizer is required unless init_from is set")
@@ -151,6 +150,7 @@ class LLMCXRModule(L.LightningModule):
             self.image_tokenizer_fingerprint = cxr.fingerprint
             tokenizer_path = image_tokenizer
         self.image_tokenizer_path = str(Path(tokenizer_path).resolve())
+        llm.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if self.settings.gradient_checkpointing:
             llm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}

@@ -23,12 +23,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from vqgan import CXRTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +166,9 @@ class _ImageReadDataset(Dataset):
 class TokenizeModule(L.LightningModule):
     """Wraps a CXRTokenizer for ``Trainer.predict``: one batch of images -> their codes."""
 
-    def __init__(self, tokenizer_path: str) -> None:
+    def __init__(self, tokenizer: CXRTokenizer) -> None:
         super().__init__()
-        from vqgan import CXRTokenizer
-
-        self.tokenizer = CXRTokenizer.from_pretrained(tokenizer_path)
+        self.tokenizer = tokenizer
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         codes = self.tokenizer.encode(batch["image"])  # [B, tokens_per_image]
@@ -305,7 +306,7 @@ def build_token_cache(
             enable_model_summary=False,
         )
         trainer.predict(
-            TokenizeModule(str(tokenizer_path)),
+            TokenizeModule(tokenizer),
             datamodule=TokenizeDataModule(pending, tokenizer.image_size, batch_size, num_workers),
             return_predictions=False,
         )
@@ -347,6 +348,7 @@ def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".cache.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(meta, handle, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, cache_dir / CACHE_META_FILE)
 
 

@@ -103,10 +103,10 @@ def cli_main(args: Sequence[str] | None = None) -> LightningCLI:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``export`` is ours, every other subcommand goes to LightningCLI."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["export"]:
-        return _export_main(argv[1:])
-    cli_main(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["export"]:
+        return _export_main(args[1:])
+    cli_main(argv)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

@@ -100,3 +100,34 @@ def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture[str]) ->
         cli_main(["fit", "-c", str(CONFIGS / name), "--print_config"])
     assert done.value.code in (0, None)
     assert "model:" in capsys.readouterr().out
+
+
+def test_export_command_writes_a_loadable_fp16_folder(stage1: Path, tmp_path: Path) -> None:
+    ckpt = stage1 / "stage1" / "checkpoints" / "last.ckpt"
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "m"),
+                "--dtype",
+                "float16",
+            ]
+        )
+        == 0
+    )
+    parts = load_model_folder(tmp_path / "m")
+    assert parts.model.get_input_embeddings().weight.dtype == torch.float16
+    assert parts.manifest["training"]["exported_from"] == str(ckpt)
+
+
+def test_export_command_rejects_a_foreign_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = tmp_path / "vqgan.ckpt"
+    torch.save({"state_dict": {}, "vqgan_config": {}}, foreign)
+    assert main(["export", "--checkpoint", str(foreign), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an llmcxr training checkpoint" in err[0]
