@@ -69,12 +69,10 @@ def test_datamodule_on_fixture_labels(fixtures_dir: Path) -> None:
 def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) -> None:
     module = CXRClassifierModule(labels=["A", "B"])
     batch = {
-        "image": synthetic_images,
-        "path": [str(i) for i in range(4)],
-        "target": torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
-        "mask": torch.tensor(
-            [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]
-        ),  # B: one known, negative
+        "image": synthetic_images[:3],
+        "path": [str(i) for i in range(3)],
+        "target": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]),
+        "mask": torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]]),  # B: only one known label
     }
     trainer = L.Trainer(
         accelerator="cpu",
@@ -128,7 +126,7 @@ def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_i
             "-c",
             "configs/classifier/tiny.yaml",
             "--trainer.max_steps",
-            "2",
+            "1",
             "--trainer.default_root_dir",
             str(tmp_path),
             "--trainer.logger.init_args.save_dir",
@@ -147,6 +145,17 @@ def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_i
     # The checkpoint itself loads too, and the export subcommand gives the same weights.
     last = next(tmp_path.rglob("last.ckpt"))
     main(["export", "--ckpt", str(last), "--out", str(tmp_path / "again")])
-    again = ClinicalFeatureExtractor.from_weights(tmp_path / "again")
-    from_ckpt = ClinicalFeatureExtractor.from_weights(last)
-    assert torch.allclose(again(synthetic_images[:1]), from_ckpt(synthetic_images[:1]))
+    again = ClinicalFeatureExtractor.from_weights(tmp_path / "again").state_dict()
+    from_ckpt = ClinicalFeatureExtractor.from_weights(last).state_dict()
+    assert all(torch.equal(again[k], from_ckpt[k]) for k in from_ckpt)
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "configs" / "classifier").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_classifier_configs_parse(config: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(config), "--print_config"])
+    assert info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "sources:" in printed and "checkpoint:" in printed and "save_last: true" in printed

@@ -48,8 +48,9 @@ _XRV_PICKLE_ALLOWED_PREFIXES = (
 _XRV_PICKLE_ALLOWED_NAMES = {"collections.OrderedDict"}
 
 _TRAIN_HINT = (
-    "train one with `python -m vqgan.classifier fit -c configs/classifier/nih_cpu.yaml`, export it "
-    "with `python -m vqgan.classifier export --ckpt <last.ckpt> --out <dir>` and pass that folder"
+    "train one with `python -m vqgan.classifier fit -c configs/classifier/nih_cpu.yaml` (it "
+    "exports to <log_dir>/classifier_export; `python -m vqgan.classifier export --ckpt <file.ckpt> "
+    "--out <dir>` exports any checkpoint) and pass that folder"
 )
 _COPY_HINT = (
     "nothing is downloaded: copy the file there from a machine with internet access "
