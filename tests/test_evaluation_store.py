@@ -49,3 +49,15 @@ def test_store_drops_a_half_written_last_line(tmp_path: Path) -> None:
     store = ResultStore(path)
     assert list(store.rows) == ["a"]
     assert path.read_text() == '{"key": "a", "value": 1}\n'
+
+
+def test_limit_subset_is_seeded_ordered_and_nested() -> None:
+    from llmcxr.evaluation.runner import subset
+
+    items = list(range(100))
+    small, large = subset(items, 10, seed=0), subset(items, 30, seed=0)
+    assert len(small) == 10 and small == sorted(small)
+    assert small != items[:10]  # not simply the head of a possibly sorted split
+    assert set(small) <= set(large)
+    assert subset(items, 10, seed=0) == small and subset(items, 10, seed=1) != small
+    assert subset(items, None, seed=0) == items and subset(items, 500, seed=0) == items

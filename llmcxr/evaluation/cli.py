@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "without --classifier all but image and roundtrip)")
     p.add_argument("--classifier", help="CXR classifier weights: export folder, .safetensors, .ckpt, "
                    "or a torchxrayvision cache name such as densenet121-res224-all (never downloaded)")
-    p.add_argument("--limit", type=int, help="at most N records per task (quick runs)")
+    p.add_argument("--limit", type=int, help="a seeded random subset of N records per task (quick runs; "
+                   "a larger N contains a smaller one's records)")
     p.add_argument("--report-section", choices=("full", "impression"), default=_DEFAULTS["report_section"],
                    help="score the whole report or its IMPRESSION section (default %(default)s)")
     p.add_argument("--samples-per-image", type=int, default=_DEFAULTS["samples_per_image"],

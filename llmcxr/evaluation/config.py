@@ -43,7 +43,7 @@ class EvaluationConfig:
     classifier: str | None = None
     """CXR classifier weights (export folder, .safetensors, .ckpt or torchxrayvision cache name)."""
     limit: int | None = None
-    """Evaluate at most this many records per task (quick runs)."""
+    """Evaluate a seeded random subset of this many records per task (quick runs)."""
     report_section: str = "full"
     """Which text is labelled and scored: the whole report, or its IMPRESSION section."""
     samples_per_image: int = 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,21 @@ from llmcxr.evaluation.store import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def subset(records: Sequence[T], limit: int | None, seed: int) -> list[T]:
+    """A seeded random ``limit`` records in dataset order (all when ``limit`` is None).
+
+    Test splits are often sorted (e.g. by finding), so the first N would not be representative.
+    Subsets are prefixes of one permutation, so a larger limit contains a smaller one's items
+    and a resumed run with a raised ``--limit`` only computes the new ones.
+    """
+    if limit is None or limit >= len(records):
+        return list(records)
+    chosen = np.random.default_rng(seed).permutation(len(records))[:limit]
+    return [records[i] for i in sorted(chosen)]
+
 
 def _finished(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     ok = [r for r in rows if "error" not in r]
@@ -42,7 +58,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     check_run_identity(config)
     ctx = RunContext(config, split, classes=chexpert_classes())
-    cap = (lambda rs: rs[: config.limit]) if config.limit else (lambda rs: rs)
+    cap = lambda records: subset(records, config.limit, config.seed)
     metrics: dict[str, Any] = {
         "run": {**config.to_dict(), "dataset_card": split.card()},
         "conventions": LABEL_CONVENTIONS,
