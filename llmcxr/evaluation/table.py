@@ -95,7 +95,8 @@ def render(metrics: Mapping[str, Any]) -> str:
         "# llmcxr evaluation",
         "",
         (f"Model `{run['model'] or 'embedded default'}`, data `{run['data']}` stage {run['stage']} "
-        f"split `{run['split']}`; items per task capped at {run['limit'] or 'none'}. "
+        f"split `{run['split']}`; " + (f"a seeded random {run['limit']} records per task. " if run["limit"]
+                                       else "all records. ") +
         "Brackets: bootstrap 95 % intervals (items resampled)."),
         "",
     ]
