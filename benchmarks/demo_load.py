@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: tiny)")
     parser.add_argument("--requests", type=int, default=20, help="simultaneous requests")
     parser.add_argument("--task", choices=TASKS, default="report", help="which endpoint to load")
+    parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/demo_load.json")
     args = parser.parse_args(argv)
     if args.requests < 1:
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "task": args.task,
         "model": "tiny random test model" if args.model is None else model_path,
+        "note": args.note,
         **summarise(results),
         "wall_s": round(wall, 3),
         "machine": {
