@@ -114,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         texts.append(text)
         truths.append(gold)
 
-    best = float("inf")
+    best = best_cpu = float("inf")
     predictions: list[dict[str, int]] = []
     for _ in range(3):  # best of three: the machine is shared
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         predictions = [label_report(t) for t in texts]
         best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
     truth = np.array([[name in t for name in CHEXPERT_CLASSES] for t in truths], dtype=int)
     strict = np.array(
         [[p.get(name) == 1 for name in CHEXPERT_CLASSES] for p in predictions], dtype=int
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "strict": evaluate(truth, strict),
         "uncertain_as_positive": evaluate(truth, lenient),
         "speed_reports_per_s": round(len(texts) / best, 1),
+        "speed_reports_per_cpu_s": round(len(texts) / best_cpu, 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, 1 thread",
     }
     print(f"{len(texts)} reports (skipped {skipped})")
@@ -146,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{key}: micro F1 {result[key]['micro_f1']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"
         )  # type: ignore[index]
-    print(f"speed: {result['speed_reports_per_s']} reports/s")
+    print(
+        f"speed: {result['speed_reports_per_s']} reports/s wall, {result['speed_reports_per_cpu_s']} per CPU-second "
+        f"(load average {result['load_average_1min']})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
