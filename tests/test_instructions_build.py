@@ -15,7 +15,7 @@ from instructions import (
     extract_findings,
     label_report,
 )
-from instructions.build import BuildConfig, build_dataset
+from instructions.build import BuildConfig, StageConfig, build_dataset
 from instructions.cli import main
 from instructions.corpora import read_openi
 from instructions.filters import FilterPipeline, filter_cues, stage1_rules
@@ -254,3 +254,27 @@ def test_llm_vqa_output_is_parsed_and_validated() -> None:
     assert parse_qa_output("no json here", stats) == [] and stats.dropped["no JSON list"] == 1
     with pytest.raises(FileNotFoundError, match="not found"):
         load_generator("/nonexistent/model")
+
+
+def test_general_instructions_join_the_text_task(openi_reports: list[Report]) -> None:
+    rows = [
+        {"instruction": "Name a primary colour.", "context": "", "response": "Red."},
+        {"instruction": "Translate 'chat' from French.", "input": "chat", "output": "Cat."},
+        {"instruction": "", "output": "dropped: no instruction"},
+    ]
+    split = SplitConfig(0.0, 0.0)
+    with_general = build_dataset(
+        openi_reports[:20], BuildConfig(general_instructions=rows, split=split)
+    )
+    without = build_dataset(openi_reports[:20], BuildConfig(split=split))
+    pool = with_general[0].mix["train"]["pool"]["text"]
+    assert pool == without[0].mix["train"]["pool"]["text"] + 2
+    everything = BuildConfig(
+        general_instructions=rows,
+        split=split,
+        stages=(StageConfig("all_text", [], TaskMix(0, 0, 0, 1)),),
+    )
+    (only_text,) = build_dataset(openi_reports[:20], everything)
+    general = [r for r in only_text.records["train"] if r.source == "general"]
+    assert sorted(r.response for r in general) == ["Cat.", "Red."]
+    assert all(r.task == "text" and not r.image_id and r.patient_id == "" for r in general)

@@ -7,6 +7,7 @@ one, the same report text and patient) form one study. Relative image paths reso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -90,6 +91,4 @@ def read_table(
 
 def hash_text(text: str) -> str:
     """A short stable hash of a text (used to group rows of one study)."""
-    import hashlib
-
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
