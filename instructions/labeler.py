@@ -1,7 +1,9 @@
 """Rule-based CheXpert-style finding labeler: mentions, negation, uncertainty, laterality, severity.
 
-Hand-written on purpose: the CheXpert labeler / NegBio are not on PyPI, negspacy and medspaCy need
-spaCy models fetched from the network, and model-based labelers (CheXbert) need hub weights. The rules
+Hand-written on purpose (PyPI checked 2026-11): the CheXpert labeler is not on PyPI; radtext (NegBio)
+needs parser models downloaded; f1chexbert/CheXbert need hub weights; negspacy (NegEx) does negation
+only; medspaCy's ConText could run on a blank spaCy pipeline but brings spaCy and PyRuSH and clinical-
+note rules, not CheXpert's 14 classes, uncertainty conventions or laterality/severity. The rules
 follow the CheXpert labeler's order (uncertainty phrases containing a negation word, then negation,
 then other uncertainty) with a clause-limited scope instead of a dependency parse. Mention phrases and
 cues are data (``instructions/data/*.json``); only pure-Python ``re`` is used, so it labels thousands
