@@ -32,6 +32,7 @@ class CXRReadError(ValueError):
     """An image file that cannot be used as a chest X-ray; ``str(err)`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line, even when a decoder's message has several
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
