@@ -124,3 +124,18 @@ def test_templates_have_ten_paraphrases_per_direction_and_seeded_sampling() -> N
     assert len({templates.sample("report_to_cxr", rng) for _ in range(200)}) >= 10
     with pytest.raises(KeyError, match="no instruction templates"):
         templates.sample("nope", rng)
+
+
+def test_import_pulls_in_no_model_package() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, instructions, instructions.cli, instructions.vqa_llm; "
+        "heavy = {'torch', 'transformers', 'datasets', 'vqgan', 'llmcxr'} & set(sys.modules); "
+        "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
