@@ -73,6 +73,7 @@ def test_input_conversion_is_explicit(extractor: ClinicalFeatureExtractor) -> No
 def test_predict_proba(extractor: ClinicalFeatureExtractor, synthetic_images) -> None:
     probs = extractor.predict_proba(synthetic_images[:2])
     assert probs.shape == (2, len(LABELS)) and ((probs >= 0) & (probs <= 1)).all()
+    assert torch.allclose(extractor.proba_from_features(extractor(synthetic_images[:2])), probs)
     assert extractor.labels == LABELS
 
 

@@ -159,8 +159,12 @@ class ClinicalFeatureExtractor(nn.Module):
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities ``[B, len(labels)]`` (sigmoid; torchxrayvision's operating-point
         calibration when the weights come with one, so 0.5 is the decision threshold)."""
-        logits = self.densenet.classifier(self(images))
-        probs = torch.sigmoid(logits)
+        return self.proba_from_features(self(images))
+
+    def proba_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_proba` from features already computed by :meth:`forward` (one pass for
+        callers that need both)."""
+        probs = torch.sigmoid(self.densenet.classifier(features))
         if self.op_threshs is not None:
             probs = import_torchxrayvision().models.op_norm(probs, self.op_threshs)
         return probs
