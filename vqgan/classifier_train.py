@@ -66,7 +66,10 @@ def main(args: list[str] | None = None) -> None:
             "--out", required=True, help="folder for classifier.safetensors + .json"
         )
         options = parser.parse_args(argv[1:])
-        out = export_checkpoint(options.ckpt, options.out)
+        try:
+            out = export_checkpoint(options.ckpt, options.out)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
         print(f"classifier exported to {out}")
         return
     ClassifierCLI(
