@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 from tqdm import tqdm
 
 from vqgan import CXRReadError, CXRTokenizer, load_cxr_tensor
@@ -37,7 +40,9 @@ DEFAULT_DATA = "../shared/data/nih_chestxray14"
 DEFAULT_OUTPUT = "benchmarks/results/tokenizer.json"
 
 
-def load_images(data: str, size: int, limit: int | None, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
+def load_images(
+    data: str, size: int, limit: int | None, seed: int
+) -> tuple[torch.Tensor, list[str], list[str]]:
     """Read up to ``limit`` images (seeded subset) as ``[N, 1, size, size]``; unreadable ones are skipped."""
     records = load_records(data, limit=limit, seed=seed)
     images, paths, skipped = [], [], []
@@ -63,7 +68,9 @@ def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - start
 
 
-def measure_speed(tokenizer: CXRTokenizer, images: torch.Tensor, batch_size: int, device: torch.device) -> dict:
+def measure_speed(
+    tokenizer: CXRTokenizer, images: torch.Tensor, batch_size: int, device: torch.device
+) -> dict:
     """Encode and decode throughput (images/s) on ``device``, after one warm-up batch."""
     tokenizer.to(device)
     batches = list(images.split(batch_size))
@@ -71,13 +78,15 @@ def measure_speed(tokenizer: CXRTokenizer, images: torch.Tensor, batch_size: int
     encode_s = decode_s = 0.0
     for batch in tqdm(batches, desc=f"speed on {device.type}", unit="batch"):
         batch = batch.to(device)
-        ids, seconds = _timed(lambda: tokenizer.encode(batch), device)
+        ids, seconds = _timed(lambda b=batch: tokenizer.encode(b), device)
         encode_s += seconds
-        _, seconds = _timed(lambda: tokenizer.decode(ids), device)
+        _, seconds = _timed(lambda i=ids: tokenizer.decode(i), device)
         decode_s += seconds
     n = images.shape[0]
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "batch_size": batch_size,
         "encode_images_per_s": n / encode_s,
@@ -87,7 +96,10 @@ def measure_speed(tokenizer: CXRTokenizer, images: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def evaluate(
-    tokenizer: CXRTokenizer, classifier: ClinicalFeatureExtractor, images: torch.Tensor, batch_size: int,
+    tokenizer: CXRTokenizer,
+    classifier: ClinicalFeatureExtractor,
+    images: torch.Tensor,
+    batch_size: int,
     device: torch.device,
 ) -> dict:
     """Quality metrics of decode(encode(images)) against the originals."""
@@ -99,8 +111,12 @@ def evaluate(
         ids = tokenizer.encode(batch)
         recon = tokenizer.decode(ids)
         all_ids.append(ids.cpu())
-        psnr.append(peak_signal_noise_ratio(recon, batch, data_range=1.0, reduction="none", dim=(1, 2, 3)))
-        ssim.append(structural_similarity_index_measure(recon, batch, data_range=1.0, reduction="none"))
+        psnr.append(
+            peak_signal_noise_ratio(recon, batch, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        )
+        ssim.append(
+            structural_similarity_index_measure(recon, batch, data_range=1.0, reduction="none")
+        )
         cosine.append(F.cosine_similarity(classifier(batch), classifier(recon), dim=1))
         p_orig, p_recon = classifier.predict_proba(batch), classifier.predict_proba(recon)
         agree.append(((p_orig > 0.5) == (p_recon > 0.5)).float().mean(dim=1))
@@ -128,14 +144,23 @@ def evaluate(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained) or fit .ckpt")
-    parser.add_argument("--classifier", required=True,
-                        help="clinical classifier: export folder, .safetensors, .ckpt or torchxrayvision cache name")
+    parser.add_argument(
+        "--tokenizer", required=True, help="tokenizer folder (save_pretrained) or fit .ckpt"
+    )
+    parser.add_argument(
+        "--classifier",
+        required=True,
+        help="clinical classifier: export folder, .safetensors, .ckpt or torchxrayvision cache name",
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder or CSV/JSONL manifest of CXRs")
-    parser.add_argument("--limit", type=int, default=128, help="images to use (seeded random subset)")
+    parser.add_argument(
+        "--limit", type=int, default=128, help="images to use (seeded random subset)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON results file")
     return parser.parse_args(argv)
 
@@ -162,7 +187,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "classifier": str(args.classifier),
         "quality": evaluate(tokenizer, classifier, images, args.batch_size, device),
         "speed": {"cpu": measure_speed(tokenizer, images, args.batch_size, torch.device("cpu"))},
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+        },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if device.type == "cuda":
@@ -172,16 +201,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     quality = results["quality"]
-    print(f"{results['images']} images from {args.data} ({len(skipped)} skipped), "
-          f"tokenizer {tokenizer.fingerprint} ({tokenizer.tokens_per_image} tokens, {tokenizer.codebook_size} codes)")
-    print(f"PSNR {quality['psnr_db']:.2f} dB  SSIM {quality['ssim']:.4f}  "
-          f"clinical-feature cosine {quality['clinical_feature_cosine']:.4f}")
-    print(f"label agreement {quality['label_agreement_at_0.5']:.4f}  "
-          f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage {quality['codebook_usage']:.3f} "
-          f"({quality['codes_used']} codes)  perplexity {quality['code_perplexity']:.1f}")
+    print(
+        f"{results['images']} images from {args.data} ({len(skipped)} skipped), "
+        f"tokenizer {tokenizer.fingerprint} ({tokenizer.tokens_per_image} tokens, {tokenizer.codebook_size} codes)"
+    )
+    print(
+        f"PSNR {quality['psnr_db']:.2f} dB  SSIM {quality['ssim']:.4f}  "
+        f"clinical-feature cosine {quality['clinical_feature_cosine']:.4f}"
+    )
+    print(
+        f"label agreement {quality['label_agreement_at_0.5']:.4f}  "
+        f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage {quality['codebook_usage']:.3f} "
+        f"({quality['codes_used']} codes)  perplexity {quality['code_perplexity']:.1f}"
+    )
     for name, speed in results["speed"].items():
-        print(f"{name}: encode {speed['encode_images_per_s']:.2f} img/s, decode {speed['decode_images_per_s']:.2f} img/s "
-              f"(batch {speed['batch_size']})")
+        print(
+            f"{name}: encode {speed['encode_images_per_s']:.2f} img/s, decode {speed['decode_images_per_s']:.2f} img/s "
+            f"(batch {speed['batch_size']})"
+        )
     print(f"wrote {out}")
     return results
 

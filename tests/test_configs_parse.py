@@ -30,9 +30,13 @@ def test_configs_exist_for_every_entry_point() -> None:
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_config_parses(path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_parses(
+    path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = path.relative_to(CONFIGS).parts[0]
-    assert folder in ENTRY_POINTS, f"no entry point known for configs/{folder}/: add it to ENTRY_POINTS"
+    assert folder in ENTRY_POINTS, (
+        f"no entry point known for configs/{folder}/: add it to ENTRY_POINTS"
+    )
     module_name, function = ENTRY_POINTS[folder].split(":")
     main = getattr(importlib.import_module(module_name), function)
     monkeypatch.setattr(sys, "argv", [module_name])  # LightningCLI must read only our arguments

@@ -6,9 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
+
 from vqgan import CXRTokenizer
 from vqgan.clinical import build_densenet, save_classifier_export
-from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenizer.py"
 
@@ -18,11 +19,27 @@ def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) 
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     tokenizer = CXRTokenizer(TINY).save_pretrained(tmp_path / "tokenizer")
-    classifier = save_classifier_export(build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier")
+    classifier = save_classifier_export(
+        build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier"
+    )
     out = tmp_path / "results.json"
 
-    benchmark.main(["--tokenizer", str(tokenizer), "--classifier", str(classifier), "--data", str(fixtures_dir),
-                    "--limit", "3", "--batch-size", "2", "--output", str(out)])
+    benchmark.main(
+        [
+            "--tokenizer",
+            str(tokenizer),
+            "--classifier",
+            str(classifier),
+            "--data",
+            str(fixtures_dir),
+            "--limit",
+            "3",
+            "--batch-size",
+            "2",
+            "--output",
+            str(out),
+        ]
+    )
 
     results = json.loads(out.read_text())
     quality = results["quality"]
@@ -32,4 +49,7 @@ def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) 
     assert -1 <= quality["clinical_feature_cosine"] <= 1
     assert 0 <= quality["label_agreement_at_0.5"] <= 1 and 0 <= quality["mean_abs_prob_diff"] <= 1
     assert 0 < quality["codebook_usage"] <= 1 and 1 <= quality["code_perplexity"] <= TINY.n_embed
-    assert results["speed"]["cpu"]["encode_images_per_s"] > 0 and results["speed"]["cpu"]["decode_images_per_s"] > 0
+    assert (
+        results["speed"]["cpu"]["encode_images_per_s"] > 0
+        and results["speed"]["cpu"]["decode_images_per_s"] > 0
+    )

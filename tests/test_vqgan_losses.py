@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan.clinical import ClinicalFeatureExtractor, build_densenet
 from vqgan.losses import (
@@ -16,7 +17,6 @@ from vqgan.losses import (
     pixel_loss,
 )
 from vqgan.networks import VQGAN
-from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def test_clinical_loss_gradient_flows_to_reconstruction_only(extractor, syntheti
     loss, terms = clinical_loss(extractor, inputs, recon)
     loss.backward()
     assert torch.isfinite(loss.detach()) and float(loss.detach()) > 0
-    assert recon.grad is not None and torch.isfinite(recon.grad).all() and recon.grad.abs().sum() > 0
+    assert (
+        recon.grad is not None and torch.isfinite(recon.grad).all() and recon.grad.abs().sum() > 0
+    )
     assert inputs.grad is None  # the target features are detached
     assert all(p.grad is None for p in extractor.parameters())  # classifier frozen
     assert float(terms["clinical"]) == pytest.approx(float(loss))
@@ -71,7 +73,12 @@ def test_adaptive_weight_finite_on_the_decoder_last_layer(synthetic_images) -> N
     recon, codebook_loss, _ = model(x)
     fake_logits = recon.mean(dim=(1, 2, 3)) * 3 + recon.pow(2).mean()  # any differentiable critic
     loss, terms = generator_loss(
-        VQGANLossConfig(), x, recon, codebook_loss, logits_fake=fake_logits, last_layer=model.last_layer
+        VQGANLossConfig(),
+        x,
+        recon,
+        codebook_loss,
+        logits_fake=fake_logits,
+        last_layer=model.last_layer,
     )
     assert torch.isfinite(terms["gan_weight"]) and float(terms["gan_weight"]) > 0
     loss.backward()
@@ -90,7 +97,9 @@ def test_generator_loss_terms_follow_config(extractor, synthetic_images) -> None
     with pytest.raises(ValueError, match="no clinical feature extractor"):
         generator_loss(config, x, recon, codebook)
     total, terms = generator_loss(config, x, recon, codebook, extractor=extractor)
-    assert float(total) == pytest.approx(float(terms["l1"]) + 100.0 * float(terms["clinical"]) + 0.5, rel=1e-5)
+    assert float(total) == pytest.approx(
+        float(terms["l1"]) + 100.0 * float(terms["clinical"]) + 0.5, rel=1e-5
+    )
 
 
 def test_loss_config_rejects_clinical_weight_without_classifier() -> None:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan import CXRTokenizer, VQGANConfig
 from vqgan.module import VQGANModule
-from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture
@@ -36,7 +36,9 @@ def test_config_derived_sizes_and_validation() -> None:
         VQGANConfig.from_dict({**TINY.to_dict(), "colour": 3})
 
 
-def test_encode_decode_shapes_range_and_determinism(tokenizer: CXRTokenizer, images: torch.Tensor) -> None:
+def test_encode_decode_shapes_range_and_determinism(
+    tokenizer: CXRTokenizer, images: torch.Tensor
+) -> None:
     ids = tokenizer.encode(images)
     assert ids.dtype == torch.long and ids.shape == (4, tokenizer.tokens_per_image)
     assert 0 <= int(ids.min()) and int(ids.max()) < tokenizer.codebook_size
@@ -59,11 +61,15 @@ def test_decode_of_encode_equals_module_reconstruction(images: torch.Tensor) -> 
     torch.testing.assert_close(tokenizer.decode(ids), recon, atol=1e-5, rtol=0)
 
 
-def test_ids_are_row_major_over_the_latent_grid(tokenizer: CXRTokenizer, images: torch.Tensor) -> None:
+def test_ids_are_row_major_over_the_latent_grid(
+    tokenizer: CXRTokenizer, images: torch.Tensor
+) -> None:
     ids = tokenizer.encode(images)
     side = TINY.latent_size
     with torch.no_grad():
-        latents = tokenizer.model.quant_conv(tokenizer.model.encoder(images * 2 - 1))  # [B, D, h, w]
+        latents = tokenizer.model.quant_conv(
+            tokenizer.model.encoder(images * 2 - 1)
+        )  # [B, D, h, w]
         codebook = tokenizer.model.quantize.embedding.weight  # [K, D]
         row, col = 2, 5
         nearest = torch.cdist(latents[:, :, row, col], codebook).argmin(dim=1)
@@ -81,7 +87,9 @@ def test_ids_are_row_major_over_the_latent_grid(tokenizer: CXRTokenizer, images:
         (torch.randint(0, 2, (2, 1, 32, 32)), "float tensor"),
     ],
 )
-def test_encode_rejects_bad_images(tokenizer: CXRTokenizer, bad: torch.Tensor, message: str) -> None:
+def test_encode_rejects_bad_images(
+    tokenizer: CXRTokenizer, bad: torch.Tensor, message: str
+) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         tokenizer.encode(bad)
 
@@ -100,7 +108,9 @@ def test_decode_rejects_bad_ids(tokenizer: CXRTokenizer, bad: torch.Tensor, mess
         tokenizer.decode(bad)
 
 
-def test_save_pretrained_round_trip(tmp_path, tokenizer: CXRTokenizer, images: torch.Tensor) -> None:
+def test_save_pretrained_round_trip(
+    tmp_path, tokenizer: CXRTokenizer, images: torch.Tensor
+) -> None:
     ids = tokenizer.encode(images)
     folder = tokenizer.save_pretrained(tmp_path / "tok")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
@@ -110,7 +120,9 @@ def test_save_pretrained_round_trip(tmp_path, tokenizer: CXRTokenizer, images: t
     assert loaded.fingerprint == tokenizer.fingerprint
 
     half = tokenizer.save_pretrained(tmp_path / "tok16", dtype=torch.float16)
-    assert (half / "model.safetensors").stat().st_size < 0.6 * (folder / "model.safetensors").stat().st_size
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (
+        folder / "model.safetensors"
+    ).stat().st_size
     loaded16 = CXRTokenizer.from_pretrained(half)
     assert loaded16.fingerprint != tokenizer.fingerprint  # rounded weights can change tokens
     assert loaded16.encode(images).shape == ids.shape

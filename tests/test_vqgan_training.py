@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan import CXRTokenizer
 from vqgan.__main__ import main
@@ -16,7 +17,6 @@ from vqgan.clinical import build_densenet, save_classifier_export
 from vqgan.export import main as export_main
 from vqgan.losses import VQGANLossConfig
 from vqgan.module import VQGANModule
-from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "vqgan" / "tiny.yaml"
@@ -31,11 +31,17 @@ def _cli_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 def _fit_args(out: Path, *extra: str) -> list[str]:
     """fit on the bundled fixtures with every output under ``out``."""
     return [
-        "fit", "-c", str(TINY_YAML),
-        "--data.data", str(REPO / "tests" / "fixtures"),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.callbacks.init_args.dirpath", str(out / "checkpoints"),
+        "fit",
+        "-c",
+        str(TINY_YAML),
+        "--data.data",
+        str(REPO / "tests" / "fixtures"),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.callbacks.init_args.dirpath",
+        str(out / "checkpoints"),
         *extra,
     ]
 
@@ -67,37 +73,80 @@ def test_tiny_config_trains_resumes_validates_and_exports(tmp_path: Path) -> Non
     assert perplexity and all(1 <= p <= TINY.n_embed for p in perplexity)
 
     # Resume with the discriminator on: both optimisers step, so 2 more batches = 4 more steps.
-    main(_fit_args(out, "--trainer.max_steps", "14", "--model.loss.disc_start", "0",
-                   "--ckpt_path", str(last)))
+    main(
+        _fit_args(
+            out,
+            "--trainer.max_steps",
+            "14",
+            "--model.loss.disc_start",
+            "0",
+            "--ckpt_path",
+            str(last),
+        )
+    )
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 14
     assert int(resumed["state_dict"]["batches_seen"]) == 12
     disc = _metric(out / "logs" / "version_1" / "metrics.csv", "train/disc_loss_step")
     assert disc and all(math.isfinite(v) for v in disc)
 
-    main(["validate", "-c", str(TINY_YAML), "--data.data", str(REPO / "tests" / "fixtures"),
-          "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-          "--trainer.callbacks.init_args.dirpath", str(out / "checkpoints"), "--ckpt_path", str(last)])
+    main(
+        [
+            "validate",
+            "-c",
+            str(TINY_YAML),
+            "--data.data",
+            str(REPO / "tests" / "fixtures"),
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.logger.init_args.save_dir",
+            str(out),
+            "--trainer.callbacks.init_args.dirpath",
+            str(out / "checkpoints"),
+            "--ckpt_path",
+            str(last),
+        ]
+    )
 
     export_main([str(last), str(tmp_path / "exported")])
     images = torch.rand(2, 1, TINY.image_size, TINY.image_size)
-    from_ckpt, from_folder = CXRTokenizer.from_pretrained(last), CXRTokenizer.from_pretrained(tmp_path / "exported")
+    from_ckpt, from_folder = (
+        CXRTokenizer.from_pretrained(last),
+        CXRTokenizer.from_pretrained(tmp_path / "exported"),
+    )
     assert torch.equal(from_ckpt.encode(images), from_folder.encode(images))
 
 
 def test_clinical_loss_runs_through_training(tmp_path: Path) -> None:
-    classifier = save_classifier_export(build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier")
+    classifier = save_classifier_export(
+        build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier"
+    )
     out = tmp_path / "run"
-    main(_fit_args(out, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-                   "--model.loss.clinical_weight", "100", "--model.loss.clinical_weights", str(classifier)))
+    main(
+        _fit_args(
+            out,
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.loss.clinical_weight",
+            "100",
+            "--model.loss.clinical_weights",
+            str(classifier),
+        )
+    )
     clinical = _metric(out / "logs" / "version_0" / "metrics.csv", "train/clinical_step")
     assert len(clinical) == 1 and all(math.isfinite(v) and v > 0 for v in clinical)
-    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(
+        out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert not any("densenet" in key for key in checkpoint["state_dict"])  # frozen, not saved
 
 
 def test_clinical_loss_without_classifier_fails_at_setup(tmp_path: Path) -> None:
     missing = tmp_path / "no_classifier_here"
-    module = VQGANModule(TINY, VQGANLossConfig(clinical_weight=100.0, clinical_weights=str(missing)))
+    module = VQGANModule(
+        TINY, VQGANLossConfig(clinical_weight=100.0, clinical_weights=str(missing))
+    )
     with pytest.raises(FileNotFoundError, match="no_classifier_here"):
         module.setup("fit")

@@ -15,8 +15,14 @@ import torch
 from vqgan import VQGANConfig
 
 TINY = VQGANConfig(
-    image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-    z_channels=32, embed_dim=16, n_embed=64,
+    image_size=32,
+    ch=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(8,),
+    z_channels=32,
+    embed_dim=16,
+    n_embed=64,
 )
 
 

@@ -24,7 +24,14 @@ _EXPORTS = {
     "CXRReadError": "vqgan.image_io",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CXRReadError",
+    "CXRTokenizer",
+    "VQGANConfig",
+    "load_cxr_tensor",
+    "prepare_image",
+    "read_cxr",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,15 +47,26 @@ class VQGANConfig:
         # jsonargparse / JSON give lists; store tuples so the frozen config stays hashable.
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        for name in ("image_size", "in_channels", "ch", "num_res_blocks", "z_channels",
-                     "embed_dim", "n_embed"):
+        for name in (
+            "image_size",
+            "in_channels",
+            "ch",
+            "num_res_blocks",
+            "z_channels",
+            "embed_dim",
+            "n_embed",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"VQGANConfig.{name} must be positive, got {getattr(self, name)}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
-            raise ValueError(f"VQGANConfig.ch_mult must be non-empty positive ints, got {self.ch_mult}")
+            raise ValueError(
+                f"VQGANConfig.ch_mult must be non-empty positive ints, got {self.ch_mult}"
+            )
         if self.ch % 32:
             # taming's blocks use GroupNorm with 32 groups on every feature map.
-            raise ValueError(f"VQGANConfig.ch must be a multiple of 32 (GroupNorm groups), got {self.ch}")
+            raise ValueError(
+                f"VQGANConfig.ch must be a multiple of 32 (GroupNorm groups), got {self.ch}"
+            )
         if self.image_size % self.downsample_factor:
             raise ValueError(
                 f"VQGANConfig.image_size={self.image_size} is not divisible by the downsampling "
@@ -81,7 +92,9 @@ class VQGANConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VQGANConfig:

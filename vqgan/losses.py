@@ -46,14 +46,23 @@ class VQGANLossConfig:
     [-1, 1] (e.g. an exported LPIPS-VGG). The lpips package is not used: it downloads weights."""
 
     def __post_init__(self) -> None:
-        for name in ("l1_weight", "l2_weight", "codebook_weight", "disc_weight", "disc_factor",
-                     "clinical_weight", "perceptual_weight"):
+        for name in (
+            "l1_weight",
+            "l2_weight",
+            "codebook_weight",
+            "disc_weight",
+            "disc_factor",
+            "clinical_weight",
+            "perceptual_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"VQGANLossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_start < 0:
             raise ValueError(f"VQGANLossConfig.disc_start must be >= 0, got {self.disc_start}")
         if self.l1_weight == 0 and self.l2_weight == 0:
-            raise ValueError("VQGANLossConfig: l1_weight and l2_weight are both 0; no reconstruction loss")
+            raise ValueError(
+                "VQGANLossConfig: l1_weight and l2_weight are both 0; no reconstruction loss"
+            )
         if self.clinical_weight > 0 and not self.clinical_weights:
             raise ValueError(
                 "VQGANLossConfig.clinical_weight > 0 needs clinical_weights (a classifier export, .ckpt, "
@@ -61,10 +70,14 @@ class VQGANLossConfig:
                 "or set clinical_weight: 0"
             )
         if self.perceptual_weight > 0 and not self.perceptual_weights:
-            raise ValueError("VQGANLossConfig.perceptual_weight > 0 needs perceptual_weights (a TorchScript file)")
+            raise ValueError(
+                "VQGANLossConfig.perceptual_weight > 0 needs perceptual_weights (a TorchScript file)"
+            )
 
 
-def pixel_loss(inputs: torch.Tensor, recon: torch.Tensor, l1_weight: float, l2_weight: float) -> tuple[torch.Tensor, Terms]:
+def pixel_loss(
+    inputs: torch.Tensor, recon: torch.Tensor, l1_weight: float, l2_weight: float
+) -> tuple[torch.Tensor, Terms]:
     """Weighted mean L1 and L2 pixel error."""
     l1 = (inputs - recon).abs().mean()
     l2 = (inputs - recon).pow(2).mean()
@@ -87,7 +100,9 @@ def clinical_loss(
     return loss, {"clinical": loss.detach()}
 
 
-def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+def hinge_discriminator_loss(
+    logits_real: torch.Tensor, logits_fake: torch.Tensor
+) -> tuple[torch.Tensor, Terms]:
     """Hinge loss of the discriminator (real -> >= 1, fake -> <= -1)."""
     loss_real = F.relu(1.0 - logits_real).mean()
     loss_fake = F.relu(1.0 + logits_fake).mean()

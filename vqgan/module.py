@@ -24,14 +24,17 @@ from vqgan.tokenizer import CHECKPOINT_CONFIG_KEY, CXRTokenizer
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CONFIG = VQGANConfig()
+DEFAULT_LOSS = VQGANLossConfig()
+
 
 class VQGANModule(L.LightningModule):
     """Trains :class:`vqgan.networks.VQGAN` on batches ``{"image": [B, 1, S, S] in [0, 1]}``."""
 
     def __init__(
         self,
-        config: VQGANConfig = VQGANConfig(),
-        loss: VQGANLossConfig = VQGANLossConfig(),
+        config: VQGANConfig = DEFAULT_CONFIG,
+        loss: VQGANLossConfig = DEFAULT_LOSS,
         learning_rate: float = 4.5e-6,
         disc_learning_rate: float | None = None,
         adam_betas: tuple[float, float] = (0.5, 0.9),
@@ -59,7 +62,9 @@ class VQGANModule(L.LightningModule):
         self.config = config
         self.loss_config = loss
         self.learning_rate = learning_rate
-        self.disc_learning_rate = disc_learning_rate if disc_learning_rate is not None else learning_rate
+        self.disc_learning_rate = (
+            disc_learning_rate if disc_learning_rate is not None else learning_rate
+        )
         self.adam_betas = tuple(adam_betas)
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
@@ -68,12 +73,18 @@ class VQGANModule(L.LightningModule):
         if init_from:
             source = CXRTokenizer.from_pretrained(init_from)
             if source.config != config:
-                raise ValueError(f"init_from={init_from}: its VQGANConfig differs from this run's config")
+                raise ValueError(
+                    f"init_from={init_from}: its VQGANConfig differs from this run's config"
+                )
             self.generator.load_state_dict(source.model.state_dict())
         # Training batches seen: drives disc_start independently of Lightning's optimizer-step count.
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("train_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False)
-        self.register_buffer("val_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "train_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "val_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
+        )
         # Frozen helper models are kept out of the module tree (object.__setattr__) so they are
         # neither trained, nor checkpointed, nor exported with the tokenizer.
         object.__setattr__(self, "_clinical", None)
@@ -85,12 +96,16 @@ class VQGANModule(L.LightningModule):
         if self.loss_config.clinical_weight > 0 and self._clinical is None:
             from vqgan.clinical import ClinicalFeatureExtractor
 
-            extractor = ClinicalFeatureExtractor.from_weights(self.loss_config.clinical_weights or "")
+            extractor = ClinicalFeatureExtractor.from_weights(
+                self.loss_config.clinical_weights or ""
+            )
             object.__setattr__(self, "_clinical", extractor)
         if self.loss_config.perceptual_weight > 0 and self._perceptual is None:
             path = Path(self.loss_config.perceptual_weights or "")
             if not path.is_file():
-                raise FileNotFoundError(f"perceptual_weights not found: {path} (a TorchScript file)")
+                raise FileNotFoundError(
+                    f"perceptual_weights not found: {path} (a TorchScript file)"
+                )
             perceptual = torch.jit.load(str(path), map_location="cpu").eval()
             perceptual.requires_grad_(False)
             object.__setattr__(self, "_perceptual", perceptual)
@@ -105,8 +120,12 @@ class VQGANModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Generator (encoder, quantiser, decoder, 1x1 convs) and discriminator Adam optimisers."""
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.learning_rate, betas=self.adam_betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_learning_rate, betas=self.adam_betas)
+        opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=self.learning_rate, betas=self.adam_betas
+        )
+        opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.disc_learning_rate, betas=self.adam_betas
+        )
         return [opt_g, opt_d]
 
     # ---------------------------------------------------------------- steps
@@ -123,11 +142,15 @@ class VQGANModule(L.LightningModule):
     def _gan_active(self) -> bool:
         return int(self.batches_seen) >= self.loss_config.disc_start
 
-    def _generator_loss(self, x: torch.Tensor, recon: torch.Tensor, codebook_loss: torch.Tensor,
-                        training: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _generator_loss(
+        self, x: torch.Tensor, recon: torch.Tensor, codebook_loss: torch.Tensor, training: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         gan = self._gan_active()
         return generator_loss(
-            self.loss_config, x, recon, codebook_loss,
+            self.loss_config,
+            x,
+            recon,
+            codebook_loss,
             logits_fake=self.discriminator(recon) if gan else None,
             last_layer=self.generator.last_layer if gan and training else None,
             extractor=self._frozen(self._clinical),
@@ -145,7 +168,9 @@ class VQGANModule(L.LightningModule):
         opt_g.step()
 
         if self._gan_active():
-            d_loss, d_terms = hinge_discriminator_loss(self.discriminator(x.detach()), self.discriminator(recon.detach()))
+            d_loss, d_terms = hinge_discriminator_loss(
+                self.discriminator(x.detach()), self.discriminator(recon.detach())
+            )
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(self.loss_config.disc_factor * d_loss)
             opt_d.step()
@@ -153,9 +178,15 @@ class VQGANModule(L.LightningModule):
 
         self.batches_seen += 1
         self.train_code_counts += torch.bincount(ids.flatten(), minlength=self.config.n_embed)
-        terms["batch_perplexity"] = _perplexity(torch.bincount(ids.flatten(), minlength=self.config.n_embed))
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=True,
-                      batch_size=x.shape[0])
+        terms["batch_perplexity"] = _perplexity(
+            torch.bincount(ids.flatten(), minlength=self.config.n_embed)
+        )
+        self.log_dict(
+            {f"train/{k}": v for k, v in terms.items()},
+            on_step=True,
+            on_epoch=True,
+            batch_size=x.shape[0],
+        )
         self.log("train_loss", terms["loss"], prog_bar=True, on_step=True, batch_size=x.shape[0])
         every = self.log_images_every_n_steps
         if every and (int(self.batches_seen) - 1) % every == 0:
@@ -167,8 +198,12 @@ class VQGANModule(L.LightningModule):
         recon, codebook_loss, ids = self.generator(x)
         _, terms = self._generator_loss(x, recon, codebook_loss, training=False)
         self.val_code_counts += torch.bincount(ids.flatten(), minlength=self.config.n_embed)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True,
-                      batch_size=x.shape[0])
+        self.log_dict(
+            {f"val/{k}": v for k, v in terms.items()},
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=x.shape[0],
+        )
         if batch_idx == 0:
             self._log_reconstructions(x, recon, "val")
 

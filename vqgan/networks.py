@@ -26,18 +26,18 @@ class VQGAN(nn.Module):
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config
-        blocks = dict(
-            ch=config.ch,
-            out_ch=config.in_channels,
-            ch_mult=config.ch_mult,
-            num_res_blocks=config.num_res_blocks,
-            attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout,
-            in_channels=config.in_channels,
-            resolution=config.image_size,
-            z_channels=config.z_channels,
-            double_z=False,
-        )
+        blocks = {
+            "ch": config.ch,
+            "out_ch": config.in_channels,
+            "ch_mult": config.ch_mult,
+            "num_res_blocks": config.num_res_blocks,
+            "attn_resolutions": config.attn_resolutions,
+            "dropout": config.dropout,
+            "in_channels": config.in_channels,
+            "resolution": config.image_size,
+            "z_channels": config.z_channels,
+            "double_z": False,
+        }
         self.encoder = Encoder(**blocks)
         # taming's Decoder prints the latent shape on construction; keep library output quiet.
         with contextlib.redirect_stdout(io.StringIO()):

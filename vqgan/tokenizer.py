@@ -78,7 +78,9 @@ class CXRTokenizer(nn.Module):
             digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+                digest.update(
+                    tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+                )
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
@@ -106,8 +108,14 @@ class CXRTokenizer(nn.Module):
     def _check_images(self, images: torch.Tensor) -> None:
         size, channels = self.image_size, self.config.in_channels
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise TypeError(f"images must be a float tensor [B, {channels}, {size}, {size}], got {type(images)}")
-        if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (size, size):
+            raise TypeError(
+                f"images must be a float tensor [B, {channels}, {size}, {size}], got {type(images)}"
+            )
+        if (
+            images.ndim != 4
+            or images.shape[1] != channels
+            or tuple(images.shape[2:]) != (size, size)
+        ):
             raise ValueError(
                 f"images must have shape [B, {channels}, {size}, {size}], got {list(images.shape)}; "
                 "resize with vqgan.prepare_image(array, size) first"
@@ -119,27 +127,44 @@ class CXRTokenizer(nn.Module):
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex():
-            raise TypeError(f"ids must be an integer tensor [B, {self.tokens_per_image}], got {type(ids)}")
+            raise TypeError(
+                f"ids must be an integer tensor [B, {self.tokens_per_image}], got {type(ids)}"
+            )
         if ids.ndim != 2 or ids.shape[1] != self.tokens_per_image:
-            raise ValueError(f"ids must have shape [B, {self.tokens_per_image}], got {list(ids.shape)}")
+            raise ValueError(
+                f"ids must have shape [B, {self.tokens_per_image}], got {list(ids.shape)}"
+            )
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
             raise ValueError(
                 f"ids must be in [0, {self.codebook_size}), got values in [{int(ids.min())}, {int(ids.max())}]"
             )
 
     # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the size).
 
         Files are written to temporaries and moved into place, so a crash never leaves a torn file.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.model.state_dict().items()}
-        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "fingerprint": self.fingerprint}
-        atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT_NAME}))
-        atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+        state = {
+            k: v.detach().to("cpu", dtype).contiguous() for k, v in self.model.state_dict().items()
+        }
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "fingerprint": self.fingerprint,
+        }
+        atomic_write(
+            out / WEIGHTS_NAME,
+            lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT_NAME}),
+        )
+        atomic_write(
+            out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        )
         return out
 
     @classmethod
@@ -160,7 +185,9 @@ class CXRTokenizer(nn.Module):
             tokenizer.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[:3]
-            raise ValueError(f"weights in {path} do not match its VQGANConfig: {' '.join(first)}") from err
+            raise ValueError(
+                f"weights in {path} do not match its VQGANConfig: {' '.join(first)}"
+            ) from err
         logger.info("loaded CXRTokenizer from %s (fingerprint %s)", path, tokenizer.fingerprint)
         return tokenizer
 
@@ -175,7 +202,9 @@ def _read_folder(path: Path) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_file} is not valid JSON: {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{config_file} is not a CXRTokenizer config (expected format {FORMAT_NAME!r})")
+        raise ValueError(
+            f"{config_file} is not a CXRTokenizer config (expected format {FORMAT_NAME!r})"
+        )
     config = VQGANConfig.from_dict(meta["config"])
     try:
         state = load_file(weights_file)
@@ -197,7 +226,9 @@ def _read_lightning_checkpoint(path: Path) -> tuple[VQGANConfig, dict[str, torch
         )
     config = VQGANConfig.from_dict(checkpoint[CHECKPOINT_CONFIG_KEY])
     prefix = CHECKPOINT_WEIGHTS_PREFIX
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
     if not state:
         raise ValueError(f"{path} holds no generator weights (keys starting with {prefix!r})")
     return config, state
