@@ -11,7 +11,7 @@ import pytest
 import torch
 from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
-from vqgan import CXRTokenizer
+from vqgan import CXRTokenizer, VQGANConfig
 from vqgan.__main__ import main
 from vqgan.clinical import build_densenet, save_classifier_export
 from vqgan.export import main as export_main
@@ -150,3 +150,16 @@ def test_clinical_loss_without_classifier_fails_at_setup(tmp_path: Path) -> None
     )
     with pytest.raises(FileNotFoundError, match="no_classifier_here"):
         module.setup("fit")
+
+
+def test_init_from_a_tokenizer_copies_its_weights(tmp_path: Path) -> None:
+    source = CXRTokenizer(TINY).save_pretrained(tmp_path / "tok")
+    module = VQGANModule(TINY, init_from=str(source))
+    images = torch.rand(2, 1, TINY.image_size, TINY.image_size)
+    module.eval()
+    with torch.no_grad():
+        _, ids = module(images)
+    assert torch.equal(ids, CXRTokenizer.from_pretrained(source).encode(images))
+    other = VQGANConfig(**{**TINY.to_dict(), "n_embed": 32})
+    with pytest.raises(ValueError, match="differs from this run's config"):
+        VQGANModule(other, init_from=str(source))
