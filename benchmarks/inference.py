@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,10 @@ REPORT = "Moderate cardiomegaly with small bilateral pleural effusions and mild 
 def build_benchmark_model(target: Path) -> Path:
     """SmolLM2-135M + 1,026 image tokens + a random LLM-CXR-size VQ-GAN, saved as a model folder."""
     from instructions.prompt_format import PromptFormat
-    from vqgan import CXRTokenizer, VQGANConfig
-
     from llmcxr.base_model import BaseModelSpec, TinyLMConfig, load_base_model
     from llmcxr.image_tokens import add_image_tokens
     from llmcxr.model_folder import save_model_folder
+    from vqgan import CXRTokenizer, VQGANConfig
 
     if (target / "llmcxr.json").is_file():
         return target
@@ -110,7 +110,6 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
     afford 256-token runs); per-token speed barely changes with the few hundred tokens of context.
     """
     from instructions.templates import default_instruction
-
     from llmcxr.decoding import Sampling, generate_image_codes, generate_image_codes_hf
 
     layout = dataclasses.replace(llm.token_map, tokens_per_image=image_tokens or llm.token_map.tokens_per_image)
@@ -122,15 +121,14 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
     for rows in sorted({1, batch}):
         ids, mask = llm._pad([prompt] * rows)
         generator = torch.Generator(llm.device).manual_seed(0)
+        args = (llm.model, ids, mask, layout, sampling)
         methods = {
-            "ours_restricted_logits": lambda: generate_image_codes(llm.model, ids, mask, layout, sampling,
-                                                                   generator=generator),
-            "transformers_generate": lambda: generate_image_codes_hf(llm.model, ids, mask, layout, sampling,
-                                                                     pad_token_id=llm.pad_token_id),
+            "ours_restricted_logits": partial(generate_image_codes, *args, generator=generator),
+            "transformers_generate": partial(generate_image_codes_hf, *args, pad_token_id=llm.pad_token_id),
         }
         if rows == 1:  # separates the gain of row-restricted logits from the loop itself
-            methods["ours_full_logits"] = lambda: generate_image_codes(
-                llm.model, ids, mask, layout, sampling, generator=generator, restrict_logits=False)
+            methods["ours_full_logits"] = partial(generate_image_codes, *args, generator=generator,
+                                                  restrict_logits=False)
         for name, fn in methods.items():
             seconds, codes = timed(fn, llm.device)
             assert codes.shape == (rows, n)
@@ -138,7 +136,7 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
             print(f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU "
                   f"({rows * n / seconds:.1f} tok/s)", flush=True)
         full = torch.randint(llm.token_map.codebook_size, (rows, llm.token_map.tokens_per_image))
-        seconds, _ = timed(lambda: llm.decode_codes(full), llm.device)
+        seconds, _ = timed(partial(llm.decode_codes, full), llm.device)
         results[f"vqgan_decode_batch{rows}"] = figures(seconds, 0)
         print(f"  VQ-GAN decode, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU", flush=True)
     if n == llm.token_map.tokens_per_image:
@@ -156,35 +154,40 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
     image = read_cxr(FIXTURE)
     results: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     for rows in sorted({1, batch}):
-        lengths: list[int] = []
-        original = llm.model.generate
-
-        def counting_generate(*args: Any, **kwargs: Any) -> torch.Tensor:
-            out = original(*args, **kwargs)
-            new = out[:, kwargs["input_ids"].shape[1] :]
-            lengths.append(int((new != llm.pad_token_id).sum(1).max()))
-            return out
-
-        llm.model.generate = counting_generate
+        counter = _CountingGenerate(llm.model.generate, llm.pad_token_id)
+        llm.model.generate = counter
         try:
-            seconds, _ = timed(lambda: llm.generate_report([image] * rows, max_new_tokens=max_new_tokens, seed=0,
-                                                           batch_size=rows), llm.device)
+            seconds, _ = timed(partial(llm.generate_report, [image] * rows, max_new_tokens=max_new_tokens, seed=0,
+                                       batch_size=rows), llm.device)
         finally:
             del llm.model.generate
-        generated = lengths[0]
+        generated = counter.lengths[0]
         results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
-        print(f"  report, ours, batch {rows}: {seconds:.2f} s for {generated} new tokens "
-              f"({rows * generated / seconds:.1f} tok/s, image encoding included)", flush=True)
+        print(f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for {generated} "
+              f"new tokens ({rows * generated / seconds:.1f} tok/s, image encoding included)", flush=True)
         codes = llm.encode_images([image])
         text = llm.prompt_format.render(default_instruction("cxr_to_report"), "<image>")
         ids, mask = llm._pad([llm.encode_prompt(text, [codes[0]])] * rows)
-        seconds, _ = timed(lambda: llm.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=generated, min_new_tokens=generated,
-            do_sample=True, top_p=0.92, pad_token_id=llm.pad_token_id), llm.device)
+        seconds, _ = timed(partial(llm.model.generate, input_ids=ids, attention_mask=mask, max_new_tokens=generated,
+                                   min_new_tokens=generated, do_sample=True, top_p=0.92,
+                                   pad_token_id=llm.pad_token_id), llm.device)
         results[f"transformers_generate_batch{rows}"] = figures(seconds, rows * generated)
-        print(f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s "
-              f"({rows * generated / seconds:.1f} tok/s)", flush=True)
+        print(f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s wall, "
+              f"{CPU_SECONDS[-1]:.2f} s CPU ({rows * generated / seconds:.1f} tok/s)", flush=True)
     return results
+
+
+class _CountingGenerate:
+    """Wraps `model.generate` to record how many new tokens each call produced."""
+
+    def __init__(self, generate: Callable[..., torch.Tensor], pad_token_id: int) -> None:
+        self.generate, self.pad_token_id, self.lengths = generate, pad_token_id, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.generate(*args, **kwargs)
+        new = out[:, kwargs["input_ids"].shape[1] :]
+        self.lengths.append(int((new != self.pad_token_id).sum(1).max()))
+        return out
 
 
 def bench_cold(model: Path, device: str, max_new_tokens: int) -> dict[str, Any]:

@@ -27,12 +27,12 @@ from llmcxr.devices import resolve_device, resolve_dtype
 from llmcxr.image_tokens import encode_text_with_images
 
 if TYPE_CHECKING:
-    from instructions import PromptFormat
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-    from vqgan import CXRTokenizer
 
+    from instructions import PromptFormat
     from llmcxr.image_tokens import ImageTokenMap
     from llmcxr.model_folder import GenerationDefaults
+    from vqgan import CXRTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -308,14 +308,11 @@ class LLMCXR:
         for start, chunk in zip(range(0, len(prompts), batch_size), _chunks(prompts, batch_size)):
             ids, mask = self._pad(chunk)
             uncond_ids, uncond_mask = self._pad([uncond] * len(chunk)) if guided else (None, None)
-            done = start * n_tokens
-            step_progress = None if progress is None else (
-                lambda step, _n, done=done, rows=len(chunk): progress(done + step * rows, total)
-            )
+            step_progress = None if progress is None else _BatchProgress(progress, start, len(chunk), total, n_tokens)
             codes.append(generate_image_codes(
                 self.model, ids, mask, self.token_map, sampling, generator=generator,
-                guidance_scale=guidance if guided else None, uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask,
-                progress=step_progress,
+                guidance_scale=guidance if guided else None,
+                uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask, progress=step_progress,
             ))
         all_codes = torch.cat(codes)  # [R * num_images, N]
         pixels = self.decode_codes(all_codes)
@@ -334,6 +331,20 @@ class LLMCXR:
             images = self.image_tokenizer.decode(chunk.to(self.image_tokenizer.device))
             out += [img[0].float().cpu().numpy() for img in images]
         return out
+
+
+@dataclass(frozen=True)
+class _BatchProgress:
+    """Turns one batch's per-step callback into whole-call progress (tokens done, tokens total)."""
+
+    report: Progress
+    first_row: int
+    rows: int
+    total: int
+    tokens_per_image: int
+
+    def __call__(self, step: int, _steps: int) -> None:
+        self.report(self.first_row * self.tokens_per_image + step * self.rows, self.total)
 
 
 def _context_length(model: torch.nn.Module) -> int | None:

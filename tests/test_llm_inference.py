@@ -86,7 +86,7 @@ def test_restricted_loop_matches_transformers_generate_greedy(llm: LLMCXR, guida
     ids, mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this.", r))
                           for r in ("Cardiomegaly.", "Small left apical pneumothorax and a rib fracture.")])
     uncond_ids, uncond_mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this."))] * 2)
-    extra = dict(guidance_scale=guidance, uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask)
+    extra = {"guidance_scale": guidance, "uncond_input_ids": uncond_ids, "uncond_attention_mask": uncond_mask}
     ours = generate_image_codes(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False), **extra)
     reference = generate_image_codes_hf(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False),
                                         pad_token_id=llm.pad_token_id, **extra)
