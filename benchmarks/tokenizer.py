@@ -117,8 +117,10 @@ def evaluate(
         ssim.append(
             structural_similarity_index_measure(recon, batch, data_range=1.0, reduction="none")
         )
-        cosine.append(F.cosine_similarity(classifier(batch), classifier(recon), dim=1))
-        p_orig, p_recon = classifier.predict_proba(batch), classifier.predict_proba(recon)
+        features, recon_features = classifier(batch), classifier(recon)
+        cosine.append(F.cosine_similarity(features, recon_features, dim=1))
+        p_orig = classifier.proba_from_features(features)
+        p_recon = classifier.proba_from_features(recon_features)
         agree.append(((p_orig > 0.5) == (p_recon > 0.5)).float().mean(dim=1))
         prob_diff.append((p_orig - p_recon).abs().mean(dim=1))
     ids = torch.cat(all_ids)
