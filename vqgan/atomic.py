@@ -20,6 +20,10 @@ def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
     )
     os.close(handle)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
         os.replace(tmp, target)
