@@ -86,6 +86,9 @@ def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) ->
     assert 0.0 <= float(metrics["val/auroc/A"]) <= 1.0
     assert "val/auroc/B" not in metrics and math.isfinite(float(metrics["val/loss"]))
     assert float(metrics["val/auroc_macro"]) == float(metrics["val/auroc/A"])
+    batch["mask"][:, 0] = 0.0  # now no label has both classes: NaN, not a missing key
+    trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)
+    assert math.isnan(float(trainer.callback_metrics["val/auroc_macro"]))
 
 
 def _fake_trainer(write) -> SimpleNamespace:

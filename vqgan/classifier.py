@@ -16,13 +16,11 @@ import logging
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MultilabelAUROC
+from torchmetrics.functional.classification import binary_auroc
 
 from vqgan.clinical import build_densenet, to_xrv_input
 
 logger = logging.getLogger(__name__)
-
-IGNORE = -1  # target value torchmetrics skips (unknown label for that image)
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,10 +52,7 @@ class CXRClassifierModule(L.LightningModule):
         self.save_hyperparameters()
         self.labels = list(labels)
         self.model = build_densenet(len(self.labels))
-        self.val_auroc = MultilabelAUROC(
-            num_labels=len(self.labels), average=None, ignore_index=IGNORE
-        )
-        self.register_buffer("val_counts", torch.zeros(2, len(self.labels)), persistent=False)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, L]`` for images ``[B, 1, H, W]`` in ``[0, 1]``."""
@@ -75,23 +70,35 @@ class CXRClassifierModule(L.LightningModule):
         self.log(
             "val/loss", masked_bce(logits, target, mask), prog_bar=True, batch_size=len(logits)
         )
-        known_target = torch.where(mask > 0, target, torch.full_like(target, IGNORE)).long()
-        self.val_auroc.update(torch.sigmoid(logits.float()), known_target)
-        self.val_counts[0] += (target * mask).sum(0)
-        self.val_counts[1] += ((1 - target) * mask).sum(0)
+        self._val_outputs.append((torch.sigmoid(logits.float()), target, mask))
 
     def on_validation_epoch_end(self) -> None:
-        """Log AUROC per label with both classes present in validation, and their mean."""
-        counts = self.trainer.strategy.reduce(self.val_counts.clone(), reduce_op="sum")
-        scores = self.val_auroc.compute()
-        valid = (counts[0] > 0) & (counts[1] > 0)
-        for name, score, ok in zip(self.labels, scores, valid.tolist(), strict=True):
-            if ok:
-                self.log(f"val/auroc/{name}", score, sync_dist=False)
-        if valid.any():
-            self.log("val/auroc_macro", scores[valid].mean(), prog_bar=True)
-        self.val_auroc.reset()
-        self.val_counts.zero_()
+        """Log AUROC per label over its known entries (labels with both classes only) and the mean.
+
+        Per-label masking is done here rather than with a multilabel metric's ``ignore_index``,
+        which fails outright when a label has no known entry in the validation set.
+        """
+        if not self._val_outputs:
+            return
+        probs, target, mask = (torch.cat(parts) for parts in zip(*self._val_outputs, strict=True))
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:  # [world, N, L] -> [world * N, L]; every rank logs the same
+            probs, target, mask = (self.all_gather(x).flatten(0, 1) for x in (probs, target, mask))
+        scores = []
+        for index, name in enumerate(self.labels):
+            known = mask[:, index] > 0
+            labels = target[known, index]
+            if labels.numel() == 0 or labels.min() == labels.max():
+                continue
+            score = binary_auroc(probs[known, index], labels.long())
+            self.log(f"val/auroc/{name}", score)
+            scores.append(score)
+        if scores:
+            macro = torch.stack(scores).mean()
+        else:  # NaN keeps a monitoring checkpoint callback running; it never counts as best
+            logger.warning("no label has both classes in this validation pass: AUROC undefined")
+            macro = torch.tensor(float("nan"), device=probs.device)
+        self.log("val/auroc_macro", macro, prog_bar=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

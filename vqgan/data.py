@@ -169,7 +169,10 @@ def split_by_patient(
         return list(records), []
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(records)), groups=groups))
-    return [records[i] for i in sorted(train_idx)], [records[i] for i in sorted(val_idx)]
+    # Seeded order, not manifest order: a manifest sorted by class would otherwise make a
+    # truncated validation pass (limit_val_batches) see a single class.
+    val_idx = np.random.default_rng(seed).permutation(val_idx)
+    return [records[i] for i in sorted(train_idx)], [records[i] for i in val_idx]
 
 
 class CXRImageDataset(Dataset):
