@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder with labels.csv and images/ (repeatable), e.g. .../nih_chestxray14",
     )
     group.add_argument(
-        "--labelled-limit", type=int, default=None, help="at most this many images per folder"
+        "--labelled-limit", type=int, default=None, help="at most this many images per folder (a seeded random sample)"
     )
     group = parser.add_argument_group("filters and stages")
     group.add_argument("--min-findings-words", type=int, default=10)

@@ -114,7 +114,10 @@ def pair_labelled_images(
     for folder in folders:
         folder = Path(folder)
         counts: Counter[str] = Counter()
-        rows = list(iter_csv_rows(folder / "labels.csv", ("filename", "labels")))[:limit_per_folder]
+        rows = list(iter_csv_rows(folder / "labels.csv", ("filename", "labels")))
+        if limit_per_folder is not None and limit_per_folder < len(rows):
+            # label tables are often sorted by class: a seeded sample keeps the label mix
+            rows = random.Random(f"{seed}:{folder.name}").sample(rows, limit_per_folder)
         for row in tqdm(rows, desc=f"pairing {folder.name}", unit="image", leave=False):
             path = folder / "images" / row["filename"]
             if not path.is_file():

@@ -82,7 +82,8 @@ def read_table(
             studies[study] = report
             stats.read += 1
         if image:
-            resolved = Path(image) if Path(image).is_absolute() else path.parent / image
+            # Absolute, so images.jsonl stays valid wherever the dataset folder is read from.
+            resolved = (path.parent / image).resolve()
             report.images.append(
                 ImageRef(image_id, str(resolved), _first(row, ("view", "ViewPosition")).upper())
             )
