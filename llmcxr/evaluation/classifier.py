@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vqgan.clinical import ClinicalFeatureExtractor, import_torchxrayvision
+from vqgan.clinical import ClinicalFeatureExtractor
 
 # Classifier label spellings (torchxrayvision / NIH) that differ from the CheXpert class names.
 _ALIASES = {"effusion": "pleural effusion"}
@@ -47,12 +47,7 @@ class ImageClassifier:
             batch = torch.from_numpy(np.stack(images[start : start + self.batch_size]))[:, None]
             batch = batch.to(device=device, dtype=torch.float32)
             features = self.extractor(batch)
-            # predict_proba's steps on the features we already have (one forward pass, not two).
-            batch_probs = torch.sigmoid(self.extractor.densenet.classifier(features))
-            if self.extractor.op_threshs is not None:
-                batch_probs = import_torchxrayvision().models.op_norm(
-                    batch_probs, self.extractor.op_threshs
-                )
+            batch_probs = self.extractor.proba_from_features(features)  # no second forward
             probs.append(batch_probs.cpu())
             feats.append(features.cpu())
         if not probs:
