@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,12 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGE = REPO / "tests" / "fixtures" / "00000001_000.png"
 TASKS = ("report", "draw", "ask", "mixed")
 CLIENT_TIMEOUT_S = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def load_model(folder: Path | None, scratch: Path):
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model, model_path = load_model(args.model, Path(scratch))
         demo = build_demo(model, Path(scratch) / "generated")
-        url = launch_demo(demo, port=free_port(), max_queue=max(64, args.requests), block=False)
+        url = launch_demo(demo, max_queue=max(64, args.requests), block=False)
         try:
             wall = time.perf_counter()
             results = fire(url, args.task, args.requests)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,12 +34,6 @@ def chromium_or_skip() -> str:
     return chromium
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def load_model(folder: Path | None, scratch: Path):
     """The model folder given, or the tiny test model written into ``scratch``."""
     from llmcxr.pipeline import LLMCXR
@@ -60,7 +53,7 @@ def running_demo(model, output_dir: Path) -> Iterator[str]:
 
     demo = build_demo(model, output_dir)
     try:
-        yield launch_demo(demo, host="127.0.0.1", port=free_port(), block=False)
+        yield launch_demo(demo, host="127.0.0.1", block=False)
     finally:
         demo.close()
 

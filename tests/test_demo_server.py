@@ -3,7 +3,6 @@ messages, the app keeps serving, and the command refuses bad arguments with one 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,13 @@ from llmcxr.demo import main
 from llmcxr.demo.app import build_demo, launch_demo
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_served_app_reports_errors_and_keeps_running(tmp_path: Path, fixtures_dir: Path) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     model = FakeLLMCXR()
     demo = build_demo(model, tmp_path)
-    url = launch_demo(demo, port=free_port(), block=False)
+    url = launch_demo(demo, block=False)
     try:
         client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
         with pytest.raises(AppError, match="Type a report to draw an X-ray from"):

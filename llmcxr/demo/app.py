@@ -290,7 +290,8 @@ def launch_demo(
     """Queue and serve ``demo`` on ``host:port`` (no share link, no SSR server); returns its URL.
 
     ``max_queue`` bounds waiting requests (more are refused with a "queue full" message);
-    ``block=False`` returns once the server is up (tests, benchmarks).
+    ``block=False`` returns once the server is up (tests, benchmarks). ``port=None`` takes the
+    first free port from 7860 on (gradio's own search).
     """
     demo.queue(default_concurrency_limit=4, max_size=max_queue)
     _, local_url, _ = demo.launch(
