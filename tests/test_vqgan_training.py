@@ -28,10 +28,10 @@ def _cli_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["python -m vqgan"])
 
 
-def _fit_args(out: Path, *extra: str) -> list[str]:
-    """fit on the bundled fixtures with every output under ``out``."""
+def _fit_args(out: Path, *extra: str, command: str = "fit") -> list[str]:
+    """``command`` (fit, validate) on the bundled fixtures with every output under ``out``."""
     return [
-        "fit",
+        command,
         "-c",
         str(TINY_YAML),
         "--data.data",
@@ -90,23 +90,7 @@ def test_tiny_config_trains_resumes_validates_and_exports(tmp_path: Path) -> Non
     disc = _metric(out / "logs" / "version_1" / "metrics.csv", "train/disc_loss_step")
     assert disc and all(math.isfinite(v) for v in disc)
 
-    main(
-        [
-            "validate",
-            "-c",
-            str(TINY_YAML),
-            "--data.data",
-            str(REPO / "tests" / "fixtures"),
-            "--trainer.default_root_dir",
-            str(out),
-            "--trainer.logger.init_args.save_dir",
-            str(out),
-            "--trainer.callbacks.init_args.dirpath",
-            str(out / "checkpoints"),
-            "--ckpt_path",
-            str(last),
-        ]
-    )
+    main(_fit_args(out, "--ckpt_path", str(last), command="validate"))
 
     export_main([str(last), str(tmp_path / "exported")])
     images = torch.rand(2, 1, TINY.image_size, TINY.image_size)
