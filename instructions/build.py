@@ -236,13 +236,20 @@ def save_dataset(
                     "view": image.view,
                 },
             )
-    used = sorted(
-        {r.image_id for res in results for recs in res.records.values() for r in recs if r.image_id}
-    )
+    # The split travels with each image so image-only training (classifier, tokenizer) can leave
+    # out the same test patients as the LLM (``held_out`` of the vqgan data modules).
+    split_of = {
+        r.image_id: split
+        for res in results
+        for split, recs in res.records.items()
+        for r in recs
+        if r.image_id
+    }
+    used = sorted(split_of)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".images.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         for image_id in used:
-            handle.write(json.dumps(images[image_id]) + "\n")
+            handle.write(json.dumps({**images[image_id], "split": split_of[image_id]}) + "\n")
     os.replace(tmp, out / "images.jsonl")
     PromptFormat().save(out / "prompt_format.json")
     return write_card(out, results, config, n_images=len(used), n_reports=len(reports))

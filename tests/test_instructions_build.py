@@ -159,7 +159,9 @@ def test_cli_builds_openi_end_to_end(tmp_path: Path) -> None:
         assert all(dataset["train"].features[c].dtype == "string" for c in COLUMNS)
         assert len(dataset["train"]) > 0
     images = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
-    assert images and set(images[0]) == {"image_id", "path", "patient_id", "view"}
+    assert images and set(images[0]) == {"image_id", "path", "patient_id", "view", "split"}
+    test_ids = set(load_from_disk(str(out / "stage1"))["test"]["image_id"]) - {""}
+    assert test_ids and test_ids <= {i["image_id"] for i in images if i["split"] == "test"}
     assert PromptFormat.load(out / "prompt_format.json") == PromptFormat()
     card = json.loads((out / "card.json").read_text())
     assert card["stages"]["stage1"]["filters"]["steps"][0]["name"] == "strip_deid_marks"

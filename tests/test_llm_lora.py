@@ -76,3 +76,29 @@ def test_lora_export_is_an_adapter_that_reloads_to_the_same_logits(
     with torch.no_grad():
         expected = _merged(lora_module).eval()(ids).logits
         assert torch.allclose(loaded.model(ids).logits, expected, atol=1e-5)
+
+
+def test_stage2_continues_the_stage1_adapter_and_exports_an_adapter(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    stage1 = lora_module.export(tmp_path / "stage1")
+    stage2 = LLMCXRModule(init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=4, alpha=8)))
+    assert stage2.continued_adapter
+    ids = torch.tensor([[5, 9, stage2.token_map.start_id, stage2.token_map.first_code_id + 3]])
+    with torch.no_grad():
+        # it starts exactly where stage 1 ended
+        assert torch.allclose(
+            _merged(stage2).eval()(ids).logits, _merged(lora_module).eval()(ids).logits, atol=1e-5
+        )
+    lora_weight = next(p for n, p in stage2.model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_weight.add_(0.5)  # stands in for a stage-2 update
+    folder = stage2.export(tmp_path / "stage2")
+    manifest = json.loads((folder / "llmcxr.json").read_text())
+    assert manifest["weights"] == "lora"
+    assert manifest["base_model"]["name"] == lora_module.settings.base.name
+    with torch.no_grad():
+        expected = _merged(stage2).eval()(ids).logits
+        assert torch.allclose(load_model_folder(folder).model(ids).logits, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="r=4, alpha=8"):
+        LLMCXRModule(init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=8, alpha=16)))

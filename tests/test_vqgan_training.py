@@ -6,9 +6,11 @@ import csv
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan import CXRTokenizer, VQGANConfig
@@ -147,3 +149,39 @@ def test_init_from_a_tokenizer_copies_its_weights(tmp_path: Path) -> None:
     other = VQGANConfig(**{**TINY.to_dict(), "n_embed": 32})
     with pytest.raises(ValueError, match="differs from this run's config"):
         VQGANModule(other, init_from=str(source))
+
+
+def test_dead_code_restart_moves_unused_codes_onto_encoder_outputs() -> None:
+    module = VQGANModule(TINY, dead_code_restart_every=1)
+    module.trainer = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
+    codebook = module.generator.quantize.embedding.weight
+    before = codebook.detach().clone()
+    module.window_code_counts[:5] = 3  # codes 0-4 were chosen in the window, the rest never
+    latents = torch.randn(2, TINY.embed_dim, 4, 4) * 3.0 + 1.0
+    restarted = module._restart_dead_codes(latents)
+
+    assert int(restarted) == TINY.n_embed - 5
+    assert torch.equal(codebook[:5], before[:5])
+    pool = latents.permute(0, 2, 3, 1).reshape(-1, TINY.embed_dim)
+    nearest = torch.cdist(codebook[5:].detach(), pool).min(dim=1).values
+    # each restarted code sits on one encoder output, up to the 1 % jitter
+    assert nearest.max() < 0.05 * pool.std() * math.sqrt(TINY.embed_dim)
+    assert int(module.window_code_counts.sum()) == 0
+
+
+def test_dead_code_restart_runs_in_training(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    main(
+        _fit_args(
+            out,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.dead_code_restart_every",
+            "2",
+        )
+    )
+    restarted = _metric(out / "logs" / "version_0" / "metrics.csv", "train/restarted_codes_step")
+    # 3 fixture images x 64 tokens cannot use all 64 codes of a fresh codebook in 2 batches
+    assert restarted and restarted[-1] > 0

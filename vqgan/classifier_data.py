@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from vqgan.data import (
     CXRImageDataset,
     ImageRecord,
+    drop_held_out,
     drop_unreadable,
     light_augmentation,
     make_loader,
@@ -205,6 +206,8 @@ class LabelledCXRDataModule(L.LightningDataModule):
         limit: random subset of this many labelled images (quick runs).
         dedup: drop byte-identical images across sources before splitting.
         check_files: drop files whose header does not parse (fast; no decoding).
+        held_out: manifest of test images/patients never to train or validate on (its ``test``
+            rows when it has a ``split`` column), e.g. an instruction build's ``images.jsonl``.
     """
 
     def __init__(
@@ -221,6 +224,7 @@ class LabelledCXRDataModule(L.LightningDataModule):
         limit: int | None = None,
         dedup: bool = True,
         check_files: bool = True,
+        held_out: str | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -245,7 +249,11 @@ class LabelledCXRDataModule(L.LightningDataModule):
         for source in hp.sources:
             manifest = source_manifest(source)
             name = manifest.parent.name
-            records = with_patient_ids(read_manifest(manifest), name)
+            records, n_held_out = drop_held_out(
+                with_patient_ids(read_manifest(manifest), name), hp.held_out
+            )
+            if n_held_out:
+                logger.info("%s: %d held-out test images left out", name, n_held_out)
             items.extend(self.encoder.encode_source(records, name))
         if self.encoder.unmatched:
             logger.warning(

@@ -100,6 +100,39 @@ def _resolve(root: Path, value: str) -> Path:
     return nested if not direct.exists() and nested.exists() else direct
 
 
+def held_out_keys(manifest: str | Path) -> tuple[set[str], set[str]]:
+    """Resolved paths and patient ids that a training run must never see.
+
+    ``manifest`` is a CSV/JSONL manifest, e.g. the ``images.jsonl`` of an instruction build: when it
+    has a ``split`` column, only its ``test`` rows count; otherwise every row does. Sharing one such
+    file keeps the classifier, the tokenizer and the LLM off the same test patients.
+    """
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise FileNotFoundError(f"held_out manifest not found: {manifest}")
+    records = read_manifest(manifest)
+    if any("split" in r.fields for r in records):
+        records = [r for r in records if r.fields.get("split") == "test"]
+    paths = {str(Path(r.path).resolve()) for r in records}
+    patients = {r.patient_id for r in records if r.patient_id}
+    return paths, patients
+
+
+def drop_held_out(
+    records: Sequence[ImageRecord], manifest: str | Path | None
+) -> tuple[list[ImageRecord], int]:
+    """``records`` without the images and patients of :func:`held_out_keys`; returns the count dropped."""
+    if manifest is None:
+        return list(records), 0
+    paths, patients = held_out_keys(manifest)
+    kept = [
+        r
+        for r in records
+        if r.patient_id not in patients and str(Path(r.path).resolve()) not in paths
+    ]
+    return kept, len(records) - len(kept)
+
+
 def load_records(
     data: str | Path, patient_id_pattern: str | None = None, limit: int | None = None, seed: int = 0
 ) -> list[ImageRecord]:
@@ -273,6 +306,8 @@ class CXRDataModule(L.LightningDataModule):
         patient_id_pattern: for folders, a regex whose first group in the file name is the
             patient id (e.g. ``^(\\d+)_`` for NIH ChestX-ray14 names).
         check_files: drop files whose header does not parse at setup (fast; no decoding).
+        held_out: manifest of test images/patients never to train or validate on (its ``test``
+            rows when it has a ``split`` column), e.g. an instruction build's ``images.jsonl``.
     """
 
     def __init__(
@@ -287,6 +322,7 @@ class CXRDataModule(L.LightningDataModule):
         limit: int | None = None,
         patient_id_pattern: str | None = None,
         check_files: bool = True,
+        held_out: str | None = None,
     ) -> None:
         super().__init__()
         if image_size < 1 or batch_size < 1 or num_workers < 0:
@@ -302,6 +338,11 @@ class CXRDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         records = load_records(hp.data, hp.patient_id_pattern, hp.limit, hp.seed)
+        records, n_held_out = drop_held_out(records, hp.held_out)
+        if n_held_out:
+            logger.info("%s: %d held-out test images left out", hp.data, n_held_out)
+        if not records:
+            raise ValueError(f"{hp.data}: every image is in the held-out set {hp.held_out}")
         if hp.check_files:
             records, self.skipped = drop_unreadable(records)
             if not records:

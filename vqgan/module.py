@@ -43,6 +43,7 @@ class VQGANModule(L.LightningModule):
         log_images_every_n_steps: int = 500,
         num_logged_images: int = 8,
         init_from: str | None = None,
+        dead_code_restart_every: int = 0,
     ) -> None:
         """
         Args:
@@ -56,6 +57,9 @@ class VQGANModule(L.LightningModule):
             log_images_every_n_steps: Training batches between reconstruction grids (0: never).
             num_logged_images: Images per reconstruction grid.
             init_from: Optional tokenizer folder or ``.ckpt`` whose generator weights start training.
+            dead_code_restart_every: Every this many training batches, codes no batch chose in
+                that window are moved onto random encoder outputs of the current batch (0: off).
+                Small-batch training otherwise collapses onto a handful of codes.
         """
         super().__init__()
         self.automatic_optimization = False
@@ -66,6 +70,9 @@ class VQGANModule(L.LightningModule):
             disc_learning_rate if disc_learning_rate is not None else learning_rate
         )
         self.adam_betas = tuple(adam_betas)
+        if dead_code_restart_every < 0:
+            raise ValueError(f"dead_code_restart_every must be >= 0, got {dead_code_restart_every}")
+        self.dead_code_restart_every = dead_code_restart_every
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
         self.generator = VQGAN(config)
@@ -81,6 +88,9 @@ class VQGANModule(L.LightningModule):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer(
             "train_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "window_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
         )
         self.register_buffer(
             "val_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
@@ -160,7 +170,9 @@ class VQGANModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         opt_g, opt_d = self.optimizers()
         x = self._network_input(batch)
-        recon, codebook_loss, ids = self.generator(x)
+        latents = self.generator.pre_quant(x)
+        z_q, codebook_loss, ids = self.generator.quantize_latents(latents)
+        recon = self.generator.decode(z_q)
 
         g_loss, terms = self._generator_loss(x, recon, codebook_loss, training=True)
         opt_g.zero_grad(set_to_none=True)
@@ -177,7 +189,12 @@ class VQGANModule(L.LightningModule):
             terms.update(d_terms)
 
         self.batches_seen += 1
-        self.train_code_counts += torch.bincount(ids.flatten(), minlength=self.config.n_embed)
+        batch_counts = torch.bincount(ids.flatten(), minlength=self.config.n_embed)
+        self.train_code_counts += batch_counts
+        if self.dead_code_restart_every:
+            self.window_code_counts += batch_counts
+            if int(self.batches_seen) % self.dead_code_restart_every == 0:
+                terms["restarted_codes"] = self._restart_dead_codes(latents.detach())
         terms["batch_perplexity"] = _perplexity(
             torch.bincount(ids.flatten(), minlength=self.config.n_embed)
         )
@@ -208,6 +225,28 @@ class VQGANModule(L.LightningModule):
             self._log_reconstructions(x, recon, "val")
 
     # ---------------------------------------------------------------- codebook statistics
+    @torch.no_grad()
+    def _restart_dead_codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """Move codes unused over the last window onto random current encoder outputs.
+
+        The usual remedy for codebook collapse (Dhariwal et al. 2020, Jukebox; Zeghidour et al.
+        2021, SoundStream); taming's quantiser has none. Counts are summed over ranks and the
+        replacement vectors come from rank 0, so every replica keeps the same codebook.
+        """
+        counts = self.trainer.strategy.reduce(self.window_code_counts.float(), reduce_op="sum")
+        dead = (counts == 0).nonzero().flatten()
+        self.window_code_counts.zero_()
+        if dead.numel() == 0:
+            return torch.zeros((), device=self.device)
+        pool = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float()
+        pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device)
+        codebook = self.generator.quantize.embedding.weight
+        fresh = pool[pick] + 0.01 * pool.std() * torch.randn_like(pool[pick])
+        fresh = self.trainer.strategy.broadcast(fresh, src=0)
+        codebook[dead] = fresh.to(codebook.dtype)
+        return torch.tensor(float(dead.numel()), device=self.device)
+
+
     def on_train_epoch_end(self) -> None:
         self._log_codebook(self.train_code_counts, "train")
 

@@ -52,7 +52,14 @@ class VQGAN(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images [B, C, S, S] in [-1, 1] -> (quantised latents [B, D, h, w], codebook loss, ids [B, h*w])."""
-        h = self.quant_conv(self.encoder(x))
+        return self.quantize_latents(self.pre_quant(x))
+
+    def pre_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, S, S] in [-1, 1] -> continuous latents [B, D, h, w] before quantisation."""
+        return self.quant_conv(self.encoder(x))
+
+    def quantize_latents(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Continuous latents [B, D, h, w] -> (quantised latents, codebook loss, ids [B, h*w])."""
         # Nearest-code search in fp32 even under bf16 autocast, so token ids do not depend on precision.
         with torch.autocast(device_type=h.device.type, enabled=False):
             z_q, codebook_loss, (_, _, indices) = self.quantize(h.float())
