@@ -116,8 +116,15 @@ class LLMCXRModule(L.LightningModule):
             and not Path(image_tokenizer).exists()
         ):
             _write_random_image_tokenizer(create_image_tokenizer, Path(image_tokenizer))
+        continued_adapter = False
         if init_from:
-            parts = load_model_folder(init_from)
+            # With LoRA, a LoRA model folder's adapter keeps training on the same base (not
+            # merged), so the stage-2 export is still adapter + base reference: small to ship.
+            parts = load_model_folder(init_from, merge_adapter=self.settings.lora is None)
+            continued_adapter = hasattr(parts.model, "peft_config")
+            if continued_adapter:
+                self._check_same_lora(parts.model, init_from)
+                self.settings.base = BaseModelSpec.from_dict(parts.manifest["base_model"])
             tokenizer_path = image_tokenizer or _image_tokenizer_source(init_from, parts.manifest)
             if image_tokenizer and (
                 CXRTokenizer.from_pretrained(image_tokenizer).fingerprint
@@ -163,9 +170,23 @@ class LLMCXRModule(L.LightningModule):
                 self.token_map.end_id,
             ]
             self.lora_kwargs = self.settings.lora.to_peft_kwargs(new_ids)
-            llm = apply_lora(llm, self.lora_kwargs)
+            if not continued_adapter:
+                llm = apply_lora(llm, self.lora_kwargs)
+        self.continued_adapter = continued_adapter
         self.model = llm
         self._batch_start = 0.0
+
+    def _check_same_lora(self, model: Any, init_from: str) -> None:
+        """A continued adapter keeps its shape: this run's LoRA settings must match it."""
+        saved = model.peft_config["default"]
+        wanted = self.settings.lora
+        assert wanted is not None
+        if (saved.r, saved.lora_alpha) != (wanted.r, wanted.alpha):
+            raise ValueError(
+                f"init_from={init_from} holds a LoRA adapter with r={saved.r}, "
+                f"alpha={saved.lora_alpha}; this run asks for r={wanted.r}, alpha={wanted.alpha}. "
+                "Use the same LoRA settings to continue it, or model.lora: null to fine-tune fully"
+            )
 
     # ------------------------------------------------------------------ data side
     def record_encoder(self) -> RecordEncoder:
@@ -243,11 +264,20 @@ class LLMCXRModule(L.LightningModule):
             generation_defaults=self.generation,
         )
 
-    def export(self, path: str | Path, overwrite: bool = True, **training_info: Any) -> Path:
-        """Write a model folder with the current weights (LoRA saved as adapter when possible)."""
+    def export(
+        self,
+        path: str | Path,
+        overwrite: bool = True,
+        dtype: torch.dtype | None = None,
+        **training_info: Any,
+    ) -> Path:
+        """Write a model folder with the current weights (LoRA saved as adapter when possible);
+        ``dtype`` casts the stored LLM weights (e.g. float16 to ship)."""
         from vqgan import CXRTokenizer
 
-        reproducible_base = self.init_from is None and self.settings.base.reproducible
+        reproducible_base = (
+            self.init_from is None or self.continued_adapter
+        ) and self.settings.base.reproducible
         return save_model_folder(
             path,
             model=self.model,
@@ -265,6 +295,7 @@ class LLMCXRModule(L.LightningModule):
                 **training_info,
             },
             overwrite=overwrite,
+            dtype=dtype,
             new_token_noise_std=self.settings.new_token_noise_std,
         )
 

@@ -59,6 +59,10 @@ class GenerationDefaults:
     answer_max_new_tokens: int = 128
     guidance_scale: float = 1.0
     """Classifier-free guidance for images; 1.0 turns it off."""
+    image_size: int | None = None
+    """Side of generated images in pixels; None keeps the tokenizer's size. A larger side upsamples
+    the decoded image (bicubic): a small tokenizer keeps CPU generation short, while users and
+    evaluators still get the usual 256 px image."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +121,7 @@ def save_model_folder(
     try:
         kind = _write_llm(tmp / "llm", model, base_model, dtype, max_shard_size)
         text_tokenizer.save_pretrained(tmp / "tokenizer")
-        image_tokenizer.save_pretrained(tmp / "image_tokenizer")
+        image_tokenizer.save_pretrained(tmp / "image_tokenizer", dtype=dtype or torch.float32)
         prompt_format.save(tmp / PROMPT_FORMAT_FILE)
         token_map.save(tmp)
         _write_json(tmp / GENERATION_FILE, (generation_defaults or GenerationDefaults()).to_dict())
@@ -140,13 +144,20 @@ def save_model_folder(
 
 
 def load_model_folder(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    merge_adapter: bool = True,
 ) -> LLMCXRComponents:
-    """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``."""
+    """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``.
+
+    ``merge_adapter=False`` keeps a folder's LoRA adapter as a trainable peft model (stage 2 goes
+    on training the stage-1 adapter, so the shipped model stays adapter-only).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (give a model folder or a .ckpt file)")
-    parts = _load_checkpoint(path) if path.is_file() else _load_folder(path, dtype)
+    parts = _load_checkpoint(path) if path.is_file() else _load_folder(path, dtype, merge_adapter)
     parts.model.to(device=device, dtype=dtype).eval()
     parts.image_tokenizer.to(device)
     return parts
@@ -214,6 +225,8 @@ def _write_llm(
         # The resized embedding need not be stored whole: its new rows are in the adapter
         # (trainable_token_indices) and the rest is rebuilt from the base on load.
         model.save_pretrained(out / "adapter", save_embedding_layers=False)
+        if dtype is not None:
+            _cast_safetensors(out / "adapter" / "adapter_model.safetensors", dtype)
         return "lora"
     if is_peft:  # merge a copy: merging in place would alter the model still being trained
         model = copy.deepcopy(model).merge_and_unload()
@@ -222,6 +235,17 @@ def _write_llm(
         state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
     model.save_pretrained(out, state_dict=state, max_shard_size=max_shard_size)
     return "full"
+
+
+def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating-point tensors cast to ``dtype`` (peft's
+    ``save_pretrained`` has no dtype option; the loader upcasts adapters again)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()
+    }
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -243,7 +267,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
+def _load_folder(path: Path, dtype: torch.dtype | None, merge_adapter: bool = True) -> LLMCXRComponents:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from instructions.prompt_format import PromptFormat
@@ -261,7 +285,7 @@ def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
     token_map = ImageTokenMap.load(path)
     text_tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     if manifest["weights"] == "lora":
-        model = _load_lora(path / "llm" / "adapter", manifest, token_map, dtype)
+        model = _load_lora(path / "llm" / "adapter", manifest, token_map, dtype, merge_adapter)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             path / "llm", local_files_only=True, dtype=dtype
@@ -280,9 +304,14 @@ def _load_folder(path: Path, dtype: torch.dtype | None) -> LLMCXRComponents:
 
 
 def _load_lora(
-    adapter: Path, manifest: dict[str, Any], token_map: ImageTokenMap, dtype: torch.dtype | None
+    adapter: Path,
+    manifest: dict[str, Any],
+    token_map: ImageTokenMap,
+    dtype: torch.dtype | None,
+    merge: bool = True,
 ) -> PreTrainedModel:
-    """Rebuild base + image tokens exactly as in training, then merge the saved adapter."""
+    """Rebuild base + image tokens exactly as in training, then merge the saved adapter
+    (or, with ``merge=False``, return the trainable peft model)."""
     from peft import PeftModel
 
     spec = BaseModelSpec.from_dict(manifest["base_model"])
@@ -299,6 +328,8 @@ def _load_lora(
             f"base model {spec.name!r} gives image token ids {rebuilt} but the adapter was trained "
             f"with {token_map}: wrong base model for this adapter"
         )
+    if not merge:
+        return PeftModel.from_pretrained(base, adapter, is_trainable=True)
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     return model.to(dtype) if dtype else model
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
@@ -274,7 +275,7 @@ class LLMCXR:
         progress: Progress | None = None,
         instruction: str | None = None,
     ) -> list[list[np.ndarray]]:
-        """`num_images` images per report: float32 [H, W] in [0, 1] at the tokenizer's size.
+        """`num_images` images per report: float32 [H, W] in [0, 1] at the model's image size.
 
         `guidance_scale` > 1 applies classifier-free guidance against the instruction-only
         prompt (no report), which is also what an empty report draws from;
@@ -325,10 +326,14 @@ class LLMCXR:
 
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor, batch_size: int = 8) -> list[np.ndarray]:
-        """VQ-GAN codes [B, N] -> B float32 arrays [H, W] in [0, 1]."""
+        """VQ-GAN codes [B, N] -> B float32 arrays [H, W] in [0, 1], at the model's image size."""
         out: list[np.ndarray] = []
+        size = self.generation_defaults.image_size
         for chunk in codes.split(batch_size):
             images = self.image_tokenizer.decode(chunk.to(self.image_tokenizer.device))
+            if size is not None and size != images.shape[-1]:
+                images = F.interpolate(images.float(), size=(size, size), mode="bicubic")
+                images = images.clamp(0.0, 1.0)
             out += [img[0].float().cpu().numpy() for img in images]
         return out
 

@@ -32,12 +32,16 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class ExportModelFolder(L.Callback):
     """Writes a model folder when ``fit`` ends (rank 0), replacing an older one."""
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, dtype: str | None = None) -> None:
         """
         Args:
             dirpath: target folder; default ``<trainer.default_root_dir>/model``.
+            dtype: cast the stored LLM weights (``float16`` for a model to ship); None keeps them.
         """
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.dirpath = dirpath
+        self.dtype = dtype
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, LLMCXRModule):
@@ -50,7 +54,11 @@ class ExportModelFolder(L.Callback):
             return
         if trainer.is_global_zero:
             target = Path(self.dirpath or Path(trainer.default_root_dir) / "model")
-            pl_module.export(target, global_step=trainer.global_step)
+            pl_module.export(
+                target,
+                dtype=_DTYPES[self.dtype] if self.dtype else None,
+                global_step=trainer.global_step,
+            )
             log.info("exported model folder %s", target)
         trainer.strategy.barrier("llmcxr_export")
 
