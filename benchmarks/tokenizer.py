@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -41,10 +42,17 @@ DEFAULT_OUTPUT = "benchmarks/results/tokenizer.json"
 
 
 def load_images(
-    data: str, size: int, limit: int | None, seed: int
+    data: str, size: int, limit: int | None, seed: int, split: str | None = None
 ) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Read up to ``limit`` images (seeded subset) as ``[N, 1, size, size]``; unreadable ones are skipped."""
-    records = load_records(data, limit=limit, seed=seed)
+    """Read up to ``limit`` images (seeded subset) as ``[N, 1, size, size]``; unreadable ones are
+    skipped. ``split`` keeps the manifest rows of that ``split`` column value only."""
+    records = load_records(data)
+    if split is not None:
+        records = [r for r in records if r.fields.get("split") == split]
+        if not records:
+            raise SystemExit(f"no rows with split={split!r} in {data}")
+    if limit is not None and limit < len(records):
+        records = random.Random(seed).sample(records, limit)
     images, paths, skipped = [], [], []
     for record in tqdm(records, desc="reading images", unit="img"):
         try:
@@ -159,6 +167,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--limit", type=int, default=128, help="images to use (seeded random subset)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="only manifest rows with this split (e.g. test of an instruction build's images.jsonl)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
@@ -175,11 +188,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     tokenizer = CXRTokenizer.from_pretrained(args.tokenizer)
     classifier = ClinicalFeatureExtractor.from_weights(args.classifier)
-    images, paths, skipped = load_images(args.data, tokenizer.image_size, args.limit, args.seed)
+    images, paths, skipped = load_images(
+        args.data, tokenizer.image_size, args.limit, args.seed, args.split
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     results = {
         "data": str(args.data),
+        "split": args.split,
         "images": len(paths),
         "skipped": skipped,
         "tokenizer": str(args.tokenizer),

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None,
-                       help="model folder or training .ckpt (default: the embedded model, when one ships)")
+                       help="model folder or training .ckpt (default: the embedded model, llmcxr/default_model)")
     model.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
     model.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")

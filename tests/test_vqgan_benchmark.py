@@ -53,3 +53,21 @@ def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) 
         results["speed"]["cpu"]["encode_images_per_s"] > 0
         and results["speed"]["cpu"]["decode_images_per_s"] > 0
     )
+
+
+def test_tokenizer_benchmark_keeps_one_split_of_a_manifest(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    names = sorted(p.name for p in fixtures_dir.iterdir() if p.suffix in {".png", ".jpg"})[:3]
+    manifest = tmp_path / "images.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"path": str(fixtures_dir / n), "split": "test" if i else "train"}) + "\n"
+            for i, n in enumerate(names)
+        )
+    )
+    images, paths, skipped = benchmark.load_images(str(manifest), 32, None, 0, "test")
+    assert sorted(Path(p).name for p in paths) == names[1:] and images.shape[0] == 2
