@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the shipped default model (llmcxr/default_model, MODEL_CARD.md) from ../shared/data:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2,
-# each from its config in configs/*/default_model*. On 2 CPU cores it takes about 2.5 hours; the CPU
+# each from its config in configs/*/default_model*. On 2 CPU cores it takes about 1.5 hours; the CPU
 # budgets are trainer.max_time / max_steps in those configs (raise them, or train on a GPU, for a
 # better model). Outputs go to runs/default_model/; the last step copies the fp16 model folder into
 # llmcxr/default_model/. Run scripts/install.sh first. DATA overrides the data folder.
