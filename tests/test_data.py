@@ -12,7 +12,14 @@ import torch
 from conftest import synthetic_cxr
 from PIL import Image
 
-from vqgan.data import CXRDataModule, CXRImageDataset, ImageRecord, load_records, split_by_patient
+from vqgan.data import (
+    CXRDataModule,
+    CXRImageDataset,
+    ImageRecord,
+    drop_held_out,
+    load_records,
+    split_by_patient,
+)
 
 
 def _write_pngs(folder: Path, count: int) -> list[Path]:
@@ -119,3 +126,40 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("foo,bar\n1,2\n")
     with pytest.raises(ValueError, match="no image path column"):
         CXRDataModule(str(bad)).setup("fit")
+
+
+def test_held_out_manifest_drops_its_test_images_and_their_patients(tmp_path: Path) -> None:
+    paths = {name: tmp_path / f"{name}.png" for name in ("a1", "a2", "b1", "c1")}
+    for path in paths.values():
+        Image.fromarray((synthetic_cxr(32) * 255).astype(np.uint8)).save(path)
+    records = [
+        ImageRecord(str(paths["a1"]), "pa"),
+        ImageRecord(str(paths["a2"]), "pa"),  # same patient as a held-out image
+        ImageRecord(str(paths["b1"]), "pb"),
+        ImageRecord(str(paths["c1"]), None),  # held out by path
+    ]
+    manifest = tmp_path / "images.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in (
+                {"path": str(paths["a1"]), "patient_id": "pa", "split": "test"},
+                {"path": str(paths["b1"]), "patient_id": "pb", "split": "train"},
+                {"path": str(paths["c1"]), "split": "test"},
+            )
+        )
+    )
+    kept, dropped = drop_held_out(records, manifest)
+    assert [Path(r.path).name for r in kept] == ["b1.png"] and dropped == 3
+    assert drop_held_out(records, None) == (records, 0)
+
+    no_split = tmp_path / "held_out.csv"
+    no_split.write_text(f"path,patient_id\n{paths['b1']},pb\n")  # no split column: every row
+    kept, _ = drop_held_out(records, no_split)
+    assert {Path(r.path).name for r in kept} == {"a1.png", "a2.png", "c1.png"}
+
+    module = CXRDataModule(str(manifest), image_size=32, val_fraction=0.0, held_out=str(manifest))
+    module.setup("fit")
+    assert [Path(r.path).name for r in module.train_records] == ["b1.png"]
+    with pytest.raises(FileNotFoundError, match="held_out manifest not found"):
+        drop_held_out(records, tmp_path / "missing.jsonl")
