@@ -70,4 +70,5 @@ def test_tokenizer_benchmark_keeps_one_split_of_a_manifest(
         )
     )
     images, paths, skipped = benchmark.load_images(str(manifest), 32, None, 0, "test")
+    assert skipped == []
     assert sorted(Path(p).name for p in paths) == names[1:] and images.shape[0] == 2
