@@ -21,8 +21,7 @@ python -m vqgan.classifier fit -c configs/classifier/default_model.yaml \
   --data.sources "[$data/nih_chestxray14]"
 
 step "3/6 VQ-GAN tokenizer: pixel pre-training, then fine-tuning with the clinical loss"
-python -m vqgan fit -c configs/vqgan/default_model_pretrain.yaml \
-  --data.data "$out/data/images.jsonl" --data.held_out "$out/data/images.jsonl"
+python -m vqgan fit -c configs/vqgan/default_model_pretrain.yaml
 python -m vqgan fit -c configs/vqgan/default_model.yaml
 python -m vqgan.export "$out/vqgan/checkpoints/last.ckpt" "$out/tokenizer" --fp16
 
