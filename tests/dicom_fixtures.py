@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from conftest import synthetic_cxr
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
 def write_dicom(
@@ -20,19 +20,23 @@ def write_dicom(
     window: tuple[float, float] | None = None,
     rescale: tuple[float, float] | None = None,
     patient_id: str = "SYNTH0001",
+    syntax: UID = ExplicitVRLittleEndian,
 ) -> Path:
-    """Write ``pixels`` (uint16 [H, W]) as a 16-bit DICOM with optional window and rescale."""
+    """Write ``pixels`` (uint16 [H, W], or [frames, H, W]) as a 16-bit DICOM with optional window
+    and rescale, in transfer syntax ``syntax`` (e.g. deflated explicit VR)."""
     path = Path(path)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.PatientID = patient_id
     ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 16

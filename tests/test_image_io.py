@@ -11,7 +11,14 @@ from conftest import synthetic_cxr
 from dicom_fixtures import synthetic_pixels, write_dicom
 from PIL import Image
 
-from vqgan.image_io import CXRReadError, load_cxr_tensor, prepare_image, read_cxr
+from vqgan.image_io import (
+    DEFAULT_BUDGET,
+    CXRReadError,
+    PixelBudget,
+    load_cxr_tensor,
+    prepare_image,
+    read_cxr,
+)
 
 
 def test_reads_real_png_and_jpeg(fixtures_dir: Path) -> None:
@@ -146,3 +153,106 @@ def test_prepare_image_rejects_bad_arrays() -> None:
 def test_load_cxr_tensor(fixtures_dir: Path) -> None:
     out = load_cxr_tensor(fixtures_dir / "00027426_000.png", 48)
     assert out.shape == (1, 48, 48)
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+def test_tall_thin_png_is_refused_before_decoding(tmp_path: Path) -> None:
+    """32 x 2,000,000 pixels: a few hundred kB on disk, 64 MP decoded, ~15 GiB once scaled."""
+    path = tmp_path / "strip.png"
+    Image.new("L", (32, 2_000_000), 128).save(path)
+    with pytest.raises(CXRReadError, match="strip.png: image too large"):
+        read_cxr(path)
+    shape = tmp_path / "shape.png"
+    Image.fromarray((synthetic_cxr(64) * 255).astype(np.uint8)).resize((40, 400)).save(shape)
+    with pytest.raises(CXRReadError, match="shape.png: implausible shape"):
+        read_cxr(shape)
+
+
+def test_pixel_budget_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray((synthetic_cxr(64) * 255).astype(np.uint8)).save(path)
+    with pytest.raises(CXRReadError, match="too large"):
+        read_cxr(path, PixelBudget(max_pixels=48 * 48))
+    assert read_cxr(path, PixelBudget(max_pixels=64 * 64)).shape == (64, 64)
+
+
+def test_a_4k_by_5k_dicom_fits_the_default_budget() -> None:
+    DEFAULT_BUDGET.check("big.dcm", 5000, 4000)  # raises if the default were too tight
+
+
+def test_only_png_and_jpeg_rasters_are_decoded(tmp_path: Path) -> None:
+    path = tmp_path / "scan.png"  # TIFF content under a PNG name: Pillow would read it by content
+    Image.fromarray((synthetic_cxr(64) * 255).astype(np.uint8)).save(path, format="TIFF")
+    with pytest.raises(CXRReadError, match="scan.png: not a readable image .*PNG, JPEG or DICOM"):
+        read_cxr(path)
+
+
+def test_prepare_image_crops_before_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thin strip must be cropped to a square first, not scaled up to size x (size * 600)."""
+    import vqgan.image_io
+
+    sizes = []
+    real = vqgan.image_io.F.interpolate
+
+    def spy(image: torch.Tensor, size: tuple[int, int], **kwargs: object) -> torch.Tensor:
+        sizes.append((tuple(image.shape[-2:]), tuple(size)))
+        return real(image, size=size, **kwargs)
+
+    monkeypatch.setattr(vqgan.image_io.F, "interpolate", spy)
+    out = prepare_image(np.random.default_rng(0).random((32, 20_000), dtype=np.float32), 256)
+    assert out.shape == (1, 256, 256)
+    assert sizes == [((32, 32), (256, 256))]
+
+
+def test_huge_dicom_header_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pydicom
+
+    path = write_dicom(tmp_path / "huge.dcm", synthetic_pixels(64))
+    dataset = pydicom.dcmread(path)
+    dataset.Rows = dataset.Columns = 60_000  # 3.6 GP claimed by a 8 kB file
+    dataset.save_as(path)
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", _never_decode)
+    with pytest.raises(CXRReadError, match="huge.dcm: image too large .*60000x60000"):
+        read_cxr(path)
+
+
+def _never_decode(*args: object, **kwargs: object) -> np.ndarray:
+    raise AssertionError("pixel data was decoded although the header is over the budget")
+
+
+def test_multi_frame_dicom_decodes_frame_zero_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pydicom
+
+    frames = np.stack([synthetic_pixels(64, seed) for seed in range(3)])
+    path = write_dicom(tmp_path / "frames.dcm", frames)
+    indices = []
+    real = pydicom.pixels.pixel_array
+
+    def spy(src: object, **kwargs: object) -> np.ndarray:
+        indices.append(kwargs.get("index"))
+        return real(src, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
+    image = read_cxr(path)
+    assert indices == [0]
+    np.testing.assert_array_equal(image, read_cxr(write_dicom(tmp_path / "f0.dcm", frames[0])))
+
+
+def test_deflated_dicom_reads_and_a_deflate_bomb_is_bounded(tmp_path: Path) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    pixels = synthetic_pixels(64)
+    deflated = write_dicom(tmp_path / "d.dcm", pixels, syntax=DeflatedExplicitVRLittleEndian)
+    np.testing.assert_array_equal(
+        read_cxr(deflated), read_cxr(write_dicom(tmp_path / "plain.dcm", pixels))
+    )
+    frames = np.zeros((2000, 64, 64), dtype=np.uint16)  # 16 MB of zeros deflate to ~20 kB
+    frames[0] = pixels
+    bomb = write_dicom(tmp_path / "bomb.dcm", frames, syntax=DeflatedExplicitVRLittleEndian)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(CXRReadError, match="bomb.dcm: deflated DICOM inflates to more than"):
+        read_cxr(bomb, PixelBudget(max_pixels=128 * 128))
