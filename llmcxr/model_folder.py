@@ -46,6 +46,20 @@ GENERATION_FILE = "generation.json"
 PROMPT_FORMAT_FILE = "prompt_format.json"
 CHECKPOINT_KEY = "llmcxr"
 """Key of the plain-data payload (``checkpoint_payload``) inside a Lightning checkpoint."""
+TOKENIZER_FILES = frozenset(
+    {
+        "added_tokens.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    }
+)
+"""The only text-tokenizer file names a checkpoint may carry: names read from a (possibly crafted)
+checkpoint become paths, so anything else (``../x``, ``/abs``, a ``.pth``) is refused."""
 
 
 @dataclass
@@ -242,9 +256,7 @@ def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
     ``save_pretrained`` has no dtype option; the loader upcasts adapters again)."""
     from safetensors.torch import load_file, save_file
 
-    tensors = {
-        k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()
-    }
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
     save_file(tensors, path, metadata={"format": "pt"})
 
 
@@ -267,7 +279,9 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _load_folder(path: Path, dtype: torch.dtype | None, merge_adapter: bool = True) -> LLMCXRComponents:
+def _load_folder(
+    path: Path, dtype: torch.dtype | None, merge_adapter: bool = True
+) -> LLMCXRComponents:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from instructions.prompt_format import PromptFormat
@@ -334,6 +348,21 @@ def _load_lora(
     return model.to(dtype) if dtype else model
 
 
+def _checked_tokenizer_files(path: Path, info: Any) -> dict[str, str]:
+    """The checkpoint's text-tokenizer files, after checking every name against `TOKENIZER_FILES`
+    (before anything is built or written)."""
+    files = info.get("text_tokenizer") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{path}: the checkpoint has no text-tokenizer files")
+    for name, text in files.items():
+        if name not in TOKENIZER_FILES or not isinstance(text, str):
+            raise ValueError(
+                f"{path}: refusing text-tokenizer file {name!r} from the checkpoint "
+                f"(allowed: {', '.join(sorted(TOKENIZER_FILES))}); nothing was written"
+            )
+    return files
+
+
 def _load_checkpoint(path: Path) -> LLMCXRComponents:
     from transformers import AutoTokenizer
 
@@ -350,6 +379,7 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
             "give a model folder or a .ckpt from `python -m llmcxr.train fit`"
         )
     info = ckpt[CHECKPOINT_KEY]
+    tok_files = _checked_tokenizer_files(path, info)
     model = build_llm_from_config(info["llm_config"])
     if info.get("lora"):
         model = apply_lora(model, info["lora"])
@@ -362,7 +392,7 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
     if info.get("lora"):
         model = model.merge_and_unload()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in info["text_tokenizer"].items():
+        for name, text in tok_files.items():
             Path(tmp, name).write_text(text)
         text_tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
     return LLMCXRComponents(

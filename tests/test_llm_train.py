@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,27 @@ def test_export_command_rejects_a_foreign_checkpoint(
     assert main(["export", "--checkpoint", str(foreign), "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an llmcxr training checkpoint" in err[0]
+
+
+@pytest.mark.parametrize("name", ["../escaped.pth", "ABSOLUTE", "sub/tokenizer.json", "x.pth"])
+def test_crafted_checkpoint_tokenizer_names_write_nothing(
+    stage1: Path, tmp_path: Path, name: str
+) -> None:
+    """Tokenizer file names inside a checkpoint become paths: a crafted name must be refused
+    before anything is written, wherever it points."""
+    ckpt = torch.load(
+        stage1 / "stage1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    target = tmp_path / "planted" / "escaped.pth"
+    target.parent.mkdir()
+    if name == "ABSOLUTE":
+        name = str(target)
+    ckpt["llmcxr"]["text_tokenizer"][name] = "import os  # runs at interpreter start"
+    crafted = tmp_path / "planted" / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    escaped = Path(tempfile.gettempdir(), "escaped.pth")  # where "../escaped.pth" would land
+    escaped.unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="refusing text-tokenizer file"):
+        load_model_folder(crafted)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["crafted.ckpt"]
+    assert not escaped.exists()
