@@ -10,6 +10,7 @@ and counted; nothing is truncated, so an image is never cut in half.
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     task: str
+    unconditional: EncodedExample | None = None
+    """The same report->CXR record with its report dropped (the pipeline's unconditional prompt);
+    `EncodedDataset` serves it instead with probability ``cfg_drop``."""
 
 
 @dataclass
@@ -97,14 +101,25 @@ class RecordEncoder:
             task=str(record.get("task", "")),
         )
 
+    def encode_unconditional(
+        self, record: Mapping[str, Any], codes: torch.Tensor
+    ) -> EncodedExample | None:
+        """A report->CXR record with its report removed: the instruction alone, exactly the prompt
+        the pipeline contrasts with under classifier-free guidance. None for other records."""
+        if record["response"].strip() != self.placeholder or not record["input"].strip():
+            return None
+        return self.encode({**record, "input": ""}, codes)
+
     def encode_all(
         self,
         records: Iterable[Mapping[str, Any]],
         cache: ImageTokenCache | None,
         max_length: int,
         desc: str = "encoding",
+        unconditional: bool = False,
     ) -> tuple[list[EncodedExample], DropCounts]:
-        """Encode `records`, dropping (and counting) those without a cached image or too long."""
+        """Encode `records`, dropping (and counting) those without a cached image or too long.
+        With `unconditional`, report->CXR examples also carry their report-dropped variant."""
         kept, counts = [], DropCounts()
         for record in tqdm(records, desc=desc, leave=False):
             image_id = record.get("image_id") or ""
@@ -118,6 +133,8 @@ class RecordEncoder:
             if len(example.input_ids) > max_length:
                 counts.too_long += 1
                 continue
+            if unconditional and codes is not None:
+                example.unconditional = self.encode_unconditional(record, codes)
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
@@ -125,16 +142,34 @@ class RecordEncoder:
 
 
 class EncodedDataset(Dataset):
-    """A list of encoded examples as a torch Dataset."""
+    """A list of encoded examples as a torch Dataset.
 
-    def __init__(self, examples: list[EncodedExample]) -> None:
+    With ``cfg_drop`` > 0 an example that has an unconditional variant is served as that variant
+    with probability ``cfg_drop``, drawn afresh at every access (so each epoch drops different
+    reports): classifier-free guidance needs the model to have learnt the report-free prompt too.
+    """
+
+    def __init__(
+        self, examples: list[EncodedExample], cfg_drop: float = 0.0, seed: int = 0
+    ) -> None:
+        if not 0.0 <= cfg_drop < 1.0:
+            raise ValueError(f"cfg_drop must lie in [0, 1), got {cfg_drop}")
         self.examples = examples
+        self.cfg_drop = cfg_drop
+        self._rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> EncodedExample:
-        return self.examples[index]
+        example = self.examples[index]
+        if (
+            self.cfg_drop
+            and example.unconditional is not None
+            and self._rng.random() < self.cfg_drop
+        ):
+            return example.unconditional
+        return example
 
 
 @dataclass
@@ -176,6 +211,8 @@ class InstructionDataModule(L.LightningDataModule):
         build_cache: bool = True,
         cache_batch_size: int = 16,
         build_from_csv: str | None = None,
+        cfg_drop: float = 0.0,
+        seed: int = 0,
     ) -> None:
         """
         Args:
@@ -192,6 +229,11 @@ class InstructionDataModule(L.LightningDataModule):
             build_from_csv: when ``dataset_dir`` holds no built dataset yet, build it first from
                 this CSV (image path + report per row) with ``python -m instructions build
                 --source csv``; used by the tiny configs.
+            cfg_drop: share of report->CXR training examples served without their report (the
+                pipeline's unconditional prompt), redrawn every epoch, so classifier-free
+                guidance (``guidance_scale`` > 1) has a learnt unconditional branch; LLM-CXR-style
+                recipes use about 0.1. Validation keeps every report.
+            seed: seed of the ``cfg_drop`` draws.
         """
         super().__init__()
         if stage not in ("stage1", "stage2"):
@@ -208,6 +250,10 @@ class InstructionDataModule(L.LightningDataModule):
         self.build_cache = build_cache
         self.cache_batch_size = cache_batch_size
         self.build_from_csv = build_from_csv
+        if not 0.0 <= cfg_drop < 1.0:
+            raise ValueError(f"data.cfg_drop must lie in [0, 1), got {cfg_drop}")
+        self.cfg_drop = cfg_drop
+        self.seed = seed
         self.encoder: RecordEncoder | None = None
         self.image_tokenizer_path: str | None = None
         self.fingerprint: str | None = None
@@ -270,10 +316,16 @@ class InstructionDataModule(L.LightningDataModule):
         for split in SPLITS:
             if split not in splits:
                 continue
+            drop = self.cfg_drop if split == "train" else 0.0
             examples, counts = self.encoder.encode_all(
-                splits[split], cache, self.max_length, desc=f"{self.stage}/{split}"
+                splits[split],
+                cache,
+                self.max_length,
+                desc=f"{self.stage}/{split}",
+                unconditional=drop > 0,
             )
-            self.datasets[split], self.counts[split] = EncodedDataset(examples), counts
+            self.datasets[split] = EncodedDataset(examples, drop, self.seed)
+            self.counts[split] = counts
             log.info(
                 "%s/%s: kept %d records, dropped %d without a cached image and %d over %d tokens",
                 self.stage,

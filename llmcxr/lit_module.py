@@ -64,6 +64,10 @@ class OptimizerSettings:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of ``lr``."""
+    new_token_lr_scale: float = 1.0
+    """Learning rate of the new image-token rows (peft ``trainable_token_indices``) as a multiple
+    of ``lr``: the 1,026 rows start untrained while the LoRA only nudges a pretrained model, so
+    they can take bigger steps. Needs LoRA (a full fine-tune cannot split the embedding)."""
 
 
 @dataclass
@@ -217,11 +221,24 @@ class LLMCXRModule(L.LightningModule):
         self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(batch)
-        self.log(
-            "val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
-        )
-        return loss
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        terms = split_token_losses(logits, batch["labels"], self.token_map)
+        size = batch["input_ids"].shape[0]
+        self.log("val/loss", terms["loss"], prog_bar=True, sync_dist=True, batch_size=size)
+        # Image-code and text tokens apart: drawing and writing learn at different speeds, and the
+        # mean over all tokens hides which one moved. Weighted by token counts across batches.
+        for name in ("image", "text"):
+            count = terms[f"{name}_tokens"]
+            if count > 0:
+                self.log(
+                    f"val/loss_{name}",
+                    terms[f"loss_{name}"],
+                    sync_dist=True,
+                    batch_size=int(count),
+                )
+        return terms["loss"]
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch)
@@ -231,16 +248,25 @@ class LLMCXRModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        rows = [p for n, p in named if "trainable_tokens" in n]
+        rest = [p for n, p in named if "trainable_tokens" not in n]
+        if self.optim.new_token_lr_scale != 1.0 and not rows:
+            raise ValueError(
+                "optimizer.new_token_lr_scale needs LoRA (model.lora): a full fine-tune has no "
+                "separate image-token rows to scale"
+            )
+        groups = [
+            {"params": [p for p in rest if p.ndim >= 2], "weight_decay": self.optim.weight_decay},
+            {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+            {
+                "params": rows,
+                "weight_decay": 0.0,
+                "lr": self.optim.lr * self.optim.new_token_lr_scale,
+            },
+        ]
         opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
+            [g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas)
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = get_cosine_with_min_lr_schedule_with_warmup(
@@ -262,6 +288,7 @@ class LLMCXRModule(L.LightningModule):
             base_model=self.settings.base,
             lora=self.lora_kwargs,
             generation_defaults=self.generation,
+            image_tokenizer_fingerprint=self.image_tokenizer_fingerprint,
         )
 
     def export(
@@ -298,6 +325,29 @@ class LLMCXRModule(L.LightningModule):
             dtype=dtype,
             new_token_noise_std=self.settings.new_token_noise_std,
         )
+
+
+def split_token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, token_map: Any
+) -> dict[str, torch.Tensor]:
+    """Next-token cross-entropy over all supervised tokens, and over image-code targets and text
+    targets apart (sums divided by counts; counts returned as ``*_tokens``)."""
+    shift_logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    supervised = targets != -100
+    per_token = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view_as(targets)
+    is_image = token_map.is_code_id(targets) & supervised
+    out: dict[str, torch.Tensor] = {}
+    for name, mask in (("", supervised), ("_image", is_image), ("_text", supervised & ~is_image)):
+        count = mask.sum()
+        out[f"loss{name}"] = (per_token * mask).sum() / count.clamp(min=1)
+        out[f"{name.lstrip('_') or 'all'}_tokens"] = count
+    return out
 
 
 def _write_random_image_tokenizer(config: VQGANConfig, path: Path) -> None:

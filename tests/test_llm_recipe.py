@@ -1,0 +1,148 @@
+"""Recipe pieces of the default model: report dropout for classifier-free guidance, a separate
+learning rate for the new image-token rows, image and text validation losses apart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from llm_fixtures import make_tiny_model_folder
+
+from instructions.prompt_format import IMAGE_PLACEHOLDER
+from llmcxr.data import EncodedDataset, EncodedExample, RecordEncoder
+from llmcxr.image_tokens import ImageTokenMap
+from llmcxr.lit_module import (
+    LLMCXRModule,
+    LoraSettings,
+    ModelSettings,
+    OptimizerSettings,
+    split_token_losses,
+)
+from llmcxr.pipeline import LLMCXR
+
+REPORT = "Small left pleural effusion. No pneumothorax."
+INSTRUCTION = "Generate a chest X-ray image that matches this report."
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def llm(folder: Path) -> LLMCXR:
+    return LLMCXR.from_pretrained(folder, device="cpu")
+
+
+def _draw_record() -> dict[str, str]:
+    return {
+        "id": "r",
+        "task": "report_to_cxr",
+        "instruction": INSTRUCTION,
+        "input": REPORT,
+        "response": IMAGE_PLACEHOLDER,
+        "image_id": "img",
+    }
+
+
+def test_dropped_report_encodes_to_the_pipelines_unconditional_prompt(llm: LLMCXR) -> None:
+    encoder = RecordEncoder(llm.text_tokenizer, llm.token_map, llm.prompt_format)
+    codes = torch.arange(llm.token_map.tokens_per_image)
+    [example], _ = encoder.encode_all([_draw_record()], _OneImage(codes), 4096, unconditional=True)
+    uncond = example.unconditional
+    assert uncond is not None
+    # generate_images(guidance_scale > 1) contrasts with exactly these ids (start marker forced)
+    pipeline_ids = llm._image_prompt(llm.prompt_format.render(INSTRUCTION)).ids
+    assert uncond.input_ids[: len(pipeline_ids)] == pipeline_ids
+    # ... and the conditional example still holds the report, the image target is the same
+    cond_ids = llm._image_prompt(llm.prompt_format.render(INSTRUCTION, REPORT)).ids
+    assert example.input_ids[: len(cond_ids)] == cond_ids
+    span = llm.token_map.image_to_text_span(codes)
+    assert uncond.input_ids[len(pipeline_ids) - 1 :][: len(span)] == span
+    assert [t for t in uncond.labels if t != -100] == [t for t in example.labels if t != -100]
+
+
+def test_only_report_to_cxr_records_get_an_unconditional_variant(llm: LLMCXR) -> None:
+    encoder = RecordEncoder(llm.text_tokenizer, llm.token_map, llm.prompt_format)
+    codes = torch.arange(llm.token_map.tokens_per_image)
+    read = {
+        **_draw_record(),
+        "task": "cxr_to_report",
+        "input": IMAGE_PLACEHOLDER,
+        "response": REPORT,
+    }
+    [example], _ = encoder.encode_all([read], _OneImage(codes), 4096, unconditional=True)
+    assert example.unconditional is None
+
+
+def test_dataset_serves_the_unconditional_variant_at_the_drop_rate() -> None:
+    cond, uncond = EncodedExample([1, 2], [1, 2], "report_to_cxr"), EncodedExample([3], [3], "x")
+    cond.unconditional = uncond
+    data = EncodedDataset([cond] * 4000, cfg_drop=0.1, seed=0)
+    dropped = sum(data[i] is uncond for i in range(len(data)))
+    assert abs(dropped / 4000 - 0.1) < 0.015  # binomial sd 0.0047
+    assert all(EncodedDataset([cond], cfg_drop=0.0)[0] is cond for _ in range(50))
+    with pytest.raises(ValueError, match="cfg_drop"):
+        EncodedDataset([cond], cfg_drop=1.0)
+
+
+def test_split_token_losses_by_hand() -> None:
+    token_map = ImageTokenMap(
+        codebook_size=2, first_code_id=3, start_id=5, end_id=6, tokens_per_image=1
+    )
+    # vocabulary of 7; logits favour nothing except where set, so CE = log-sum-exp - logit
+    logits = torch.zeros(1, 4, 7)
+    logits[0, 0, 3] = math.log(6.0)  # target 3 (image code): p = 6/12 -> CE = log 2
+    logits[0, 1, 1] = math.log(3.0)  # target 1 (text): p = 3/9 -> CE = log 3
+    labels = torch.tensor([[-100, 3, 1, -100]])  # position 2's target is ignored
+    terms = split_token_losses(logits, labels, token_map)
+    assert terms["loss_image"].item() == pytest.approx(math.log(2))
+    assert terms["loss_text"].item() == pytest.approx(math.log(3))
+    assert terms["loss"].item() == pytest.approx((math.log(2) + math.log(3)) / 2)
+    assert (terms["image_tokens"].item(), terms["text_tokens"].item()) == (1, 1)
+
+
+def test_new_token_rows_get_their_own_learning_rate(folder: Path) -> None:
+    module = LLMCXRModule(
+        init_from=str(folder),
+        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
+        optimizer=OptimizerSettings(lr=1e-3, new_token_lr_scale=5.0),
+    )
+    module.trainer = _FakeTrainer()
+    opt = module.configure_optimizers()["optimizer"]
+    rows = [g for g in opt.param_groups if g["initial_lr"] == pytest.approx(5e-3)]
+    assert len(rows) == 1
+    n_rows = sum(p.numel() for p in rows[0]["params"])
+    hidden = module.model.get_input_embeddings().weight.shape[1]
+    new_ids = module.token_map.codebook_size + 2
+    assert n_rows == new_ids * hidden  # exactly the new rows (tied embeddings: one copy)
+    others = [g for g in opt.param_groups if g is not rows[0]]
+    assert others and all(g["initial_lr"] == pytest.approx(1e-3) for g in others)
+
+
+def test_new_token_lr_scale_needs_lora(folder: Path) -> None:
+    module = LLMCXRModule(
+        init_from=str(folder), optimizer=OptimizerSettings(new_token_lr_scale=5.0)
+    )
+    module.trainer = _FakeTrainer()
+    with pytest.raises(ValueError, match="needs LoRA"):
+        module.configure_optimizers()
+
+
+class _OneImage:
+    """A token cache holding one image, id ``img``."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        self.codes = codes
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id == "img"
+
+    def get(self, image_id: str) -> torch.Tensor:
+        return self.codes
+
+
+class _FakeTrainer:
+    estimated_stepping_batches = 10
