@@ -18,7 +18,7 @@ from vqgan.clinical import (
     import_torchxrayvision,
 )
 
-CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumonia", "Mass"]
+CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumonia", "Mass", "Nodule"]
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,15 @@ def tiny_classifier(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_classifier_maps_labels_and_classifies(tiny_classifier: str) -> None:
     classifier = ImageClassifier.from_weights(tiny_classifier)
-    columns = classifier.chexpert_columns(["Pleural Effusion", "Cardiomegaly", "Fracture"])
-    assert columns == {"Pleural Effusion": 2, "Cardiomegaly": 1}  # NIH "Effusion"; no Fracture
+    columns = classifier.chexpert_columns(["Pleural Effusion", "Cardiomegaly", "Lung Lesion", "Fracture"])
+    # NIH "Effusion"; Lung Lesion is NIH's Mass or Nodule; no Fracture
+    assert columns == {"Pleural Effusion": [2], "Cardiomegaly": [1], "Lung Lesion": [5, 6]}
     probs, feats = classifier([np.full((64, 64), 0.5, dtype=np.float32)] * 3)
     assert probs.shape == (3, len(CLASSIFIER_LABELS)) and feats.shape[0] == 3
     assert ((probs > 0) & (probs < 1)).all()
     assert np.allclose(probs[0], probs[2])
+    outputs = np.array([[0.1, 0.2, 0.3, 0.0, 0.0, 0.7, 0.4], [0.1, 0.2, 0.6, 0.0, 0.0, 0.1, 0.9]])
+    assert ImageClassifier.class_scores(outputs, columns).tolist() == [[0.3, 0.2, 0.7], [0.6, 0.2, 0.9]]
 
 
 def _args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
@@ -62,29 +65,40 @@ def test_evaluate_writes_metrics_table_and_plots(
     assets: dict[str, Path], tiny_classifier: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval"
-    code = main(_args(assets, out, "--tasks", "report,image,vqa,roundtrip,tokenizer",
-                      "--classifier", tiny_classifier, "--limit", "2"))
+    code = main(_args(assets, out, "--tasks", "report,nih,image,vqa,roundtrip,tokenizer",
+                      "--classifier", tiny_classifier, "--limit", "2", "--samples-per-image", "2"))
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     report = metrics["report"]
-    assert report["n_items"] == 2
+    assert report["n_items"] == 2 and report["samples_per_image"] == 2
+    assert report["min_positives"] == 5 and report["headline_classes"] == []  # 2 items: none has 5
+    assert report["nlg_references_per_item"] >= 1
     assert set(report["per_label"]) >= {"Pleural Effusion", "Cardiomegaly", "No Finding"}
     assert set(report["nlg"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"}
     # The baseline answers the training split's most common report for every image.
     assert report["baseline_most_common_report"]["report"] == "No acute cardiopulmonary process."
+    nih = metrics["nih"]  # 4 NIH test images (one without a stage record), 2 by --limit
+    assert nih["n_items"] == 2 and len(nih["per_label"]) == 11
+    assert nih["baseline_no_finding"]["per_label"]["No Finding"]["f1"] is not None
     image = metrics["image"]
-    assert image["classes"] == ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia"]
-    assert image["generated"]["n_items"] == 2
+    assert image["classes"] == ["Atelectasis", "Cardiomegaly", "Edema", "Lung Lesion", "Pleural Effusion",
+                                "Pneumonia"]
+    assert image["generated"]["n_items"] == 2 and image["resolution"] == 64  # the tiny tokenizer's size
     assert image["fid_xrv"] is not None and image["fid_xrv"] >= 0
+    realism = image["realism"]
+    assert realism["n_real"] == 2 and realism["generated"]["n"] == 4
+    assert realism["tokenizer_reconstruction"]["kid"] is not None
+    assert "tokenizer_reconstruction" in image and "real" in image
     assert -1 <= image["diversity_ssim"] <= 1
     assert metrics["vqa"]["n_yes_no"] + metrics["vqa"]["n_open"] == metrics["vqa"]["n_items"] == 2
     assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
     assert 0 <= metrics["tokenizer"]["codebook_usage"] <= 1
     table = (out / "table.md").read_text()
     for heading in ("CXR -> report", "Report -> CXR", "VQA", "Round trips", "LLM-CXR (paper)",
-                    "most common training report", "uncertain"):
+                    "most common training report", "uncertain", "NIH ChestX-ray14", '"No Finding"',
+                    "Micro averages", "tokenizer reconstructions (ceiling)", "precision"):
         assert heading in table
-    for plot in ("report_per_label", "image_per_label", "vqa_confusion", "real_vs_generated"):
+    for plot in ("report_per_label", "nih_per_label", "image_per_label", "vqa_confusion", "real_vs_generated"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
     assert len(list((out / "images" / "image").glob("*.png"))) == 2 * 2
 
@@ -110,7 +124,7 @@ def test_interrupted_run_resumes_without_recomputing(
 
     monkeypatch.setattr(LLMCXR, "generate_report", counting)
     out = tmp_path / "eval"
-    args = _args(assets, out, "--tasks", "report", "--batch-size", "1")
+    args = _args(assets, out, "--tasks", "report", "--batch-size", "1", "--samples-per-image", "1")
     with pytest.raises(_Interrupt):
         main(args)
     store_path = out / "items" / "report.jsonl"

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from llmcxr.evaluation import labelling, metrics, nlg
+from llmcxr.evaluation import labelling, metrics, nih_task, nlg
+from llmcxr.evaluation.report_task import label_matched_references
 
 CLASSES = ["A", "B", "C"]
 # A: ordinary class; B: no positives (AUROC undefined); C: all-equal scores.
@@ -17,12 +18,13 @@ Y_PRED = np.array([[1, 0, 1], [0, 0, 1], [0, 0, 1], [1, 0, 1]])
 
 
 def test_classification_metrics_match_hand_computed_values() -> None:
-    out = metrics.classification_metrics(Y_TRUE, Y_SCORE, Y_PRED, CLASSES)
+    out = metrics.classification_metrics(Y_TRUE, Y_SCORE, Y_PRED, CLASSES, min_positives=1)
     per = out["per_label"]
     assert per["A"]["auroc"] == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ordered
     assert math.isnan(per["B"]["auroc"])
     assert per["C"]["auroc"] == pytest.approx(0.5)  # all-equal scores
     assert out["auroc"]["macro"] == pytest.approx((0.75 + 0.5) / 2)
+    assert out["auroc"]["macro_all"] == pytest.approx((0.75 + 0.5) / 2)
     assert out["auroc"]["n_undefined"] == 1
     assert out["auroc"]["weighted"] == pytest.approx((0.75 * 2 + 0.5 * 3) / 5)
     # micro: 5 positives, 7 negatives; 22 of 35 pairs ordered (ties count half).
@@ -30,10 +32,92 @@ def test_classification_metrics_match_hand_computed_values() -> None:
     assert per["A"]["f1"] == pytest.approx(0.5)
     assert per["B"]["f1"] == 0.0
     assert per["C"]["f1"] == pytest.approx(6 / 7)
-    assert out["f1"]["macro"] == pytest.approx((0.5 + 0 + 6 / 7) / 3)
+    assert out["f1"]["macro_all"] == pytest.approx((0.5 + 0 + 6 / 7) / 3)
     assert out["f1"]["micro"] == pytest.approx(8 / 11)
     assert out["f1"]["weighted"] == pytest.approx((0.5 * 2 + 6 / 7 * 3) / 5)
     assert [per[c]["support"] for c in CLASSES] == [2, 0, 3]
+
+
+def test_headline_macro_averages_classes_with_enough_positives() -> None:
+    # Supports are A 2, B 0, C 3: with min_positives 3 only C counts, with 2 A and C.
+    only_c = metrics.classification_metrics(Y_TRUE, Y_SCORE, Y_PRED, CLASSES, min_positives=3)
+    assert only_c["headline_classes"] == ["C"]
+    assert only_c["auroc"]["macro"] == pytest.approx(0.5)
+    assert only_c["f1"]["macro"] == pytest.approx(6 / 7)
+    assert only_c["f1"]["macro_all"] == pytest.approx((0.5 + 0 + 6 / 7) / 3)
+    two = metrics.classification_metrics(Y_TRUE, Y_SCORE, Y_PRED, CLASSES, min_positives=2)
+    assert two["headline_classes"] == ["A", "C"]
+    assert two["f1"]["macro"] == pytest.approx((0.5 + 6 / 7) / 2)
+    assert two["auroc"]["macro"] == pytest.approx((0.75 + 0.5) / 2)
+    none = metrics.classification_metrics(Y_TRUE, Y_SCORE, Y_PRED, CLASSES)  # default 5
+    assert none["headline_classes"] == [] and math.isnan(none["f1"]["macro"])
+    # The intervals keep the full set's headline classes: F1 of C alone, constant here.
+    ci = metrics.headline_intervals(Y_TRUE, Y_SCORE, Y_PRED, min_positives=3, n_boot=50)
+    assert ci["f1_macro"][0] <= 6 / 7 <= ci["f1_macro"][1]
+
+
+def test_knn_precision_recall_hand_computed() -> None:
+    real = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])  # 1-NN radii 1, 1, 2
+    fake = np.array([[0.5, 0.0], [10.0, 0.0]])  # 1-NN radii 9.5, 9.5
+    out = metrics.knn_precision_recall(real, fake, k=1)
+    assert out["precision"] == pytest.approx(0.5)  # (0.5, 0) lies in a real ball, (10, 0) in none
+    assert out["recall"] == pytest.approx(1.0)  # every real point is within 9.5 of (0.5, 0)
+    # k = 2: real radii 3, 2, 3; fake radii need a third sample: too few, undefined.
+    assert math.isnan(metrics.knn_precision_recall(real, fake, k=2)["precision"])
+    grid = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])  # 2-NN radii 2, 1, 1, 2
+    same = metrics.knn_precision_recall(grid, grid + [0.0, 1.5], k=2)
+    assert same == {"precision": 1.0, "recall": 1.0}  # shifted by 1.5 <= the radius 2 at the ends
+    assert metrics.knn_precision_recall(grid, grid + [0.0, 2.5], k=2)["precision"] == 0.0
+
+
+def test_kernel_inception_distance_hand_computed() -> None:
+    # D = 1: k(x, y) = (x y + 1)^3. Within real {0, 1}: k(0, 1) = 1; within fake {0, 2}: 1;
+    # across: k(0,0) = k(0,2) = k(1,0) = 1, k(1,2) = 27, mean 7.5. KID = 1 + 1 - 2 * 7.5.
+    assert metrics.kernel_inception_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]])) == (
+        pytest.approx(-13.0)
+    )
+    # Unequal sizes, fake {0, 1, 2}: within (1 + 1 + 27) / 3; across (1+1+1 + 1+8+27) / 6 = 6.5.
+    kid = metrics.kernel_inception_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [1.0], [2.0]]))
+    assert kid == pytest.approx(1 + 29 / 3 - 13)
+    # Unbiased: near 0 for two large samples of one distribution, far for different ones.
+    rng = np.random.default_rng(0)
+    same = metrics.kernel_inception_distance(rng.normal(size=(300, 4)), rng.normal(size=(200, 4)))
+    shifted = metrics.kernel_inception_distance(rng.normal(size=(300, 4)), rng.normal(1.0, size=(200, 4)))
+    assert abs(same) < 0.05 < shifted
+    assert math.isnan(metrics.kernel_inception_distance(np.zeros((1, 4)), np.zeros((3, 4))))
+
+
+def test_no_finding_baseline_hand_computed() -> None:
+    classes = ["Atelectasis", "No Finding"]
+    truth = np.array([[1, 0], [0, 1], [0, 1], [1, 1]])
+    out = nih_task.constant_label_metrics(truth, classes, ["No Finding"], min_positives=2, n_boot=20)
+    # "No Finding" said for all 4: TP 3, FP 1 -> F1 6/7; Atelectasis never said -> F1 0.
+    assert out["per_label"]["No Finding"]["f1"] == pytest.approx(6 / 7)
+    assert out["per_label"]["Atelectasis"]["f1"] == 0.0
+    assert out["f1"]["micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))  # TP 3, FP 1, FN 2
+    assert out["f1"]["macro"] == pytest.approx(3 / 7)
+    assert out["auroc"]["macro"] == pytest.approx(0.5)  # a constant score ranks nothing
+
+
+def test_nih_labels_map_to_eleven_chexpert_classes() -> None:
+    classes = labelling.nih_classes()
+    assert len(classes) == 11 and {"Lung Opacity", "Lung Lesion", "Pleural Other"} <= set(classes)
+    truth = labelling.nih_label_matrix([["Effusion"], ["Mass", "Nodule"], ["Emphysema"], ["Infiltration"]], classes)
+    col = classes.index
+    assert truth.sum(axis=1).tolist() == [1, 1, 0, 1]
+    assert truth[0, col("Pleural Effusion")] == truth[1, col("Lung Lesion")] == truth[3, col("Lung Opacity")] == 1
+
+
+def test_nih_records_cover_every_nih_image_of_the_split(tmp_path) -> None:
+    from evaluation_fixtures import make_tiny_dataset
+
+    from llmcxr.evaluation.data import EvalSplit
+
+    split = EvalSplit(make_tiny_dataset(tmp_path / "data", n_test=2))
+    records = nih_task.nih_records(split)
+    assert [r.id for r in records] == ["test-4-r", "test-5-r", "image:nih_chestxray14/img6.png"]
+    findings = nih_task.read_findings(nih_task.labels_csv_for(records, None))
+    assert findings["img6.png"] == ["Cardiomegaly", "Edema"] and findings["img4.png"] == ["Effusion"]
 
 
 def test_classification_metrics_rejects_mismatched_shapes() -> None:
@@ -128,6 +212,30 @@ def test_bleu_hand_computed() -> None:
     repeated = nlg.bleu(["the cat the cat"], ["The cat sat."])
     assert repeated["bleu_1"] == pytest.approx(0.5)  # clipped unigram precision 2/4
     assert repeated["bleu_2"] == pytest.approx(math.sqrt(0.5 * 1 / 3))
+
+
+def test_nlg_scores_against_every_reference() -> None:
+    # "a b c" against ["a b", "a b c d"]: every n-gram is in the second reference; the closest
+    # reference lengths (2 and 4) tie and nltk takes the shorter, so no brevity penalty.
+    multi = nlg.bleu(["a b c"], [["a b", "a b c d"]])
+    assert multi["bleu_1"] == pytest.approx(1.0) and multi["bleu_2"] == pytest.approx(1.0)
+    assert nlg.bleu(["a b c"], ["a b"])["bleu_1"] == pytest.approx(2 / 3)  # one reference: 2 of 3
+    assert nlg.rouge_l(["a b c"], [["x y z", "a x c"]]) == [pytest.approx(2 / 3)]  # the best one
+    # CIDEr-D averages over references: a perfect and a disjoint one give half the perfect score.
+    _, perfect = nlg.cider_d(["w x y z", "p q r s"], [["w x y z"], ["p q r s"]])
+    _, half = nlg.cider_d(["w x y z", "p q r s"], [["w x y z", "k l m n"], ["p q r s", "k l m n"]])
+    assert perfect == pytest.approx([10.0, 10.0])
+    assert half[0] == pytest.approx(perfect[0] / 2, rel=0.3)
+
+
+def test_label_matched_references() -> None:
+    pool = ["Normal chest.", "Moderate right pleural effusion.", "Cardiomegaly.", "Normal chest."]
+    refs = label_matched_references(
+        ["No acute cardiopulmonary process.", "Small left pleural effusion."], pool,
+        ["No Finding", "Pleural Effusion", "Cardiomegaly"], section="full", uncertain_as_positive=False,
+    )
+    assert refs == [["No acute cardiopulmonary process.", "Normal chest."],
+                    ["Small left pleural effusion.", "Moderate right pleural effusion."]]
 
 
 def test_rouge_l_and_cider_d_hand_computed() -> None:

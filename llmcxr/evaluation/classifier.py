@@ -1,5 +1,5 @@
 """The CXR classifier as the evaluation uses it: batched probabilities and pooled features,
-and the mapping from the classifier's label names to the 14 CheXpert classes."""
+and the mapping from the classifier's label names (torchxrayvision / NIH) to CheXpert classes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from llmcxr.evaluation.labelling import NIH_TO_CHEXPERT
 from vqgan.clinical import ClinicalFeatureExtractor
 
-# Classifier label spellings (torchxrayvision / NIH) that differ from the CheXpert class names.
-_ALIASES = {"effusion": "pleural effusion"}
+
+def _key(name: str) -> str:
+    return name.replace("_", " ").strip().lower()
+
+
+# Classifier label spellings (NIH) -> the CheXpert class they stand for.
+_ALIASES = {_key(nih): _key(chexpert) for nih, chexpert in NIH_TO_CHEXPERT.items()}
 
 
 def _normalise(name: str) -> str:
-    key = name.replace("_", " ").strip().lower()
+    key = _key(name)
     return _ALIASES.get(key, key)
 
 
@@ -32,10 +38,23 @@ class ImageClassifier:
         """Load weights by path or torchxrayvision cache name (never downloaded)."""
         return cls(ClinicalFeatureExtractor.from_weights(weights), batch_size)
 
-    def chexpert_columns(self, classes: Sequence[str]) -> dict[str, int]:
-        """``CheXpert class -> classifier output column`` for the classes the classifier knows."""
-        by_name = {_normalise(label): i for i, label in enumerate(self.labels) if label}
+    def chexpert_columns(self, classes: Sequence[str]) -> dict[str, list[int]]:
+        """``CheXpert class -> classifier output columns`` for the classes the classifier knows
+        (several for Lung Lesion: NIH's Mass and Nodule; a label named like the class itself,
+        e.g. torchxrayvision's "Lung Lesion", counts too)."""
+        by_name: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            if label:
+                by_name.setdefault(_normalise(label), []).append(i)
         return {c: by_name[_normalise(c)] for c in classes if _normalise(c) in by_name}
+
+    @staticmethod
+    def class_scores(probs: np.ndarray, columns: dict[str, list[int]]) -> np.ndarray:
+        """``[N, len(columns)]`` class probabilities from classifier outputs ``[N, n_labels]``: the
+        largest of a class's columns (Lung Lesion = Mass or Nodule). With calibrated outputs
+        (0.5 = each label's threshold) the class is positive when any of its labels is."""
+        probs = np.asarray(probs, dtype=np.float64)
+        return np.stack([probs[:, cols].max(axis=1) for cols in columns.values()], axis=-1)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

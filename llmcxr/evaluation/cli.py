@@ -3,7 +3,7 @@
 Example::
 
     llmcxr evaluate --model runs/stage2/model --data data/openi --stage 2 --split test \\
-        --tasks report,image,vqa,roundtrip,tokenizer --classifier densenet121-res224-all \\
+        --tasks report,nih,image,vqa,roundtrip,tokenizer --classifier densenet121-res224-all \\
         --out results/eval --limit 200
 """
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="CXR classifier weights: export folder, .safetensors, .ckpt, "
                    "or a torchxrayvision cache name such as densenet121-res224-all (never downloaded)")
     p.add_argument("--limit", type=int, help="a seeded random subset of N records per task (quick runs; "
-                   "a larger N contains a smaller one's records)")
+                   "a larger N contains a smaller one's records; default: the whole split)")
     p.add_argument("--report-section", choices=("full", "impression"), default=_DEFAULTS["report_section"],
                    help="score the whole report or its IMPRESSION section (default %(default)s)")
     p.add_argument("--samples-per-image", type=int, default=_DEFAULTS["samples_per_image"],
@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for 95%% intervals, 0 = none (default %(default)s)")
     p.add_argument("--device", default=_DEFAULTS["device"], help="auto, cpu, cuda, mps (default %(default)s)")
     p.add_argument("--inception-weights", help="torchvision inception_v3 state dict for Inception FID")
+    p.add_argument("--nih-labels", help="NIH ChestX-ray14 labels.csv for the nih task (default: the "
+                   "labels.csv beside the NIH images, <folder>/images/../labels.csv)")
+    p.add_argument("--min-positives", type=int, default=_DEFAULTS["min_positives"],
+                   help="headline macro AUROC / F1 average classes with at least this many positives "
+                   "(default %(default)s)")
     return p
 
 
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap=args.bootstrap,
             device=args.device,
             inception_weights=args.inception_weights,
+            nih_labels=args.nih_labels,
+            min_positives=args.min_positives,
         )
         evaluate(config)
     except (FileNotFoundError, ValueError) as err:

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("report", "image", "vqa", "roundtrip", "tokenizer")
+TASKS = ("report", "nih", "image", "vqa", "roundtrip", "tokenizer")
 CLASSIFIER_TASKS = ("image", "roundtrip")
 REPORT_SECTIONS = ("full", "impression")
+PROTOCOL_VERSION = 2
+"""Bumped when stored per-item rows change meaning (2: image rows at the tokenizer's resolution,
+with the real image's reconstruction); a results folder of another version is refused."""
 
 
 @dataclass
@@ -43,10 +46,10 @@ class EvaluationConfig:
     classifier: str | None = None
     """CXR classifier weights (export folder, .safetensors, .ckpt or torchxrayvision cache name)."""
     limit: int | None = None
-    """Evaluate a seeded random subset of this many records per task (quick runs)."""
+    """Evaluate a seeded random subset of this many records per task (quick runs; None = all)."""
     report_section: str = "full"
     """Which text is labelled and scored: the whole report, or its IMPRESSION section."""
-    samples_per_image: int = 1
+    samples_per_image: int = 3
     """Sampled reports per image; > 1 gives per-class probabilities for AUROC."""
     images_per_report: int = 2
     """Generated images per report; >= 2 is needed for the diversity (pairwise SSIM) figure."""
@@ -59,6 +62,10 @@ class EvaluationConfig:
     device: str = "auto"
     inception_weights: str | None = None
     """torchvision Inception-v3 state dict for Inception FID (omitted without it)."""
+    nih_labels: str | None = None
+    """NIH ChestX-ray14 labels.csv for the nih task (default: the one beside the NIH images)."""
+    min_positives: int = 5
+    """Headline macro AUROC / F1 average the classes with at least this many positives."""
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -73,7 +80,7 @@ class EvaluationConfig:
             raise ValueError(f"--tasks: unknown {unknown or 'empty'}; choose from {', '.join(TASKS)}")
         if self.report_section not in REPORT_SECTIONS:
             raise ValueError(f"--report-section must be one of {REPORT_SECTIONS}, got {self.report_section!r}")
-        for name in ("samples_per_image", "images_per_report", "batch_size"):
+        for name in ("samples_per_image", "images_per_report", "batch_size", "min_positives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -88,6 +95,7 @@ class EvaluationConfig:
     def identity(self) -> dict[str, Any]:
         """Settings that change per-item results: a resumed run must match them."""
         return {
+            "protocol": PROTOCOL_VERSION,
             "model": str(Path(self.model).resolve()) if self.model else None,
             "data": str(self.data.resolve()),
             "stage": self.stage,

@@ -51,7 +51,7 @@ class EvalSplit:
         self._splits = load_from_disk(str(stage_dir))
         if split not in self._splits:
             raise ValueError(f"{stage_dir} has no split {split!r} (has {sorted(self._splits)})")
-        self.image_paths = _read_image_paths(self.data_dir)
+        self.image_paths, self.image_splits = _read_image_list(self.data_dir)
         self._records = [self._record(row) for row in self._splits[split]]
 
     def _record(self, row: dict) -> EvalRecord:
@@ -77,6 +77,15 @@ class EvalSplit:
             rows = kept
         return rows
 
+    def images_of_split(self, prefix: str = "") -> list[tuple[str, Path]]:
+        """``(image_id, path)`` of the available images of this split in ``images.jsonl`` (its
+        ``split`` field), whatever records the stage holds for them; ``prefix`` selects a source
+        (image ids are ``<source folder>/<file>``)."""
+        return [
+            (image_id, path) for image_id, path in self.image_paths.items()
+            if self.image_splits.get(image_id) == self.split and image_id.startswith(prefix)
+        ]
+
     def most_common_report(self) -> str:
         """The most frequent CXR->report reference text of the training split (baseline)."""
         train = self._splits.get("train", None)
@@ -99,18 +108,22 @@ class EvalSplit:
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _read_image_paths(data_dir: Path) -> dict[str, Path]:
-    """``image_id -> absolute path`` for the images of ``images.jsonl`` that exist on disk."""
+def _read_image_list(data_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """``image_id -> absolute path`` for the images of ``images.jsonl`` that exist on disk, and
+    ``image_id -> split`` for those that name one."""
     listing = data_dir / "images.jsonl"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing} not found: the dataset folder lacks its image list")
     paths: dict[str, Path] = {}
+    splits: dict[str, str] = {}
     missing = 0
     with listing.open() as handle:
         for line in handle:
             if not line.strip():
                 continue
             entry = json.loads(line)
+            if entry.get("split"):
+                splits[entry["image_id"]] = entry["split"]
             if not entry.get("path"):
                 continue
             path = Path(entry["path"])
@@ -121,4 +134,4 @@ def _read_image_paths(data_dir: Path) -> dict[str, Path]:
                 missing += 1
     if missing:
         logger.warning("%s: %d listed image files do not exist", listing, missing)
-    return paths
+    return paths, splits

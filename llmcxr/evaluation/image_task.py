@@ -3,6 +3,12 @@
 LLM-CXR's protocol (Table 4): the classifier's AUROC / F1 on generated images against the labels
 of the report, for the classes the classifier knows; FID on the classifier's pooled 1,024-d
 features (and Inception FID); plus diversity, the mean pairwise SSIM of the images of one report.
+
+Realism beside FID, on the same features against the real test images: KID (unbiased at small N)
+and k-NN precision / recall (Kynkäänniemi et al. 2019). The ceiling is the tokenizer's own
+reconstruction of each real image: the best any LLM drawing through this tokenizer can reach.
+Generated, real and reconstructed images are all compared at the tokenizer's resolution (the
+model upsamples its drawings for display, which adds no detail a real image at full size has).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from llmcxr.evaluation.classifier import ImageClassifier
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
 from llmcxr.evaluation.labelling import label_matrix
@@ -21,6 +29,8 @@ from llmcxr.evaluation.metrics import (
     classification_metrics,
     frechet_distance,
     headline_intervals,
+    kernel_inception_distance,
+    knn_precision_recall,
     mean_interval,
     mean_pairwise_ssim,
 )
@@ -29,15 +39,33 @@ from llmcxr.evaluation.store import run_pending
 logger = logging.getLogger(__name__)
 
 STORE = "image"
+PRECISION_RECALL_K = 3
+"""Neighbourhood size of the k-NN manifolds (Kynkäänniemi et al. 2019 use k = 3)."""
+
+
+def at_size(image: np.ndarray, size: int) -> np.ndarray:
+    """A float image [H, W] in [0, 1] resized and centre-cropped to [size, size] as the tokenizer's
+    input is (``vqgan.prepare_image``)."""
+    from vqgan import prepare_image
+
+    return prepare_image(np.asarray(image, dtype=np.float32), size)[0].numpy()
 
 
 def read_real(record: EvalRecord, size: int) -> np.ndarray | None:
     """The record's real image prepared like the tokenizer's input ([size, size] in [0, 1]), if any."""
     if record.image_path is None:
         return None
-    from vqgan import prepare_image, read_cxr
+    from vqgan import read_cxr
 
-    return prepare_image(read_cxr(record.image_path), size)[0].numpy()
+    return at_size(read_cxr(record.image_path), size)
+
+
+@torch.no_grad()
+def reconstruct(tokenizer: Any, images: Sequence[np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
+    """decode(encode(images)) at the tokenizer's size: reconstructions [B, S, S] and codes [B, N]."""
+    pixels = torch.from_numpy(np.stack(images))[:, None].to(tokenizer.device)
+    codes = tokenizer.encode(pixels)
+    return tokenizer.decode(codes)[:, 0].float().cpu().numpy(), codes
 
 
 def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
@@ -58,23 +86,32 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
 
 
 def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]) -> dict[str, Any]:
-    real = read_real(record, images[0].shape[0])
-    batch = list(images) + ([real] if real is not None else [])
+    """Classifier outputs of the generated images, the real one and its reconstruction, all at the
+    tokenizer's size; features stored in that order ([n generated, real, reconstruction])."""
+    tokenizer = ctx.model.image_tokenizer
+    size = tokenizer.image_size
+    real = read_real(record, size)
+    batch = [at_size(img, size) for img in images]
+    if real is not None:
+        batch += [real, reconstruct(tokenizer, [real])[0][0]]
     probs, feats = ctx.classifier(batch)
     n = len(images)
     return {
         "image_id": record.image_id,
         "report": record.report,
+        "resolution": size,
         "images": [ctx.save_png(img, f"images/{STORE}/{record.id}_{k}.png") for k, img in enumerate(images)],
         "generated_probs": probs[:n].tolist(),
         "real_probs": probs[n].tolist() if real is not None else None,
+        "recon_probs": probs[n + 1].tolist() if real is not None else None,
         "features": ctx.save_features(feats, f"features/{STORE}/{record.id}.npy"),
         "diversity_ssim": mean_pairwise_ssim(images) if n > 1 else None,
     }
 
 
 def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Classifier metrics of generated (and real) images against the reports' labels; FID; diversity."""
+    """Classifier metrics of generated, real and reconstructed images against the reports' labels;
+    realism (FID, KID, precision, recall) against the real images; diversity."""
     cfg = ctx.config
     if not rows:
         return {"n_items": 0, "note": "no report->CXR records"}
@@ -83,26 +120,34 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
     if not classes:
         return {"n_items": len(rows), "note": f"the classifier's labels {ctx.classifier.labels} "
                 "name none of the CheXpert classes; no AUROC / F1 / FID computed"}
-    cols = [columns[c] for c in classes]
     truth = label_matrix(
         [r["report"] for r in rows], classes, uncertain_as_positive=cfg.uncertain_as_positive
     )
-    gen_score = np.array([np.mean(r["generated_probs"], axis=0)[cols] for r in rows])
+    gen_score = np.array(
+        [ImageClassifier.class_scores(np.asarray(r["generated_probs"]), columns).mean(axis=0) for r in rows]
+    )
     gen_pred = (gen_score >= 0.5).astype(np.int64)
+    kw = {"min_positives": cfg.min_positives}
     out: dict[str, Any] = {
         "classes": classes,
+        "class_columns": {c: [ctx.classifier.labels[i] for i in cols] for c, cols in columns.items()},
         "images_per_report": len(rows[0]["images"]),
-        "score": "classifier probability averaged over a report's images; F1 threshold 0.5",
-        "generated": classification_metrics(truth, gen_score, gen_pred, classes),
+        "resolution": rows[0]["resolution"],
+        "score": ("classifier probability (a class with several classifier labels: the largest) "
+                  "averaged over a report's images; F1 threshold 0.5 (the classifier's calibrated "
+                  "operating point when it ships op_threshs)"),
+        "generated": classification_metrics(truth, gen_score, gen_pred, classes, **kw),
     }
-    out["generated"]["ci95"] = headline_intervals(truth, gen_score, gen_pred, n_boot=cfg.bootstrap, seed=cfg.seed)
+    out["generated"]["ci95"] = headline_intervals(truth, gen_score, gen_pred, n_boot=cfg.bootstrap,
+                                                  seed=cfg.seed, **kw)
     with_real = [i for i, r in enumerate(rows) if r["real_probs"] is not None]
-    if with_real:
-        real_score = np.array([np.asarray(rows[i]["real_probs"])[cols] for i in with_real])
-        out["real"] = classification_metrics(
-            truth[with_real], real_score, (real_score >= 0.5).astype(np.int64), classes
-        )
-    out["fid_xrv"] = _xrv_fid(ctx, rows)
+    for name, field in (("real", "real_probs"), ("tokenizer_reconstruction", "recon_probs")):
+        if with_real:
+            score = ImageClassifier.class_scores(np.array([rows[i][field] for i in with_real]), columns)
+            out[name] = classification_metrics(truth[with_real], score, (score >= 0.5).astype(np.int64),
+                                               classes, **kw)
+    out["realism"] = _realism(ctx, rows)
+    out["fid_xrv"] = out["realism"]["generated"]["fid"]
     diversity = [r["diversity_ssim"] for r in rows if r["diversity_ssim"] is not None]
     out["diversity_ssim"] = float(np.mean(diversity)) if diversity else math.nan
     out["diversity_ssim_ci95"] = mean_interval(diversity, n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -110,18 +155,32 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
     return out
 
 
-def _xrv_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float:
-    """FID between generated and real images on the classifier's pooled 1,024-d features."""
-    gen, real = [], []
+def distribution_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """FID, KID and k-NN precision / recall of feature set ``fake`` against ``real`` [N, D]."""
+    fid = frechet_distance(fake, real) if min(len(real), len(fake)) >= 2 else math.nan
+    return {"n": len(fake), "fid": fid, "kid": kernel_inception_distance(real, fake),
+            **knn_precision_recall(real, fake, k=PRECISION_RECALL_K)}
+
+
+def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Generated images and the tokenizer's reconstructions (the ceiling) against the distinct real
+    images of the rows, on the classifier's pooled features."""
+    generated, real, recon = [], {}, {}
     for row in rows:
         feats = ctx.load_features(row["features"])
         n = len(row["images"])
-        gen.append(feats[:n])
+        generated.append(feats[:n])
         if row["real_probs"] is not None:
-            real.append(feats[n:])
+            real[row["image_id"]], recon[row["image_id"]] = feats[n], feats[n + 1]
+    out: dict[str, Any] = {"n_real": len(real), "k": PRECISION_RECALL_K,
+                           "features": "the classifier's pooled 1,024-d features"}
     if len(real) < 2:
-        return math.nan
-    return frechet_distance(np.concatenate(gen), np.concatenate(real))
+        nan = {"n": 0, "fid": math.nan, "kid": math.nan, "precision": math.nan, "recall": math.nan}
+        return {**out, "generated": nan, "tokenizer_reconstruction": nan}
+    real_feats = np.stack(list(real.values()))
+    out["generated"] = distribution_metrics(real_feats, np.concatenate(generated))
+    out["tokenizer_reconstruction"] = distribution_metrics(real_feats, np.stack(list(recon.values())))
+    return out
 
 
 def _inception_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float | None:
@@ -132,9 +191,9 @@ def _inception_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float | N
     from vqgan import read_cxr
 
     extractor = InceptionFeatures.from_weights(ctx.config.inception_weights)
-    generated = [read_cxr(ctx.config.out / p) for row in rows for p in row["images"]]
+    size = rows[0]["resolution"]
+    generated = [at_size(read_cxr(ctx.config.out / p), size) for row in rows for p in row["images"]]
     records = {r.id: r for r in ctx.split.records("report_to_cxr")}
-    size = generated[0].shape[0]
     real = [read_real(records[row["key"]], size) for row in rows if row["real_probs"] is not None]
     if len(real) < 2:
         return math.nan

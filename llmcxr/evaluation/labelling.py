@@ -8,12 +8,49 @@ import numpy as np
 
 from llmcxr.evaluation.metrics import binarize_labels
 
+NIH_TO_CHEXPERT = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Consolidation": "Consolidation",
+    "Edema": "Edema",
+    "Effusion": "Pleural Effusion",
+    "Infiltration": "Lung Opacity",
+    "Mass": "Lung Lesion",
+    "Nodule": "Lung Lesion",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+    "Pleural_Thickening": "Pleural Other",
+    "No Finding": "No Finding",
+}
+"""NIH ChestX-ray14 finding -> the CheXpert class that names it (11 classes). Emphysema, Fibrosis
+and Hernia have no CheXpert class. The same correspondence as the paired data's label map
+(``instructions/data/paired_label_map.json``), one class per finding: a truth label, not the set
+of classes a matching report may state."""
+
 
 def chexpert_classes() -> list[str]:
     """The 14 CheXpert classes, in the labeler's order."""
     from instructions import CHEXPERT_CLASSES
 
     return list(CHEXPERT_CLASSES)
+
+
+def nih_classes() -> list[str]:
+    """The CheXpert classes NIH labels map to, in the labeler's order (11)."""
+    mapped = set(NIH_TO_CHEXPERT.values())
+    return [c for c in chexpert_classes() if c in mapped]
+
+
+def nih_label_matrix(findings: Sequence[Sequence[str]], classes: Sequence[str]) -> np.ndarray:
+    """Binary ``[N, C]`` truth from each image's NIH findings through :data:`NIH_TO_CHEXPERT`."""
+    out = np.zeros((len(findings), len(classes)), dtype=np.int64)
+    index = {c: j for j, c in enumerate(classes)}
+    for i, names in enumerate(findings):
+        for name in names:
+            mapped = NIH_TO_CHEXPERT.get(name.strip())
+            if mapped in index:
+                out[i, index[mapped]] = 1
+    return out
 
 
 def impression_section(text: str) -> str:

@@ -13,6 +13,10 @@ Label conventions (shared by every protocol, and written into ``metrics.json``):
   macro and weighted means, and counted in ``n_undefined``.
 - F1 of a class with no positives in truth or prediction is 0 (scikit-learn ``zero_division=0``,
   the convention the published macro F1 figures follow).
+- Headline macro AUROC / F1 average only the classes with at least ``MIN_POSITIVES`` positives in
+  the truth: on a small test split a class with one or two positives swings the mean by chance.
+  The LLM-CXR-style macro over every class is kept as ``macro_all``; micro averages are
+  dominated by the most frequent class ("No Finding") and are reported as a footnote only.
 """
 
 from __future__ import annotations
@@ -38,7 +42,15 @@ LABEL_CONVENTIONS = {
     ),
     "auroc_undefined": "NaN when the truth has one value only; excluded from macro/weighted, counted",
     "f1_zero_division": "F1 is 0 for a class with no positives in truth and prediction",
+    "headline_macro": (
+        "macro AUROC / F1 over the classes with >= min_positives positives in the truth; "
+        "macro_all averages every class (AUROC: every defined class)"
+    ),
+    "micro": "footnote only: dominated by the most frequent class; a constant report scores high",
 }
+
+MIN_POSITIVES = 5
+"""Classes with fewer positives than this are left out of the headline macro averages."""
 
 
 def binarize_labels(
@@ -61,12 +73,25 @@ def auroc_or_nan(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(roc_auc_score(y_true, np.asarray(y_score, dtype=np.float64).ravel()))
 
 
+def headline_columns(y_true: np.ndarray, min_positives: int = MIN_POSITIVES) -> list[int]:
+    """Indices of the classes with at least ``min_positives`` positives in ``y_true`` [N, C]."""
+    support = np.asarray(y_true).sum(axis=0)
+    return [j for j in range(support.shape[0]) if support[j] >= min_positives]
+
+
 def classification_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    *,
+    min_positives: int = MIN_POSITIVES,
 ) -> dict[str, Any]:
     """Per-label, micro, macro and support-weighted AUROC and F1 over ``classes``.
 
     ``y_true`` and ``y_pred`` are binary [N, C]; ``y_score`` is [N, C] (probabilities or labels).
+    ``macro`` averages the headline classes (>= ``min_positives`` positives), ``macro_all``
+    every class.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -83,6 +108,7 @@ def classification_metrics(
     f1s = f1_score(y_true, y_pred, average=None, zero_division=0, labels=list(range(len(classes))))
     defined = ~np.isnan(aurocs)
     weights = support[defined]
+    headline = headline_columns(y_true, min_positives)
     per_label = {
         name: {"auroc": float(aurocs[j]), "f1": float(f1s[j]), "support": int(support[j])}
         for j, name in enumerate(classes)
@@ -90,9 +116,12 @@ def classification_metrics(
     return {
         "n_items": int(y_true.shape[0]),
         "per_label": per_label,
+        "min_positives": min_positives,
+        "headline_classes": [classes[j] for j in headline],
         "auroc": {
             "micro": auroc_or_nan(y_true, y_score),
-            "macro": float(aurocs[defined].mean()) if defined.any() else math.nan,
+            "macro": _nan_mean(aurocs[headline]),
+            "macro_all": _nan_mean(aurocs),
             "weighted": (
                 float((aurocs[defined] * weights).sum() / weights.sum())
                 if weights.sum() > 0
@@ -101,10 +130,18 @@ def classification_metrics(
             "n_undefined": int((~defined).sum()),
         },
         "f1": {
-            avg: float(f1_score(y_true, y_pred, average=avg, zero_division=0))
-            for avg in ("micro", "macro", "weighted")
+            "micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "macro": float(f1s[headline].mean()) if headline else math.nan,
+            "macro_all": float(f1s.mean()) if len(classes) else math.nan,
+            "weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
         },
     }
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    """Mean of the defined (non-NaN) values; NaN when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if (~np.isnan(values)).any() else math.nan
 
 
 def bootstrap_ci(
@@ -227,21 +264,32 @@ def headline_intervals(
     y_score: np.ndarray,
     y_pred: np.ndarray,
     *,
+    min_positives: int = MIN_POSITIVES,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
-    """Bootstrap 95 % intervals (items resampled) of micro/macro AUROC and F1."""
+    """Bootstrap 95 % intervals (items resampled) of micro/macro AUROC and F1.
+
+    The macro averages keep the headline classes of the full set (>= ``min_positives``
+    positives) in every resample, so the interval is of the same statistic.
+    """
     y_true, y_score, y_pred = (np.asarray(a) for a in (y_true, y_score, y_pred))
+    headline = headline_columns(y_true, min_positives)
 
     def macro_auroc(idx: np.ndarray) -> float:
-        values = [auroc_or_nan(y_true[idx, j], y_score[idx, j]) for j in range(y_true.shape[1])]
-        return float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
+        return _nan_mean(np.array([auroc_or_nan(y_true[idx, j], y_score[idx, j]) for j in headline]))
+
+    def macro_f1(idx: np.ndarray) -> float:
+        if not headline:
+            return math.nan
+        return float(f1_score(y_true[idx][:, headline], y_pred[idx][:, headline], average="macro",
+                              zero_division=0))
 
     statistics = {
         "auroc_micro": lambda idx: auroc_or_nan(y_true[idx], y_score[idx]),
         "auroc_macro": macro_auroc,
         "f1_micro": lambda idx: float(f1_score(y_true[idx], y_pred[idx], average="micro", zero_division=0)),
-        "f1_macro": lambda idx: float(f1_score(y_true[idx], y_pred[idx], average="macro", zero_division=0)),
+        "f1_macro": macro_f1,
     }
     return {
         name: bootstrap_ci(stat, len(y_true), n_boot=n_boot, seed=seed)
@@ -255,3 +303,59 @@ def mean_interval(
     """Bootstrap 95 % interval of the mean of per-item values."""
     arr = np.asarray(values, dtype=np.float64)
     return bootstrap_ci(lambda idx: float(arr[idx].mean()), len(arr), n_boot=n_boot, seed=seed)
+
+
+def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall of generated samples (Kynkäänniemi et al., NeurIPS 2019).
+
+    Each set's manifold is the union of balls around its samples, the radius of each being the
+    distance to its ``k``-th nearest neighbour in the same set (itself excluded). Precision is the
+    fraction of generated samples inside the real manifold (realism); recall the fraction of real
+    samples inside the generated manifold (coverage). Written here because neither torchmetrics
+    nor any other installed library implements it; distances are Euclidean, as in the paper.
+    """
+    real = np.asarray(real, dtype=np.float64)
+    fake = np.asarray(fake, dtype=np.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"knn_precision_recall needs [N, D] arrays of equal D, got {real.shape}, {fake.shape}")
+    if min(len(real), len(fake)) <= k:
+        return {"precision": math.nan, "recall": math.nan}
+    return {"precision": _fraction_inside(real, fake, k), "recall": _fraction_inside(fake, real, k)}
+
+
+def _fraction_inside(manifold: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Fraction of ``queries`` within the k-NN radius of at least one sample of ``manifold``."""
+    radii = np.sort(_pairwise_distances(manifold, manifold), axis=1)[:, k]  # column 0: itself
+    inside = (_pairwise_distances(queries, manifold) <= radii[None, :]).any(axis=1)
+    return float(inside.mean())
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a**2).sum(axis=1)[:, None] + (b**2).sum(axis=1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(squared, 0.0, None))
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """KID: the unbiased estimate of squared MMD with the cubic polynomial kernel
+    ``k(x, y) = (x.y / d + 1)^3`` (Bińkowski et al., ICLR 2018), on any features [N, D].
+
+    Unbiased at every sample size, unlike FID. The kernel is torchmetrics' ``poly_kernel``; the
+    estimator is written out because torchmetrics' (``maximum_mean_discrepancy``) assumes both
+    sets have the same size and its ``KernelInceptionDistance`` averages random equal-size
+    subsets, while here every generated image (several per report) is compared with every real
+    one: ``sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / n(n-1) - 2 sum k(x_i, y_j) / mn``.
+    """
+    import torch
+    from torchmetrics.image.kid import poly_kernel
+
+    x = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"kernel_inception_distance needs [N, D] arrays of equal D, got {x.shape}, {y.shape}")
+    m, n = len(x), len(y)
+    if min(m, n) < 2:
+        return math.nan
+    k_xx, k_yy, k_xy = poly_kernel(x, x), poly_kernel(y, y), poly_kernel(x, y)
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2.0 * k_xy.mean())

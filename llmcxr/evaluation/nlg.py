@@ -22,20 +22,32 @@ from llmcxr.evaluation.metrics import answer_tokens
 
 NLG_NOTES = {
     "tokenisation": "lower-cased alphanumeric words; punctuation dropped (like coco-caption's PTB tokenizer)",
-    "bleu": "nltk corpus_bleu, uniform weights over 1..n-grams, no smoothing, one reference",
-    "rouge_l": "rouge_score ROUGE-L F-measure, mean over reports",
+    "references": (
+        "every reference report of the split whose labels equal the item's reference labels "
+        "(its own reference included), not one random pick: the pairs are label-matched"
+    ),
+    "bleu": "nltk corpus_bleu over all references, uniform weights over 1..n-grams, no smoothing",
+    "rouge_l": "rouge_score ROUGE-L F-measure, best reference per report, mean over reports",
     "cider_d": "CIDEr-D (sigma 6, clipped, x10) as coco-caption computes it, document frequencies from the references",
     "meteor": "omitted: needs WordNet data or Java, not available offline",
 }
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"])
 
+References = Sequence[Sequence[str]] | Sequence[str]
+"""One reference string or a list of reference strings per generated text."""
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU-1..4 of generated texts against one reference each."""
+
+def _reference_lists(references: References) -> list[list[str]]:
+    return [[r] if isinstance(r, str) else list(r) for r in references]
+
+
+def bleu(hypotheses: Sequence[str], references: References) -> dict[str, float]:
+    """Corpus BLEU-1..4 of generated texts against their references (Papineni et al. 2002:
+    n-gram counts clipped by the most in any one reference, brevity by the closest length)."""
     _check_pairs(hypotheses, references)
     hyps = [answer_tokens(h) for h in hypotheses]
-    refs = [[answer_tokens(r)] for r in references]
+    refs = [[answer_tokens(r) for r in rs] for rs in _reference_lists(references)]
     out = {}
     with warnings.catch_warnings():
         # nltk warns when an n-gram order has no overlap; the score is then 0, which we report.
@@ -45,10 +57,13 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, floa
     return out
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L F-measure of each generated text against its reference."""
+def rouge_l(hypotheses: Sequence[str], references: References) -> list[float]:
+    """ROUGE-L F-measure of each generated text against its best-matching reference."""
     _check_pairs(hypotheses, references)
-    return [_ROUGE.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]
+    return [
+        _ROUGE.score_multi(rs, h)["rougeL"].fmeasure
+        for h, rs in zip(hypotheses, _reference_lists(references))
+    ]
 
 
 def _ngrams(tokens: Sequence[str], n_max: int) -> Counter[tuple[str, ...]]:
@@ -59,19 +74,21 @@ def _ngrams(tokens: Sequence[str], n_max: int) -> Counter[tuple[str, ...]]:
 
 def cider_d(
     hypotheses: Sequence[str],
-    references: Sequence[Sequence[str]] | Sequence[str],
+    references: References,
     *,
     n_max: int = 4,
     sigma: float = 6.0,
 ) -> tuple[float, list[float]]:
     """CIDEr-D (Vedantam et al. 2015, coco-caption variant): corpus mean and per-item scores.
 
-    ``references`` holds one string or a list of strings per hypothesis.
+    ``references`` holds one string or a list of strings per hypothesis. A reference text shared
+    by many items (label-matched pools) is counted and vectorised once.
     """
     _check_pairs(hypotheses, references)
-    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    refs = _reference_lists(references)
+    counted = {text: _ngrams(answer_tokens(text), n_max) for rs in refs for text in rs}
     hyp_counts = [_ngrams(answer_tokens(h), n_max) for h in hypotheses]
-    ref_counts = [[_ngrams(answer_tokens(r), n_max) for r in rs] for rs in refs]
+    ref_counts = [[counted[r] for r in rs] for rs in refs]
     document_frequency: Counter[tuple[str, ...]] = Counter()
     for rs in ref_counts:
         document_frequency.update({g for c in rs for g in c})
@@ -91,12 +108,13 @@ def cider_d(
                 length += tf
         return vec, np.sqrt(norm), length
 
+    ref_vectors = {text: vectorise(counts) for text, counts in counted.items()}
     scores = []
-    for hyp, rs in zip(hyp_counts, ref_counts):
+    for hyp, rs in zip(hyp_counts, refs):
         vh, nh, lh = vectorise(hyp)
         total = np.zeros(n_max)
-        for ref in rs:
-            vr, nr, lr = vectorise(ref)
+        for text in rs:
+            vr, nr, lr = ref_vectors[text]
             val = np.zeros(n_max)
             for order in range(n_max):
                 for gram, weight in vh[order].items():
@@ -110,8 +128,8 @@ def cider_d(
     return (float(np.mean(scores)) if scores else math.nan), scores
 
 
-def nlg_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """BLEU-1..4, mean ROUGE-L and CIDEr-D of generated reports against references."""
+def nlg_metrics(hypotheses: Sequence[str], references: References) -> dict[str, float]:
+    """BLEU-1..4, mean ROUGE-L and CIDEr-D of generated reports against their references."""
     out = bleu(hypotheses, references)
     out["rouge_l"] = float(np.mean(rouge_l(hypotheses, references))) if hypotheses else math.nan
     out["cider_d"] = cider_d(hypotheses, references)[0]

@@ -13,6 +13,7 @@ import numpy as np
 
 from llmcxr.evaluation import (
     image_task,
+    nih_task,
     plots,
     report_task,
     roundtrip_task,
@@ -74,6 +75,14 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             logger.warning("%s", err)
             baseline = None
         metrics["report"] = report_task.summarize(ctx, rows, baseline)
+    if "nih" in config.tasks:
+        records = nih_task.nih_records(split)
+        if records:
+            findings = nih_task.read_findings(nih_task.labels_csv_for(records, config.nih_labels))
+            rows, metrics["skipped"]["nih"] = _finished(nih_task.run(ctx, cap(records)))
+        else:
+            findings, rows = {}, []
+        metrics["nih"] = nih_task.summarize(ctx, rows, findings)
     if "image" in config.tasks:
         rows, metrics["skipped"]["image"] = _finished(
             image_task.run(ctx, cap(split.records("report_to_cxr")))
@@ -107,6 +116,9 @@ def _plots(out: Path, metrics: dict[str, Any]) -> None:
     if metrics.get("report", {}).get("per_label"):
         plots.per_label_bars(metrics["report"]["per_label"], out / "plots" / "report_per_label.png",
                              "CXR -> report: per-label AUROC and F1")
+    if metrics.get("nih", {}).get("per_label"):
+        plots.per_label_bars(metrics["nih"]["per_label"], out / "plots" / "nih_per_label.png",
+                             "CXR -> report on NIH images: per-label AUROC and F1 against NIH labels")
     if metrics.get("image", {}).get("generated"):
         plots.per_label_bars(metrics["image"]["generated"]["per_label"], out / "plots" / "image_per_label.png",
                              "Report -> CXR: classifier on generated images")

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord
-from llmcxr.evaluation.image_task import read_real
+from llmcxr.evaluation.image_task import read_real, reconstruct
 from llmcxr.evaluation.metrics import cosine_similarity, mean_interval, psnr, ssim
 from llmcxr.evaluation.store import run_pending
 
@@ -36,12 +35,9 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Encode and decode each image once; finished images are skipped."""
     tokenizer = ctx.model.image_tokenizer
 
-    @torch.no_grad()
-    def reconstruct(part: Sequence[EvalRecord], start: int) -> list[dict[str, Any]]:
+    def measure(part: Sequence[EvalRecord], start: int) -> list[dict[str, Any]]:
         originals = [read_real(r, tokenizer.image_size) for r in part]
-        pixels = torch.from_numpy(np.stack(originals))[:, None].to(tokenizer.device)
-        codes = tokenizer.encode(pixels)
-        recon = tokenizer.decode(codes)[:, 0].float().cpu().numpy()
+        recon, codes = reconstruct(tokenizer, originals)
         rows = [
             {"psnr": psnr(orig, rec), "ssim": ssim(orig, rec), "codes": sorted(set(c.tolist())),
              "codebook_size": tokenizer.codebook_size}
@@ -56,7 +52,7 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
                 row["feature_cosine"], row["prediction_agreement"] = float(cos), float(agree)
         return rows
 
-    return run_pending(ctx.store(STORE), records, key=lambda r: r.image_id, generate=reconstruct,
+    return run_pending(ctx.store(STORE), records, key=lambda r: r.image_id, generate=measure,
                        make_row=lambda record, row: row, batch_size=ctx.config.batch_size,
                        desc="tokenizer")
 
