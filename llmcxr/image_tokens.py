@@ -174,6 +174,44 @@ def _init_rows(
     weight[rows] = (mean + noise_std * std * noise).to(weight.dtype)
 
 
+@torch.no_grad()
+def init_rows_from_codebook(
+    model: PreTrainedModel,
+    token_map: ImageTokenMap,
+    codebook: torch.Tensor,
+    scale: float = 0.5,
+    seed: int = 0,
+) -> None:
+    """Set the code rows to the mean text row plus the VQ-GAN codebook under a fixed random
+    projection to the LLM width, scaled per dimension by ``scale`` times the text rows' std.
+
+    A Gaussian projection keeps the codebook's geometry (Johnson-Lindenstrauss): codes that decode
+    to similar patches start with similar embeddings, instead of 1,024 unrelated random rows, so
+    the LLM does not have to discover that structure from scratch on little compute. Markers keep
+    their mean-plus-noise rows. Output rows are set too when they are not tied to the input.
+    """
+    if codebook.shape[0] != token_map.codebook_size:
+        raise ValueError(
+            f"codebook has {codebook.shape[0]} entries, the model has "
+            f"{token_map.codebook_size} image tokens"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    embed = model.get_input_embeddings().weight
+    projection = torch.randn(codebook.shape[1], embed.shape[1], generator=generator)
+    centred = codebook.float() - codebook.float().mean(0)
+    directions = centred @ projection  # [codes, width]
+    directions = directions / directions.std(0).clamp(min=1e-8)  # unit std per dimension
+    rows = torch.as_tensor(token_map.image_token_ids)
+    weights = [embed]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != embed.data_ptr():
+        weights.append(out.weight)
+    for weight in weights:
+        known = weight[: token_map.first_code_id].float()
+        values = known.mean(0) + scale * known.std(0) * directions
+        weight[rows] = values.to(weight.dtype)
+
+
 def encode_text_with_images(
     text: str,
     image_codes: Sequence[torch.Tensor | Sequence[int]],

@@ -12,14 +12,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from llmcxr.base_model import BaseModelSpec, load_base_model
 from llmcxr.data import RecordEncoder
-from llmcxr.image_tokens import add_image_tokens
+from llmcxr.image_tokens import add_image_tokens, init_rows_from_codebook
 from llmcxr.model_folder import (
     CHECKPOINT_KEY,
     GenerationDefaults,
@@ -80,6 +80,12 @@ class ModelSettings:
     gradient_checkpointing: bool = False
     new_token_noise_std: float = 0.1
     """Noise (relative to the existing rows' std) added to the mean-initialised image rows."""
+    new_token_init: Literal["mean", "codebook"] = "mean"
+    """How a new model's image-code rows start: ``mean`` (mean text row plus noise) or
+    ``codebook`` (the image tokenizer's codebook projected to the LLM width, see
+    `llmcxr.image_tokens.init_rows_from_codebook`). Ignored with ``init_from``."""
+    new_token_init_scale: float = 0.5
+    """Per-dimension spread of ``codebook`` rows, as a multiple of the text rows' std."""
 
 
 class LLMCXRModule(L.LightningModule):
@@ -157,6 +163,10 @@ class LLMCXRModule(L.LightningModule):
                 cxr.tokens_per_image,
                 noise_std=self.settings.new_token_noise_std,
             )
+            if self.settings.new_token_init == "codebook":
+                init_rows_from_codebook(
+                    llm, self.token_map, cxr.codebook_vectors(), self.settings.new_token_init_scale
+                )
             self.prompt_format = PromptFormat()
             self.image_tokenizer_fingerprint = cxr.fingerprint
             tokenizer_path = image_tokenizer

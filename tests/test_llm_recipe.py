@@ -146,3 +146,48 @@ class _OneImage:
 
 class _FakeTrainer:
     estimated_stepping_batches = 10
+
+
+def test_codebook_rows_keep_the_codebooks_geometry() -> None:
+    from llmcxr.base_model import TinyLMConfig, build_tiny_model
+    from llmcxr.image_tokens import add_image_tokens, init_rows_from_codebook
+
+    model, tok = build_tiny_model(TinyLMConfig())
+    token_map = add_image_tokens(model, tok, codebook_size=32, tokens_per_image=4)
+    embed = model.get_input_embeddings().weight
+    markers = embed[[token_map.start_id, token_map.end_id]].clone()
+    codebook = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    init_rows_from_codebook(model, token_map, codebook, scale=0.5)
+    rows = embed[token_map.first_code_id : token_map.first_code_id + 32].detach()
+    near = torch.pdist(codebook)
+    far = torch.pdist(rows)
+    corr = torch.corrcoef(torch.stack([near, far]))[0, 1]
+    assert corr > 0.9  # pairwise distances survive the projection
+    assert torch.equal(embed[[token_map.start_id, token_map.end_id]], markers)
+    text_std = embed[: token_map.first_code_id].std(0)
+    assert torch.allclose(rows.std(0), 0.5 * text_std, rtol=1e-3)
+    with pytest.raises(ValueError, match="codebook has 31 entries"):
+        init_rows_from_codebook(model, token_map, codebook[:31])
+
+
+def test_new_model_starts_from_the_codebook_when_asked(folder: Path) -> None:
+    from llmcxr.base_model import BaseModelSpec, TinyLMConfig
+
+    tokenizer = str(folder / "image_tokenizer")
+    kwargs = {"base": BaseModelSpec(tiny=TinyLMConfig())}
+    mean = LLMCXRModule(image_tokenizer=tokenizer, model=ModelSettings(**kwargs))
+    book = LLMCXRModule(
+        image_tokenizer=tokenizer, model=ModelSettings(new_token_init="codebook", **kwargs)
+    )
+    ids = list(book.token_map.image_token_ids)
+    rows = book.model.get_input_embeddings().weight[ids].detach()
+    assert not torch.allclose(rows, mean.model.get_input_embeddings().weight[ids])
+    codebook = _codebook(tokenizer)
+    distances = torch.stack([torch.pdist(codebook), torch.pdist(rows)])
+    assert torch.corrcoef(distances)[0, 1] > 0.8
+
+
+def _codebook(path: str) -> torch.Tensor:
+    from vqgan import CXRTokenizer
+
+    return CXRTokenizer.from_pretrained(path).codebook_vectors()

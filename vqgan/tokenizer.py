@@ -75,14 +75,12 @@ class CXRTokenizer(nn.Module):
     def fingerprint(self) -> str:
         """Short sha256 of config + weights; changes whenever the tokens could change."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(
-                    tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-                )
-            self._fingerprint = digest.hexdigest()[:16]
+            self._fingerprint = _fingerprint(self.config, self.model.state_dict())
         return self._fingerprint
+
+    def codebook_vectors(self) -> torch.Tensor:
+        """The codebook, ``[codebook_size, embed_dim]`` float32 (row ``i`` is the vector of id ``i``)."""
+        return self.model.quantize.embedding.weight.detach().float().cpu().clone()
 
     def train(self, mode: bool = True) -> CXRTokenizer:
         """Always stays in eval mode: the tokenizer is inference-only."""
@@ -156,7 +154,7 @@ class CXRTokenizer(nn.Module):
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "config": self.config.to_dict(),
-            "fingerprint": self.fingerprint,
+            "fingerprint": _fingerprint(self.config, state),  # of the weights as stored
         }
         atomic_write(
             out / WEIGHTS_NAME,
@@ -190,6 +188,15 @@ class CXRTokenizer(nn.Module):
             ) from err
         logger.info("loaded CXRTokenizer from %s (fingerprint %s)", path, tokenizer.fingerprint)
         return tokenizer
+
+
+def _fingerprint(config: VQGANConfig, state: dict[str, torch.Tensor]) -> str:
+    """Short sha256 of a config and its weights (compared in float32)."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_folder(path: Path) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
