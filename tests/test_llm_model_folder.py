@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from llm_fixtures import make_tiny_model_folder
 
-from llmcxr.model_folder import load_model_folder, save_model_folder
+from llmcxr.model_folder import LLMCXRComponents, load_model_folder, save_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +18,23 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_folder(tmp_path_factory.mktemp("llm") / "tiny")
 
 
+def _resave(parts: LLMCXRComponents, path: Path, **options: object) -> Path:
+    """Save loaded components again as a model folder."""
+    return save_model_folder(
+        path,
+        model=parts.model,
+        text_tokenizer=parts.text_tokenizer,
+        image_tokenizer=parts.image_tokenizer,
+        token_map=parts.token_map,
+        prompt_format=parts.prompt_format,
+        **options,
+    )
+
+
 def test_round_trip_identical_logits(tiny_folder: Path, tmp_path: Path) -> None:
     first = load_model_folder(tiny_folder)
     ids = torch.tensor([[5, 17, first.token_map.start_id, first.token_map.first_code_id + 3]])
-    save_model_folder(
-        tmp_path / "again",
-        model=first.model,
-        text_tokenizer=first.text_tokenizer,
-        image_tokenizer=first.image_tokenizer,
-        token_map=first.token_map,
-        prompt_format=first.prompt_format,
-    )
+    _resave(first, tmp_path / "again")
     second = load_model_folder(tmp_path / "again")
     with torch.no_grad():
         assert torch.equal(first.model(ids).logits, second.model(ids).logits)
@@ -63,3 +71,49 @@ def test_missing_and_wrong_paths_give_clear_errors(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, other)
     with pytest.raises(ValueError, match="not an llmcxr training checkpoint"):
         load_model_folder(other)
+
+
+def test_replaced_image_tokenizer_is_refused_naming_both_fingerprints(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    from llm_fixtures import tiny_vqgan_config
+
+    from vqgan import CXRTokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    trained_with = json.loads((folder / "llmcxr.json").read_text())["image_tokenizer_fingerprint"]
+    torch.manual_seed(1)
+    other = CXRTokenizer(tiny_vqgan_config()).save_pretrained(folder / "image_tokenizer")
+    found = CXRTokenizer.from_pretrained(other).fingerprint
+    with pytest.raises(
+        ValueError, match=f"fingerprint {found}, but the model was trained with {trained_with}"
+    ):
+        load_model_folder(folder)
+
+
+def test_fp16_export_stores_the_fingerprint_of_what_it_stored(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    _resave(load_model_folder(tiny_folder), tmp_path / "half", dtype=torch.float16)
+    loaded = load_model_folder(tmp_path / "half")  # the check passes on the rounded weights
+    assert loaded.manifest["image_tokenizer_fingerprint"] == loaded.image_tokenizer.fingerprint
+
+
+def test_model_folders_load_without_remote_code_and_from_safetensors_only(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    calls: list[dict] = []
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        real = auto.from_pretrained
+
+        def spy(*args: object, _real=real, **kwargs: object) -> object:
+            calls.append(kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    load_model_folder(tiny_folder)
+    assert len(calls) == 2 and all(c.get("trust_remote_code") is False for c in calls)
+    assert any(c.get("use_safetensors") is True for c in calls)
