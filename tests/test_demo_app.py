@@ -202,3 +202,27 @@ def test_page_builds_with_named_api(callbacks: DemoCallbacks, tmp_path: Path) ->
     assert {"report", "draw", "ask"} <= api_names
     model_events = [dep for dep in demo.fns.values() if dep.concurrency_id == "llmcxr-model"]
     assert len(model_events) == 4 and all(dep.concurrency_limit == 1 for dep in model_events)
+
+
+def test_an_upload_is_decoded_once_under_the_model_lock(
+    callbacks: DemoCallbacks, fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmcxr.demo.actions
+
+    actions = callbacks.actions
+    decodes: list[bool] = []
+    real = llmcxr.demo.actions.read_cxr
+
+    def spy(path: str | Path) -> np.ndarray:
+        decodes.append(actions.lock.locked())
+        return real(path)
+
+    monkeypatch.setattr(llmcxr.demo.actions, "read_cxr", spy)
+    upload = str(fixtures_dir / "00000001_000.png")
+    copy = tmp_path / "copy.png"  # gradio may hand the same upload to another box as a copy
+    copy.write_bytes(Path(upload).read_bytes())
+    callbacks.preview(upload)
+    callbacks.report(upload, True, 1.0, 0.92, 0)
+    callbacks.preview(str(copy))
+    callbacks.ask(str(copy), "Any effusion?", [])
+    assert decodes == [True]

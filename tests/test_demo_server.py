@@ -63,3 +63,41 @@ def test_command_names_a_missing_model(tmp_path: Path, capsys) -> None:
     assert main(["--model", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "cannot load the model" in err and str(missing) in err
+
+
+def test_non_loopback_host_needs_auth_or_public(tmp_path: Path, capsys) -> None:
+    missing = str(tmp_path / "no-such-model")
+    assert main(["--host", "0.0.0.0", "--model", missing]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llmcxr: error: --host 0.0.0.0 serves the demo")
+    assert "--auth USER:PASSWORD" in err[0] and "--public" in err[0]
+    # with --public or --auth it goes on (to the model, missing here) after a warning
+    for extra, access in ((["--public"], "to anyone"), (["--auth", "u:p"], "behind a login")):
+        assert main(["--host", "0.0.0.0", "--model", missing, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"llmcxr: warning: serving the demo on 0.0.0.0 {access}" in err
+        assert "cannot load the model" in err
+    assert main(["--host", "::1", "--model", missing]) == 2  # loopback: no flag needed
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["user", ":pw", "user:"])
+def test_auth_must_be_user_and_password(value: str, capsys) -> None:
+    assert main(["--auth", value]) == 2
+    assert "--auth must be USER:PASSWORD" in capsys.readouterr().err
+
+
+def test_served_app_with_auth_refuses_anonymous_requests(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    demo = build_demo(FakeLLMCXR(), tmp_path)
+    url = launch_demo(demo, auth=("reader", "s3cret"), block=False)
+    try:
+        with pytest.raises(Exception, match="(?i)login|auth|401|403"):
+            Client(url, verbose=False, analytics_enabled=False)
+        client = Client(url, auth=("reader", "s3cret"), verbose=False, analytics_enabled=False)
+        gallery, _ = client.predict("Cardiomegaly.", 1, 1.0, 0.92, 3, api_name="/draw")
+        client.close()
+    finally:
+        demo.close()
+    assert len(gallery) == 1

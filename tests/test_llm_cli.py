@@ -6,16 +6,20 @@ import csv
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from llm_fixtures import make_tiny_model_folder
 from PIL import Image
 
 from llmcxr.cli import main
+from llmcxr.pipeline import LLMCXR
 
 IMAGE_SIZE = 64  # the tiny tokenizer's image size (tests/llm_fixtures.py)
 
@@ -119,7 +123,7 @@ def test_bad_inputs_give_one_clear_line(problem: str, model_dir: Path, fixtures_
         "huge prompt": (["generate-image", "effusion " * 5000, "-o", str(tmp_path / "x.png"), *model],
                         "too long"),
     }[problem]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert expected in _error_line(capsys)
 
 
@@ -130,7 +134,7 @@ def test_no_default_model_says_how_to_pass_one(
 
     # an install whose default model folder is missing or empty (e.g. a stripped wheel)
     monkeypatch.setattr(llmcxr.pipeline, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
-    assert main(["ask", str(fixtures_dir / "00000001_000.png"), "Any effusion?"]) == 1
+    assert main(["ask", str(fixtures_dir / "00000001_000.png"), "Any effusion?"]) == 2
     assert "--model" in _error_line(capsys)
 
 
@@ -148,3 +152,124 @@ def test_console_script_runs_and_help_imports_no_torch(model_dir: Path, tmp_path
     probe = "import sys, llmcxr.cli; llmcxr.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                           check=True).stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- one error path
+def _corrupt_copy(model_dir: Path, tmp_path: Path, part: str) -> Path:
+    copy = tmp_path / "corrupt_model"
+    shutil.copytree(model_dir, copy)
+    (copy / part).write_bytes(b"\x00garbage" * 8)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "expected"),
+    [
+        ("-o a folder", 2, "is a folder"),
+        ("-o not writable", 2, "is not a writable folder"),
+        ("-o the input", 2, "is also an input"),
+        ("csv field over 128 KiB", 2, "not a readable CSV table"),
+        ("binary csv", 2, "not a readable CSV table"),
+        ("corrupt safetensors", 2, "corrupt_model/llm is corrupt or unreadable (SafetensorError"),
+        ("corrupt tokenizer", 2, "corrupt_model/tokenizer is corrupt or unreadable"),
+        ("--device cuda without a GPU", 2, "no CUDA GPU is usable here"),
+        ("--batch-size -1", 2, "argument --batch-size: must be a whole number >= 1, got '-1'"),
+        ("out of memory", 1, "out of memory"),
+    ],
+)
+def test_known_failures_are_one_line_with_their_exit_status(
+    case: str,
+    status: int,
+    expected: str,
+    model_dir: Path,
+    fixtures_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    good = str(fixtures_dir / "00000001_000.png")
+    model = ["--model", str(model_dir)]
+    table = tmp_path / "list.csv"
+    table.write_text(f"path\n{good}\n")
+    (tmp_path / "file.txt").write_text("x")
+    if case == "csv field over 128 KiB":
+        table.write_text('path\n"' + "x" * 200_000 + '"\n')
+    if case == "binary csv":
+        table.write_bytes((fixtures_dir / "00000001_000.png").read_bytes())
+    if case == "--device cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if case == "out of memory":
+        monkeypatch.setattr(LLMCXR, "generate_report", _out_of_memory)
+    corrupt = {"corrupt safetensors": "llm/model.safetensors", "corrupt tokenizer": "tokenizer/tokenizer.json"}
+    if case in corrupt:
+        model = ["--model", str(_corrupt_copy(model_dir, tmp_path, corrupt[case]))]
+    missing_model = ["--model", str(tmp_path / "no_model")]  # -o must be refused before loading
+    argv = {
+        "-o a folder": ["report", good, "-o", str(tmp_path), *missing_model],
+        "-o not writable": ["report", good, "-o", str(tmp_path / "file.txt" / "r.csv"), *missing_model],
+        "-o the input": ["report", str(table), "-o", str(table), *missing_model],
+        "csv field over 128 KiB": ["report", str(table), *model],
+        "binary csv": ["report", str(table), *model],
+        "corrupt safetensors": ["report", good, *model],
+        "corrupt tokenizer": ["report", good, *model],
+        "--device cuda without a GPU": ["report", good, "--device", "cuda", *model],
+        "--batch-size -1": ["report", good, "--batch-size", "-1", *model],
+        "out of memory": ["report", good, *model],
+    }[case]
+    assert main(argv) == status
+    assert expected in _error_line(capsys)
+    with pytest.raises(Exception):  # noqa: B017 - --debug re-raises whatever the error was
+        main(["--debug", *argv])
+
+
+def _out_of_memory(*args: object, **kwargs: object) -> list[str]:
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_report_run_killed_half_way_resumes(
+    model_dir: Path, fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(4):
+        (folder / f"{index}.png").write_bytes((fixtures_dir / "00000001_000.png").read_bytes())
+    out = tmp_path / "reports.jsonl"
+    argv = ["report", str(folder), "-o", str(out), "--model", str(model_dir), "--batch-size", "1",
+            "--max-new-tokens", "3"]
+    seen: list[str] = []
+    real = LLMCXR.generate_report
+
+    def killed_at_the_third(self: LLMCXR, images: list, **kwargs: object) -> list[str]:
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # stands in for a kill: rows already written must stay
+        seen.append("x")
+        return real(self, images, **kwargs)
+
+    monkeypatch.setattr(LLMCXR, "generate_report", killed_at_the_third)
+    assert main(argv) == 130
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["0.png", "1.png"]
+    with out.open("a") as handle:
+        handle.write('{"image": "torn')  # a write cut short by the kill
+    monkeypatch.setattr(LLMCXR, "generate_report", real)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "resuming: 2 of 4 images are already in" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["image"]).name for r in rows) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_outputs_follow_the_umask(model_dir: Path, fixtures_dir: Path, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        png = tmp_path / "drawn.png"
+        assert main(["generate-image", "Cardiomegaly", "-o", str(png), "--model", str(model_dir),
+                     "--seed", "0"]) == 0
+        table = tmp_path / "reports.csv"
+        assert main(["report", str(fixtures_dir / "00000001_000.png"), "-o", str(table), "--model",
+                     str(model_dir), "--max-new-tokens", "2"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o644
+    assert stat.S_IMODE(table.stat().st_mode) == 0o644

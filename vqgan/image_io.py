@@ -328,7 +328,7 @@ def prepare_image(array: np.ndarray, size: int) -> torch.Tensor:
         image = F.interpolate(
             image, size=(size, size), mode="bilinear", align_corners=False, antialias=True
         )
-    return image[0].clamp_(0.0, 1.0)  # [1, size, size]
+    return image[0].clamp(0.0, 1.0)  # [1, size, size]; not in place: it may view `array`
 
 
 def load_cxr_tensor(

@@ -4,14 +4,17 @@ One :class:`DemoActions` wraps one loaded model. Every model call holds ``self.l
 generation on a shared module is not safe to interleave (per-request seeds set global RNG state,
 and on a CPU one request already uses every core), so requests run one at a time. The web app
 also queues them (one worker per model), which keeps the lock uncontended and shows users their
-place in line; the lock is what guarantees it for any other caller.
+place in line; the lock is what guarantees it for any other caller. Uploads are decoded under the
+same lock, once each: the preview, the report and the chat of one upload share the decoded image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +72,8 @@ class DemoLimits:
     max_images: int = 4
     max_text_chars: int = 2000
     max_chat_turns: int = 8
+    decoded_uploads: int = 2
+    """Decoded uploads kept (by content) so the preview, report and chat decode a file once."""
 
 
 class DemoActions:
@@ -79,15 +84,33 @@ class DemoActions:
         self.output_dir = Path(output_dir)
         self.limits = limits or DemoLimits()
         self.lock = threading.Lock()
+        self._decoded: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def load_image(self, path: str | Path | None) -> np.ndarray:
-        """Read an uploaded PNG, JPEG or DICOM as float32 ``[H, W]`` in ``[0, 1]``."""
+        """Read an uploaded PNG, JPEG or DICOM as float32 ``[H, W]`` in ``[0, 1]``.
+
+        Decoded under the model lock (decoding a large file takes memory and CPU like a model
+        call) and only once per file content: gradio hands the same upload to several events.
+        """
         if path is None:
             raise DemoInputError("Upload a chest X-ray first (PNG, JPEG or DICOM).")
+        name = Path(path).name
         try:
-            return read_cxr(path)
-        except CXRReadError as err:
-            raise DemoInputError(f"Cannot read {Path(path).name}: {err.reason}.") from err
+            key = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as err:
+            raise DemoInputError(f"Cannot read {name}: {err.strerror or err}.") from err
+        with self.lock:
+            image = self._decoded.get(key)
+            if image is None:
+                try:
+                    image = read_cxr(path)
+                except CXRReadError as err:
+                    raise DemoInputError(f"Cannot read {name}: {err.reason}.") from err
+                self._decoded[key] = image
+                while len(self._decoded) > self.limits.decoded_uploads:
+                    self._decoded.popitem(last=False)
+            self._decoded.move_to_end(key)
+        return image
 
     def write_report(self, image: np.ndarray | None, sampling: Sampling) -> str:
         """Generate the radiology report of one image."""

@@ -285,10 +285,12 @@ def launch_demo(
     host: str = "127.0.0.1",
     port: int | None = None,
     max_queue: int = 64,
+    auth: tuple[str, str] | None = None,
     block: bool = True,
 ) -> str:
     """Queue and serve ``demo`` on ``host:port`` (no share link, no SSR server); returns its URL.
 
+    ``auth`` (user, password) puts gradio's login page in front of the demo.
     ``max_queue`` bounds waiting requests (more are refused with a "queue full" message);
     ``block=False`` returns once the server is up (tests, benchmarks). ``port=None`` takes the
     first free port from 7860 on (gradio's own search).
@@ -297,6 +299,7 @@ def launch_demo(
     _, local_url, _ = demo.launch(
         server_name=host,
         server_port=port,
+        auth=auth,
         share=False,
         max_file_size=MAX_UPLOAD,
         inbrowser=False,
