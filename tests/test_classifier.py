@@ -1,4 +1,5 @@
-"""vqgan.classifier*: label encoding, masked loss, AUROC logging, atomic checkpoints, the CLI."""
+"""vqgan.classifier*: label encoding, masked loss, AUROC logging, decision thresholds, atomic
+checkpoints, the CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgan.checkpointing import AtomicModelCheckpoint
-from vqgan.classifier import CXRClassifierModule, masked_bce
+from vqgan.classifier import CXRClassifierModule, masked_bce, operating_thresholds
 from vqgan.classifier_data import NO_FINDING, LabelEncoder, LabelledCXRDataModule
 from vqgan.classifier_train import main
 from vqgan.clinical import ClinicalFeatureExtractor
@@ -66,6 +67,20 @@ def test_datamodule_on_fixture_labels(fixtures_dir: Path) -> None:
     assert batch["mask"].min() == 1
 
 
+def test_operating_thresholds_maximise_youden_j() -> None:
+    probs = torch.tensor([[0.1, 0.2, 0.9], [0.3, 0.6, 0.9], [0.35, 0.4, 0.1], [0.8, 0.7, 0.2]])
+    target = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    # A: t = 0.35 separates perfectly (J = 1). B over rows 0-2 (row 3 unknown): t = 0.6 gives
+    # TPR 1, FPR 0. C: its known positives only are rows 0-1 and negatives row 2: t = 0.9.
+    assert operating_thresholds(probs, target, mask) == pytest.approx([0.35, 0.6, 0.9])
+    # A label without both classes known keeps 0.5 (op_norm leaves it unchanged); J ties take
+    # the highest threshold (0.8: TPR 1/2, FPR 0 ties 0.35: TPR 1, FPR 1/2).
+    ties = torch.tensor([[0.1], [0.4], [0.35], [0.8]])
+    assert operating_thresholds(ties, target[:, :1], torch.ones(4, 1)) == pytest.approx([0.8])
+    assert operating_thresholds(probs[:, :1], torch.zeros(4, 1), torch.ones(4, 1)) == [0.5]
+
+
 def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) -> None:
     module = CXRClassifierModule(labels=["A", "B"])
     batch = {
@@ -86,6 +101,10 @@ def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) ->
     assert 0.0 <= float(metrics["val/auroc/A"]) <= 1.0
     assert "val/auroc/B" not in metrics and math.isfinite(float(metrics["val/loss"]))
     assert float(metrics["val/auroc_macro"]) == float(metrics["val/auroc/A"])
+    assert module.op_threshs is not None and module.op_threshs[1] == 0.5  # B: one class known
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["op_threshs"] == module.op_threshs
     batch["mask"][:, 0] = 0.0  # now no label has both classes: NaN, not a missing key
     trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)
     assert math.isnan(float(trainer.callback_metrics["val/auroc_macro"]))
@@ -144,6 +163,7 @@ def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_i
     (export,) = tmp_path.rglob("classifier_export")
     extractor = ClinicalFeatureExtractor.from_weights(export)
     assert extractor.labels == ["Cardiomegaly", NO_FINDING]
+    assert extractor.op_threshs is None  # this config has no validation split to choose them
     assert extractor(synthetic_images[:1]).shape == (1, 1024)
     # The checkpoint itself loads too, and the export subcommand gives the same weights.
     last = next(tmp_path.rglob("last.ckpt"))
@@ -151,6 +171,13 @@ def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_i
     again = ClinicalFeatureExtractor.from_weights(tmp_path / "again").state_dict()
     from_ckpt = ClinicalFeatureExtractor.from_weights(last).state_dict()
     assert all(torch.equal(again[k], from_ckpt[k]) for k in from_ckpt)
+    # Thresholds a validation pass put into a checkpoint travel to the export and its loader.
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["op_threshs"] = [0.25, 0.625]
+    torch.save(checkpoint, tmp_path / "with_thresholds.ckpt")
+    main(["export", "--ckpt", str(tmp_path / "with_thresholds.ckpt"), "--out", str(tmp_path / "t")])
+    loaded = ClinicalFeatureExtractor.from_weights(tmp_path / "t")
+    assert loaded.op_threshs.tolist() == [0.25, 0.625]
 
 
 @pytest.mark.parametrize(

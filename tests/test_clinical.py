@@ -92,6 +92,22 @@ def test_export_round_trip(
         assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
+def test_export_thresholds_make_half_the_operating_point(
+    extractor: ClinicalFeatureExtractor, synthetic_images, tmp_path: Path
+) -> None:
+    raw = extractor.predict_proba(synthetic_images[:1])[0]
+    thresholds = [float(raw[0]), 0.75]  # label 0 exactly at its threshold
+    out = save_classifier_export(extractor.densenet, LABELS, tmp_path / "t", op_threshs=thresholds)
+    loaded = ClinicalFeatureExtractor.from_weights(out)
+    assert loaded.op_threshs.tolist() == pytest.approx(thresholds)
+    calibrated = loaded.predict_proba(synthetic_images[:1])[0]
+    assert float(calibrated[0]) == pytest.approx(0.5)
+    # torchxrayvision's op_norm: below the threshold p / (2 t), above 1 - (1 - p) / (2 (1 - t)).
+    p = float(raw[1])
+    expected = p / 1.5 if p < 0.75 else 1 - (1 - p) / 0.5
+    assert float(calibrated[1]) == pytest.approx(expected, rel=1e-5)
+
+
 def test_missing_weights_give_clear_errors(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     expected = xrv_weights_path("densenet121-res224-all")

@@ -5,6 +5,11 @@ channel, 224 px, inputs in ``[-1024, 1024]``), trained multi-label with a BCE ma
 each source annotates. Its checkpoint (or ``export``) is read by
 :meth:`vqgan.clinical.ClinicalFeatureExtractor.from_weights`.
 
+Each validation pass also chooses a decision threshold per label (torchxrayvision's
+``op_threshs``); the checkpoint keeps the thresholds of its validation pass and the export writes
+them to ``classifier.json``, so a loaded classifier's probabilities have 0.5 as each label's
+operating point.
+
 Run: ``python -m vqgan.classifier fit -c configs/classifier/tiny.yaml`` and
 ``python -m vqgan.classifier export --ckpt <file.ckpt> --out <folder>``.
 """
@@ -21,6 +26,31 @@ from torchmetrics.functional.classification import binary_auroc
 from vqgan.clinical import build_densenet, to_xrv_input
 
 logger = logging.getLogger(__name__)
+
+
+def operating_thresholds(
+    probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> list[float]:
+    """Per-label decision threshold maximising Youden's J = TPR - FPR over the known (mask 1)
+    validation entries, as torchxrayvision chose its ``op_threshs`` (its
+    ``scripts/model_calibrate.py``: the ROC point furthest above the diagonal); among equal J the
+    highest threshold. A label without both classes known gets 0.5, which ``op_norm`` leaves
+    unchanged. Thresholds are kept inside (0, 1) so ``op_norm`` never divides by zero.
+    """
+    thresholds = []
+    for index in range(probs.shape[1]):
+        known = mask[:, index] > 0
+        scores, labels = probs[known, index].double(), target[known, index] > 0.5
+        if labels.all() or not labels.any():
+            thresholds.append(0.5)
+            continue
+        candidates = torch.unique(scores).flip(0)  # descending
+        predicted = scores[None, :] >= candidates[:, None]  # [candidates, N]
+        tpr = (predicted & labels).sum(1) / labels.sum()
+        fpr = (predicted & ~labels).sum(1) / (~labels).sum()
+        best = candidates[int(torch.argmax(tpr - fpr))]
+        thresholds.append(float(best.clamp(1e-6, 1 - 1e-6)))
+    return thresholds
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,6 +82,8 @@ class CXRClassifierModule(L.LightningModule):
         self.save_hyperparameters()
         self.labels = list(labels)
         self.model = build_densenet(len(self.labels))
+        self.op_threshs: list[float] | None = None
+        """Decision thresholds of the last validation pass (saved in checkpoints)."""
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -73,7 +105,8 @@ class CXRClassifierModule(L.LightningModule):
         self._val_outputs.append((torch.sigmoid(logits.float()), target, mask))
 
     def on_validation_epoch_end(self) -> None:
-        """Log AUROC per label over its known entries (labels with both classes only) and the mean.
+        """Log AUROC per label over its known entries (labels with both classes only) and the mean,
+        and choose the per-label decision thresholds (:func:`operating_thresholds`).
 
         Per-label masking is done here rather than with a multilabel metric's ``ignore_index``,
         which fails outright when a label has no known entry in the validation set.
@@ -84,6 +117,7 @@ class CXRClassifierModule(L.LightningModule):
         self._val_outputs.clear()
         if self.trainer.world_size > 1:  # [world, N, L] -> [world * N, L]; every rank logs the same
             probs, target, mask = (self.all_gather(x).flatten(0, 1) for x in (probs, target, mask))
+        self.op_threshs = operating_thresholds(probs, target, mask)
         scores = []
         for index, name in enumerate(self.labels):
             known = mask[:, index] > 0
@@ -99,6 +133,13 @@ class CXRClassifierModule(L.LightningModule):
             logger.warning("no label has both classes in this validation pass: AUROC undefined")
             macro = torch.tensor(float("nan"), device=probs.device)
         self.log("val/auroc_macro", macro, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.op_threshs is not None:
+            checkpoint["op_threshs"] = list(self.op_threshs)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.op_threshs = checkpoint.get("op_threshs")
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

@@ -27,10 +27,14 @@ EXPORT_DIRNAME = "classifier_export"
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Write ``classifier.safetensors`` + ``classifier.json`` from a training checkpoint."""
+    """Write ``classifier.safetensors`` + ``classifier.json`` from a training checkpoint, with the
+    decision thresholds its validation pass chose (``op_threshs``) when it has them."""
     extractor = ClinicalFeatureExtractor.from_weights(Path(ckpt))
+    thresholds = {}
+    if extractor.op_threshs is not None:
+        thresholds["op_threshs"] = extractor.op_threshs.tolist()
     return save_classifier_export(
-        extractor.densenet, extractor.labels, out, source_checkpoint=str(ckpt)
+        extractor.densenet, extractor.labels, out, source_checkpoint=str(ckpt), **thresholds
     )
 
 

@@ -8,7 +8,8 @@ weights come from torchxrayvision's cache folder or from our own classifier expo
 
 Export format written by :func:`save_classifier_export` and read by
 :meth:`ClinicalFeatureExtractor.from_weights`: a folder with ``classifier.safetensors`` (the
-DenseNet state dict) and ``classifier.json`` (``labels``, ``architecture``, ``input_size``).
+DenseNet state dict) and ``classifier.json`` (``labels``, ``architecture``, ``input_size``, and
+``op_threshs`` when validation chose per-label decision thresholds).
 """
 
 from __future__ import annotations
@@ -217,7 +218,9 @@ def _load_export(weights_file: Path, config_file: Path) -> ClinicalFeatureExtrac
     logger.info(
         "clinical classifier loaded from %s (%d labels)", weights_file, len(config["labels"])
     )
-    return ClinicalFeatureExtractor(densenet, config["labels"], source=str(weights_file))
+    return ClinicalFeatureExtractor(
+        densenet, config["labels"], op_threshs=config.get("op_threshs"), source=str(weights_file)
+    )
 
 
 def _load_lightning_checkpoint(path: Path) -> ClinicalFeatureExtractor:
@@ -234,7 +237,9 @@ def _load_lightning_checkpoint(path: Path) -> ClinicalFeatureExtractor:
     densenet = build_densenet(len(labels))
     densenet.load_state_dict(state)
     logger.info("clinical classifier loaded from checkpoint %s (%d labels)", path, len(labels))
-    return ClinicalFeatureExtractor(densenet, labels, source=str(path))
+    return ClinicalFeatureExtractor(
+        densenet, labels, op_threshs=checkpoint.get("op_threshs"), source=str(path)
+    )
 
 
 def _load_xrv_cache(name: str) -> ClinicalFeatureExtractor:
