@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from instructions.card import write_card
 from instructions.filters import FilterPipeline, FilterRule, stage1_rules, stage2_rules
-from instructions.prompt_format import PromptFormat
+from instructions.prompt_format import PromptFormat, atomic_write_text, current_umask
 from instructions.records import (
     COLUMNS,
     STAGE1_MIX,
@@ -191,7 +191,8 @@ def build_dataset(reports: list[Report], config: BuildConfig) -> list[StageResul
     return [build_stage(reports, stage, splits, config, templates) for stage in config.stages]
 
 
-def _save_stage(result: StageResult, out: Path) -> None:
+def _save_stage(result: StageResult, out: Path) -> Path:
+    """Write one stage's DatasetDict into a new staging folder beside the old stage; returns it."""
     from datasets import (
         Dataset,
         DatasetDict,
@@ -208,22 +209,43 @@ def _save_stage(result: StageResult, out: Path) -> None:
             for split, records in result.records.items()
         }
     )
-    target = out / result.name
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{result.name}."))
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{result.name}.new."))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
     dataset.save_to_disk(str(staging))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    return staging
+
+
+def _swap_in(staged: dict[Path, Path]) -> None:
+    """Move each finished staging folder onto its target; old targets are deleted only after
+    every new one is in place."""
+    old = []
+    for target, staging in staged.items():
+        if target.exists():
+            old.append(Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.")))
+            os.replace(target, old[-1] / target.name)
+        os.replace(staging, target)
+    for folder in old:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_dataset(
     results: list[StageResult], reports: list[Report], config: BuildConfig, out: str | Path
 ) -> dict[str, object]:
-    """Write ``stage*/`` (DatasetDict), ``images.jsonl``, ``prompt_format.json``, ``card.json``, ``README.md``."""
+    """Write ``stage*/`` (DatasetDict), ``images.jsonl``, ``prompt_format.json``, ``card.json``, ``README.md``.
+
+    The new stages are written beside the old ones and swapped in only once all are complete, so
+    a failed or interrupted build leaves the previous dataset whole.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for result in results:
-        _save_stage(result, out)
+    staged: dict[Path, Path] = {}
+    try:
+        for result in results:
+            staged[out / result.name] = _save_stage(result, out)
+        _swap_in(staged)
+    finally:
+        for staging in staged.values():
+            shutil.rmtree(staging, ignore_errors=True)
     images: dict[str, dict[str, str]] = {}
     for report in reports:
         for image in report.images:
@@ -246,10 +268,9 @@ def save_dataset(
         if r.image_id
     }
     used = sorted(split_of)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".images.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        for image_id in used:
-            handle.write(json.dumps({**images[image_id], "split": split_of[image_id]}) + "\n")
-    os.replace(tmp, out / "images.jsonl")
+    atomic_write_text(
+        out / "images.jsonl",
+        "".join(json.dumps({**images[i], "split": split_of[i]}) + "\n" for i in used),
+    )
     PromptFormat().save(out / "prompt_format.json")
     return write_card(out, results, config, n_images=len(used), n_reports=len(reports))

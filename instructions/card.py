@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from instructions.prompt_format import atomic_write_text
 from instructions.records import COLUMNS, TASKS
 from instructions.splits import SPLITS
 
@@ -36,13 +35,6 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"card value of type {type(value).__name__} is not JSON serialisable")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def card_dict(
@@ -134,6 +126,6 @@ def write_card(
 ) -> dict[str, object]:
     """Write ``card.json`` and ``README.md`` into ``out``; returns the card."""
     card = card_dict(results, config, n_images, n_reports)
-    _atomic_write(out / "card.json", json.dumps(card, indent=2, default=_jsonable))
-    _atomic_write(out / "README.md", card_markdown(card))
+    atomic_write_text(out / "card.json", json.dumps(card, indent=2, default=_jsonable))
+    atomic_write_text(out / "README.md", card_markdown(card))
     return card

@@ -280,3 +280,36 @@ def test_general_instructions_join_the_text_task(openi_reports: list[Report]) ->
     general = [r for r in only_text.records["train"] if r.source == "general"]
     assert sorted(r.response for r in general) == ["Cat.", "Red."]
     assert all(r.task == "text" and not r.image_id and r.patient_id == "" for r in general)
+
+
+def test_rebuild_swaps_stages_in_only_when_all_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    import instructions.build
+
+    out = tmp_path / "openi"
+    argv = ["--source", "openi", "--limit", "40", "--out", str(out), "--val-fraction", "0.2"]
+    old = os.umask(0o022)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.umask(old)
+    for name in ("images.jsonl", "card.json", "prompt_format.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((out / "stage1").stat().st_mode) == 0o755
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = instructions.build._save_stage
+
+    def stage2_fails(result: object, folder: Path) -> Path:
+        if result.name == "stage2":
+            raise OSError("disk full")
+        return real(result, folder)
+
+    monkeypatch.setattr(instructions.build, "_save_stage", stage2_fails)
+    with pytest.raises(OSError, match="disk full"):
+        main([*argv[:3], "30", *argv[4:]])
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the old dataset is whole: no new stage1, no staging folders left
