@@ -28,7 +28,10 @@ NLG_NOTES = {
     ),
     "bleu": "nltk corpus_bleu over all references, uniform weights over 1..n-grams, no smoothing",
     "rouge_l": "rouge_score ROUGE-L F-measure, best reference per report, mean over reports",
-    "cider_d": "CIDEr-D (sigma 6, clipped, x10) as coco-caption computes it, document frequencies from the references",
+    "cider_d": (
+        "CIDEr-D (sigma 6, clipped, x10) as coco-caption computes it, but with document frequencies "
+        "over the distinct reference texts (label-matched items share reference pools)"
+    ),
     "meteor": "omitted: needs WordNet data or Java, not available offline",
 }
 
@@ -81,18 +84,19 @@ def cider_d(
 ) -> tuple[float, list[float]]:
     """CIDEr-D (Vedantam et al. 2015, coco-caption variant): corpus mean and per-item scores.
 
-    ``references`` holds one string or a list of strings per hypothesis. A reference text shared
-    by many items (label-matched pools) is counted and vectorised once.
+    ``references`` holds one string or a list of strings per hypothesis. Document frequencies
+    count each distinct reference text once: coco-caption counts each item's reference set, which
+    is the same when every item has its own references, but when label-matched items share one
+    pool every pooled n-gram would be in every document and weigh nothing.
     """
     _check_pairs(hypotheses, references)
     refs = _reference_lists(references)
     counted = {text: _ngrams(answer_tokens(text), n_max) for rs in refs for text in rs}
     hyp_counts = [_ngrams(answer_tokens(h), n_max) for h in hypotheses]
-    ref_counts = [[counted[r] for r in rs] for rs in refs]
     document_frequency: Counter[tuple[str, ...]] = Counter()
-    for rs in ref_counts:
-        document_frequency.update({g for c in rs for g in c})
-    log_n_docs = math.log(float(len(refs))) if refs else 0.0
+    for counts in counted.values():
+        document_frequency.update(counts.keys())
+    log_n_docs = math.log(float(len(counted))) if counted else 0.0
 
     def vectorise(counts: Counter) -> tuple[list[dict], np.ndarray, int]:
         vec: list[dict] = [{} for _ in range(n_max)]
