@@ -156,3 +156,46 @@ def test_crafted_checkpoint_tokenizer_names_write_nothing(
         load_model_folder(crafted)
     assert sorted(p.name for p in target.parent.iterdir()) == ["crafted.ckpt"]
     assert not escaped.exists()
+
+
+def test_fit_resumes_from_ckpt_path_after_a_kill(stage1: Path, tmp_path: Path) -> None:
+    """As after a kill: the last complete checkpoint plus a half-written one beside it. Resuming
+    continues the step count and the optimizer state instead of starting over (one more epoch of
+    3 batches: checkpoints are written at epoch ends)."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(stage1, root)
+    last = root / "stage1" / "checkpoints" / "last.ckpt"
+    (last.parent / ".last.ckpt.partial").write_bytes(last.read_bytes()[:1000])
+    killed = torch.load(last, map_location="cpu", weights_only=True)
+    assert killed["global_step"] == 12
+    config = _config("tiny.yaml", root)
+    assert (
+        main(["fit", "-c", config, "--trainer.max_steps=15", *FAST, "--ckpt_path", str(last)]) == 0
+    )
+    # The copied run lives in another folder than the checkpoint's, so Lightning versions the name.
+    resumed = torch.load(last.with_name("last-v1.ckpt"), map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 15
+    steps = {int(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
+    assert steps == {15}  # AdamW went on from its saved moments, not from scratch
+    assert (
+        resumed["llmcxr"]["image_tokenizer_fingerprint"]
+        == killed["llmcxr"]["image_tokenizer_fingerprint"]
+    )
+
+
+def test_a_checkpoint_with_another_image_tokenizer_is_refused(stage1: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(
+        stage1 / "stage1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    found = ckpt["llmcxr"]["image_tokenizer_fingerprint"]
+    ckpt["llmcxr"]["image_tokenizer_fingerprint"] = "0123456789abcdef"
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    both = f"fingerprint {found}, but the model was trained with 0123456789abcdef"
+    with pytest.raises(ValueError, match=both):
+        load_model_folder(other)
+    config = _config("tiny.yaml", tmp_path / "resume")
+    with pytest.raises(ValueError, match=both):
+        main(["fit", "-c", config, "--trainer.max_steps=14", *FAST, "--ckpt_path", str(other)])
