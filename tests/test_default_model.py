@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from llmcxr.base_model import BaseModelSpec, load_base_model
 from llmcxr.cli import main
-from llmcxr.pipeline import DEFAULT_MODEL_DIR
+from llmcxr.image_tokens import add_image_tokens
+from llmcxr.model_folder import LLMCXRComponents, load_model_folder
+from llmcxr.pipeline import DEFAULT_MODEL_DIR, LLMCXR
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 MAX_FILE_BYTES = 16 * 2**20
 MAX_TOTAL_BYTES = 60 * 2**20
@@ -71,3 +77,59 @@ def test_report_on_the_drawn_image_is_text_without_image_tokens(
     assert isinstance(report, str) and len(report.split()) >= 3
     assert not re.search(r"<img_\d{4}>|<img_start>|<img_end>", report)
     assert re.search(r"[a-z]{3,}", report.lower()), f"no words in the report: {report!r}"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LLMCXRComponents:
+    return load_model_folder(DEFAULT_MODEL_DIR)
+
+
+def _probe_ids(parts: LLMCXRComponents) -> torch.Tensor:
+    """A report prompt holding a real image's codes, as inference builds it."""
+    from vqgan import read_cxr
+
+    llm = _pipeline(parts.model, parts)
+    codes = llm.encode_images([read_cxr(FIXTURES / "00000001_000.png")])[0]
+    text = parts.prompt_format.render("Describe the findings.", "<image>")
+    return torch.tensor([llm.encode_prompt(text, [codes]).ids])
+
+
+def test_shipped_fp16_adapter_unmerged_matches_the_merged_model(shipped: LLMCXRComponents) -> None:
+    """Training runs the adapter unmerged, inference merges it: the shipped fp16 adapter must give
+    the same next-token distribution both ways (fp16 tolerance)."""
+    unmerged = load_model_folder(DEFAULT_MODEL_DIR, merge_adapter=False).model.eval()
+    ids = _probe_ids(shipped)
+    with torch.no_grad():
+        merged_logp = shipped.model(ids).logits[0, -8:].float().log_softmax(-1)
+        unmerged_logp = unmerged(ids).logits[0, -8:].float().log_softmax(-1)
+        with unmerged.disable_adapter():
+            base_logp = unmerged(ids).logits[0, -8:].float().log_softmax(-1)
+    assert (merged_logp - unmerged_logp).abs().max() < 1e-2
+    assert (merged_logp - base_logp).abs().max() > 0.5  # and the adapter does change them
+
+
+def test_report_on_a_real_xray_differs_from_the_base_model_without_the_adapter(
+    shipped: LLMCXRComponents,
+) -> None:
+    """A report the adapter writes is not what SmolLM2 writes for the same prompt on its own."""
+    base, tok = load_base_model(BaseModelSpec.from_dict(shipped.manifest["base_model"]))
+    token_map = add_image_tokens(
+        base, tok, shipped.token_map.codebook_size, shipped.token_map.tokens_per_image
+    )
+    assert token_map == shipped.token_map
+    image = FIXTURES / "00000001_000.png"
+    greedy = {"do_sample": False, "max_new_tokens": 32}
+    with_adapter = _pipeline(shipped.model, shipped).generate_report([image], **greedy)[0]
+    without = _pipeline(base, shipped, tok).generate_report([image], **greedy)[0]
+    assert with_adapter.strip() and with_adapter != without
+
+
+def _pipeline(model: torch.nn.Module, parts: LLMCXRComponents, tok: object = None) -> LLMCXR:
+    return LLMCXR(
+        model,
+        tok or parts.text_tokenizer,
+        parts.image_tokenizer,
+        parts.token_map,
+        parts.prompt_format,
+        parts.generation_defaults,
+    )

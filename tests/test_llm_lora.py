@@ -82,7 +82,9 @@ def test_stage2_continues_the_stage1_adapter_and_exports_an_adapter(
     lora_module: LLMCXRModule, tmp_path: Path
 ) -> None:
     stage1 = lora_module.export(tmp_path / "stage1")
-    stage2 = LLMCXRModule(init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=4, alpha=8)))
+    stage2 = LLMCXRModule(
+        init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=4, alpha=8))
+    )
     assert stage2.continued_adapter
     ids = torch.tensor([[5, 9, stage2.token_map.start_id, stage2.token_map.first_code_id + 3]])
     with torch.no_grad():
@@ -117,3 +119,26 @@ def test_a_lora_folder_loads_a_base_outside_pypi_only_when_the_user_names_it(
         LLMCXR.from_pretrained(folder, device="cpu", dtype="float32")
     loaded = LLMCXR.from_pretrained(folder, device="cpu", dtype="float32", base_model=base)
     assert loaded.token_map == lora_module.token_map
+
+
+def test_merged_and_unmerged_lora_agree_on_a_tied_model(lora_module: LLMCXRModule) -> None:
+    """Inference merges the adapter; training runs it unmerged. With trained LoRA weights and new
+    token rows on a model whose input and output embeddings are tied, both give the same logits."""
+    model = copy.deepcopy(lora_module.model)
+    assert model.get_base_model().config.tie_word_embeddings
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                param.add_(0.2 * torch.randn(param.shape, generator=gen))
+    token_map = lora_module.token_map
+    ids = torch.tensor([[5, 9, token_map.start_id, token_map.first_code_id + 7, 11]])
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        merged = copy.deepcopy(model).merge_and_unload()(ids).logits
+        base = model.get_base_model()
+        with model.disable_adapter():
+            plain = base(ids).logits
+    assert not torch.allclose(unmerged, plain, atol=1e-3)  # the perturbation does matter
+    assert torch.allclose(merged, unmerged, atol=1e-5)

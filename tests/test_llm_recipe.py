@@ -191,3 +191,32 @@ def _codebook(path: str) -> torch.Tensor:
     from vqgan import CXRTokenizer
 
     return CXRTokenizer.from_pretrained(path).codebook_vectors()
+
+
+@pytest.mark.parametrize(
+    ("task", "instruction"),
+    [
+        ("cxr_to_report", "Write the radiology report for this chest X-ray."),
+        ("vqa", "Is there a pleural effusion?"),
+    ],
+)
+def test_training_prompt_ids_equal_inference_prompt_ids(
+    llm: LLMCXR, task: str, instruction: str
+) -> None:
+    """What the model is trained to continue is exactly what inference feeds it."""
+    encoder = RecordEncoder(llm.text_tokenizer, llm.token_map, llm.prompt_format)
+    codes = torch.arange(llm.token_map.tokens_per_image)
+    record = {
+        "id": "r",
+        "task": task,
+        "instruction": instruction,
+        "input": IMAGE_PLACEHOLDER,
+        "response": "Yes." if task == "vqa" else REPORT,
+        "image_id": "img",
+    }
+    example = encoder.encode(record, codes)
+    prompt = [t for t, label in zip(example.input_ids, example.labels) if label == -100]
+    inference = llm.encode_prompt(
+        llm.prompt_format.render(instruction, IMAGE_PLACEHOLDER), [codes]
+    ).ids
+    assert prompt == inference
