@@ -1,0 +1,110 @@
+"""The GPU training kit: checked parts, the return limits, the time-fitted schedule, and the whole
+pack -> device commands -> unpack -> CLI path on this CPU with tiny budgets (the dry run)."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from llmcxr.gpu_kit.dry_run import dry_run, returned_problems
+from llmcxr.gpu_kit.limits import MIB, DeviceLimits
+from llmcxr.gpu_kit.outbox import OutBox, OutBoxFull, collect
+from llmcxr.gpu_kit.parts import PartError, cut, join, write_manifest
+from llmcxr.gpu_kit.schedule import warmup_cosine
+from llmcxr.model_folder import load_model_folder
+
+SMALL = DeviceLimits(files_back=3, file_back_bytes=1000)
+
+
+def _payload(tmp_path: Path, size: int = 2500) -> Path:
+    path = tmp_path / "payload.bin"
+    path.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    return path
+
+
+def test_parts_join_back_and_name_a_missing_or_damaged_part(tmp_path: Path) -> None:
+    from llmcxr.gpu_kit.parts import sha256_file
+
+    payload, bundle = _payload(tmp_path), tmp_path / "gpu_bundle"
+    parts = cut(payload, bundle, [1000, 1000, 1000])
+    assert [p.bytes for p in parts] == [1000, 1000, 500]
+    write_manifest(bundle, parts, {"payload_sha256": sha256_file(payload)})
+    assert join(bundle, tmp_path / "joined.bin").read_bytes() == payload.read_bytes()
+
+    (bundle / "send-2" / "part-2.bin").unlink()
+    with pytest.raises(PartError, match="part 2 of 3 is missing.*gpu_bundle/send-2"):
+        join(bundle, tmp_path / "again.bin")
+    (bundle / "send-2" / "part-2.bin").write_bytes(b"0" * 1000)
+    with pytest.raises(PartError, match="part 2 of 3 is damaged"):
+        join(bundle, tmp_path / "again.bin")
+
+
+def test_outbox_cuts_big_results_replaces_old_ones_and_refuses_too_many(tmp_path: Path) -> None:
+    box = OutBox(tmp_path / "out", SMALL)
+    big = _payload(tmp_path, 1800)
+    assert [p.name for p in box.put_file("model", big)] == [
+        "model.part1-of-2",
+        "model.part2-of-2",
+    ]
+    small = tmp_path / "logs.tar.gz"
+    small.write_bytes(b"log")
+    box.put_file("logs", small)
+    with pytest.raises(OutBoxFull, match="needs 1 file"):
+        box.put_file("extra", small)
+    box.put_file("newer", small, replaces=("model",))
+    assert box.names() == {"logs", "newer"} and not returned_problems(box.folder, SMALL)
+
+    box.put_file("model", big, replaces=("newer",))
+    joined = collect(box.folder, tmp_path / "back")
+    assert joined["model"].read_bytes() == big.read_bytes()
+    assert joined["logs"].read_bytes() == b"log"
+
+
+def test_warmup_cosine_rises_then_falls_to_its_floor() -> None:
+    factors = [warmup_cosine(s, warmup=4, total=20, min_ratio=0.1) for s in range(25)]
+    assert factors[0] == pytest.approx(0.25) and factors[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[3:]))
+    assert factors[20] == pytest.approx(0.1) and factors[24] == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory: pytest.TempPathFactory):
+    return dry_run(tmp_path_factory.mktemp("gpu_kit_dry_run"))
+
+
+def test_dry_run_sends_parts_within_the_command_limit(dry) -> None:
+    commands = dry.plan["commands"]
+    assert len(commands) == 3
+    assert all(c["bytes"] <= 64 * MIB and len(c["carry"]) == 1 for c in commands)
+    assert commands[0]["command"].startswith("bash scripts/gpu/receive.sh gpu_bundle 1")
+    assert commands[-1]["command"].startswith("bash scripts/gpu/train.sh gpu_bundle")
+
+
+def test_dry_run_returns_every_phase_within_the_return_limits(dry) -> None:
+    assert 1 <= len(dry.returned) <= 8
+    assert all(p.stat().st_size <= 16 * MIB for p in dry.returned)
+    statuses = {name: phase["status"] for name, phase in dry.report["phases"].items()}
+    assert statuses == dict.fromkeys(
+        ("llm_stage1", "llm_stage2", "classifier", "tokenizer", "token_cache"), "done"
+    )
+    names = {p.name.split(".")[0] for p in dry.returned}
+    assert names == {"logs", "model", "classifier", "tokenizer", "image_tokens"}
+
+
+def test_dry_run_logs_per_task_validation_loss_and_the_fitted_schedule(dry) -> None:
+    metrics = dry.model.parent / "logs" / "runs" / "stage1" / "logs" / "version_0" / "metrics.csv"
+    with metrics.open() as handle:
+        columns = set(next(csv.reader(handle)))
+    assert {"val/loss", "val/loss_image", "val/loss_text", "schedule/planned_steps"} <= columns
+
+
+def test_dry_run_model_loads_and_answers_the_cli(dry) -> None:
+    manifest = json.loads((dry.model / "llmcxr.json").read_text())
+    assert manifest["training"]["init_from"] == "runs/stage1/model"
+    assert load_model_folder(dry.model).token_map.tokens_per_image == 16
+    assert json.loads(dry.report_text)
+    assert dry.image.stat().st_size > 0
