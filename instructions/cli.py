@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from instructions.build import BuildConfig, build_dataset, default_stages, save_dataset
+from instructions.near_duplicates import MAX_DISTANCE
 from instructions.records import STAGE1_MIX, STAGE2_MIX, TaskMix
 from instructions.reports import ReadStats, Report
 from instructions.splits import SplitConfig
@@ -74,7 +75,17 @@ def _parser() -> argparse.ArgumentParser:
         help="folder with labels.csv and images/ (repeatable), e.g. .../nih_chestxray14",
     )
     group.add_argument(
-        "--labelled-limit", type=int, default=None, help="at most this many images per folder (a seeded random sample)"
+        "--labelled-limit",
+        type=int,
+        default=None,
+        help="at most this many images per folder (a seeded random sample)",
+    )
+    group.add_argument(
+        "--near-duplicate-distance",
+        type=int,
+        default=MAX_DISTANCE,
+        help="images without a patient id: near-duplicates within this many hash bits (of 256) are "
+        "split as one pseudo-patient; -1 turns it off",
     )
     group = parser.add_argument_group("filters and stages")
     group.add_argument("--min-findings-words", type=int, default=10)
@@ -195,6 +206,9 @@ def _read_reports(
             stats,
             args.labelled_limit,
             SplitConfig(args.val_fraction, args.test_fraction),
+            near_duplicate_distance=(
+                None if args.near_duplicate_distance < 0 else args.near_duplicate_distance
+            ),
         )
         paths = {
             "labelled": [str(p) for p in args.labelled],

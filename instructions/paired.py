@@ -15,6 +15,7 @@ import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from instructions.corpora.csvfiles import iter_csv_rows
 from instructions.corpora.openi import read_openi
 from instructions.filters import StripDeidMarks
 from instructions.labeler import DATA_DIR, POSITIVE, UNCERTAIN, label_report
+from instructions.near_duplicates import MAX_DISTANCE, assign_patients, hash_files
 from instructions.reports import ImageRef, ReadStats, Report
 from instructions.splits import SplitConfig
 
@@ -89,6 +91,74 @@ def _openi_pool(
     return pool
 
 
+@dataclass
+class _Candidate:
+    """An image that passed the file, duplicate and label checks, waiting for its patient and report."""
+
+    folder: Path
+    row: dict[str, str]
+    path: Path
+    wanted: list[list[str]]
+    patient: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.folder.name}:{Path(self.row['filename']).stem}"
+
+
+def _candidates(
+    folder: Path,
+    label_map: dict[str, list[str]],
+    seen_hashes: set[str],
+    counts: Counter[str],
+    seed: int,
+    limit: int | None,
+) -> list[_Candidate]:
+    """A folder's images with a readable file, not seen before (by content) and mappable labels."""
+    rows = list(iter_csv_rows(folder / "labels.csv", ("filename", "labels")))
+    if limit is not None and limit < len(rows):
+        # label tables are often sorted by class: a seeded sample keeps the label mix
+        rows = random.Random(f"{seed}:{folder.name}").sample(rows, limit)
+    found = []
+    for row in tqdm(rows, desc=f"reading {folder.name}", unit="image", leave=False):
+        path = folder / "images" / row["filename"]
+        if not path.is_file():
+            counts["image file missing"] += 1
+            continue
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()
+        if digest in seen_hashes:  # the COVID-19 sets overlap: keep each image once
+            counts["duplicate image"] += 1
+            continue
+        seen_hashes.add(digest)
+        names = parse_image_labels(row["labels"])
+        if not names or any(n not in label_map for n in names):
+            counts["label without a CheXpert class"] += 1
+            continue
+        found.append(_Candidate(folder, row, path, [label_map[n] for n in names]))
+    return found
+
+
+def _assign_patients(candidates: list[_Candidate], max_distance: int | None) -> int:
+    """Set each candidate's patient: its folder's id, else its near-duplicate group (None: its name).
+
+    Returns how many images without an id joined a group of two or more.
+    """
+    own = [
+        f"{c.folder.name}:{c.row['patient_id']}" if c.row.get("patient_id") else ""
+        for c in candidates
+    ]
+    names = [c.name for c in candidates]
+    if max_distance is None or all(own):
+        patients = [o or n for o, n in zip(own, names, strict=True)]
+    else:
+        hashes = hash_files([c.path for c in candidates], desc="near-duplicate hashes")
+        patients = assign_patients(names, own, hashes, max_distance)
+    for candidate, patient in zip(candidates, patients, strict=True):
+        candidate.patient = patient
+    sizes = Counter(patients)
+    return sum(1 for o, p in zip(own, patients, strict=True) if not o and sizes[p] > 1)
+
+
 def pair_labelled_images(
     folders: list[Path],
     openi_archive: str | Path | None = None,
@@ -97,9 +167,12 @@ def pair_labelled_images(
     limit_per_folder: int | None = None,
     split: SplitConfig | None = None,
     openi_reports: Iterable[Report] | None = None,
+    near_duplicate_distance: int | None = MAX_DISTANCE,
 ) -> tuple[list[Report], dict[str, object]]:
     """One synthetic study per pairable image; returns the studies and per-folder pairing counts.
 
+    Images without a patient id are split as pseudo-patients: groups of near-duplicate images
+    (``instructions.near_duplicates``, Hamming bits ``near_duplicate_distance``; None turns it off).
     ``openi_reports`` replaces reading ``openi_archive`` (e.g. a subset, for tests).
     """
     stats = stats if stats is not None else ReadStats()
@@ -109,64 +182,59 @@ def pair_labelled_images(
         openi_reports if openi_reports is not None else read_openi(openi_archive), split
     )
     seen_hashes: set[str] = set()
+    counts = {Path(f).name: Counter[str]() for f in folders}
+    candidates = [
+        c
+        for f in folders
+        for c in _candidates(
+            Path(f), label_map, seen_hashes, counts[Path(f).name], seed, limit_per_folder
+        )
+    ]
+    grouped = _assign_patients(candidates, near_duplicate_distance)
     studies: list[Report] = []
-    summary: dict[str, object] = {}
-    for folder in folders:
-        folder = Path(folder)
-        counts: Counter[str] = Counter()
-        rows = list(iter_csv_rows(folder / "labels.csv", ("filename", "labels")))
-        if limit_per_folder is not None and limit_per_folder < len(rows):
-            # label tables are often sorted by class: a seeded sample keeps the label mix
-            rows = random.Random(f"{seed}:{folder.name}").sample(rows, limit_per_folder)
-        for row in tqdm(rows, desc=f"pairing {folder.name}", unit="image", leave=False):
-            path = folder / "images" / row["filename"]
-            if not path.is_file():
-                counts["image file missing"] += 1
-                continue
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()
-            if digest in seen_hashes:  # the COVID-19 sets overlap: keep each image once
-                counts["duplicate image"] += 1
-                continue
-            seen_hashes.add(digest)
-            names = parse_image_labels(row["labels"])
-            if not names or any(n not in label_map for n in names):
-                counts["label without a CheXpert class"] += 1
-                continue
-            wanted = [label_map[n] for n in names]
-            patient = f"{folder.name}:{row.get('patient_id') or Path(row['filename']).stem}"
-            by_positives = pool[split.assign(patient)]
-            candidates = sorted(
-                (
-                    r
-                    for positives, reports in by_positives.items()
-                    if report_matches(
-                        positives, "No Finding" in reports[0].reference_labels, wanted
-                    )
-                    for r in reports
-                ),  # type: ignore[operator]
-                key=lambda r: r.report_id,
-            )
-            if not candidates:
-                counts["no matching report"] += 1
-                continue
-            chosen = random.Random(f"{seed}:{folder.name}/{row['filename']}").choice(candidates)
-            image = ImageRef(
-                f"{folder.name}/{row['filename']}", str(path.resolve()), _view(row.get("view", ""))
-            )
-            studies.append(
-                Report(
-                    report_id=f"{folder.name}/{Path(row['filename']).stem}~{chosen.report_id}",
-                    patient_id=patient,
-                    source=f"paired:{folder.name}+openi",
-                    sections=dict(chosen.sections),
-                    images=[image],
-                    reference_labels=None,
+    for candidate in candidates:
+        folder, row = candidate.folder, candidate.row
+        by_positives = pool[split.assign(candidate.patient)]
+        matches = sorted(
+            (
+                r
+                for positives, reports in by_positives.items()
+                if report_matches(
+                    positives, "No Finding" in reports[0].reference_labels, candidate.wanted
                 )
+                for r in reports
+            ),  # type: ignore[operator]
+            key=lambda r: r.report_id,
+        )
+        if not matches:
+            counts[folder.name]["no matching report"] += 1
+            continue
+        chosen = random.Random(f"{seed}:{folder.name}/{row['filename']}").choice(matches)
+        image = ImageRef(
+            f"{folder.name}/{row['filename']}",
+            str(candidate.path.resolve()),
+            _view(row.get("view", "")),
+        )
+        studies.append(
+            Report(
+                report_id=f"{folder.name}/{Path(row['filename']).stem}~{chosen.report_id}",
+                patient_id=candidate.patient,
+                source=f"paired:{folder.name}+openi",
+                sections=dict(chosen.sections),
+                images=[image],
+                reference_labels=None,
             )
-            counts["paired"] += 1
-            stats.read += 1
-        for reason, count in counts.items():
+        )
+        counts[folder.name]["paired"] += 1
+        stats.read += 1
+    summary: dict[str, object] = {}
+    for name, folder_counts in counts.items():
+        for reason, count in folder_counts.items():
             if reason != "paired":
-                stats.skip(f"{folder.name}: {reason}", count)
-        summary[folder.name] = dict(sorted(counts.items()))
+                stats.skip(f"{name}: {reason}", count)
+        summary[name] = dict(sorted(folder_counts.items()))
+    summary["near_duplicates"] = {
+        "max_distance": near_duplicate_distance,
+        "images_without_patient_id_in_groups": grouped,
+    }
     return studies, summary
