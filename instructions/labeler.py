@@ -41,6 +41,9 @@ CHEXPERT_CLASSES: tuple[str, ...] = (
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 DATA_DIR = Path(str(resources.files("instructions") / "data"))
 _IGNORE = "_ignore"
+_MENTION_KINDS = ("mentions", "attributes", "hedges")
+"""Phrase kinds of the mention table: findings; anatomy labelled only when qualified; and hedges,
+phrases that suggest a class without confirming it (e.g. "infection" for Pneumonia), at most uncertain."""
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]\.)(?=[A-Z][a-z])|\n+|\s+(?=\d{1,2}[.)]\s)")
 _WORD = re.compile(r"\S+")
 _T = TypeVar("_T")
@@ -115,16 +118,16 @@ class ReportLabeler:
         cues_path = Path(cues_path) if cues_path else DATA_DIR / "labeler_cues.json"
         table = json.loads(mentions_path.read_text(encoding="utf-8"))
         cues = json.loads(cues_path.read_text(encoding="utf-8"))
-        # phrase -> [(class, is_attribute)]; a phrase may name two classes (e.g. hydropneumothorax).
-        self._phrase_class: dict[str, list[tuple[str, bool]]] = {}
+        # phrase -> [(class, kind)]; a phrase may name two classes (e.g. hydropneumothorax).
+        self._phrase_class: dict[str, list[tuple[str, str]]] = {}
         for label, entry in table.items():
             if label.startswith("_") and label != _IGNORE:
                 continue
             if label != _IGNORE and label not in CHEXPERT_CLASSES:
                 raise ValueError(f"{mentions_path}: unknown CheXpert class {label!r}")
-            for kind, is_attribute in (("mentions", False), ("attributes", True)):
+            for kind in _MENTION_KINDS:
                 for phrase in entry.get(kind, []):
-                    self._phrase_class.setdefault(phrase.lower(), []).append((label, is_attribute))
+                    self._phrase_class.setdefault(phrase.lower(), []).append((label, kind))
         self._mentions = _phrase_regex(self._phrase_class)
         self._boundaries = _alternation(cues["clause_boundaries"])
         self._pseudo = _alternation(cues["pseudo_negation"])
@@ -245,14 +248,16 @@ class ReportLabeler:
                 for match in self._mentions.finditer(masked):
                     phrase = re.sub(r"\s+", " ", match.group())
                     start, end = match.span()
-                    for label, is_attribute in self._phrase_class[phrase]:
+                    for label, kind in self._phrase_class[phrase]:
                         if label == _IGNORE:
                             continue
                         status = (
                             self._attribute_status(masked, start, end)
-                            if is_attribute
+                            if kind == "attributes"
                             else self._status(masked, start, end)
                         )
+                        if kind == "hedges" and status == POSITIVE:
+                            status = UNCERTAIN
                         if status is None:
                             continue
                         findings.append(
