@@ -71,7 +71,8 @@ class OutBox:
         the files would not all come back."""
         if not _SAFE.match(name):
             raise ValueError(f"result name {name!r}: use letters, digits, '.', '_', '-' only")
-        size, cap = source.stat().st_size, self.limits.file_back_bytes
+        # a piece stays just below the cap (16 MiB - 64 KiB for the real limit)
+        size, cap = source.stat().st_size, self.limits.file_back_bytes * 255 // 256
         pieces = max(1, -(-size // cap))
         kept = [p for p in self.files() if _result_name(p.name) not in {name, *replaces}]
         if len(kept) + pieces > self.limits.files_back:
