@@ -156,7 +156,8 @@ class EncodedDataset(Dataset):
             raise ValueError(f"cfg_drop must lie in [0, 1), got {cfg_drop}")
         self.examples = examples
         self.cfg_drop = cfg_drop
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self._rngs: dict[int, random.Random] = {}
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -166,10 +167,19 @@ class EncodedDataset(Dataset):
         if (
             self.cfg_drop
             and example.unconditional is not None
-            and self._rng.random() < self.cfg_drop
+            and self._rng().random() < self.cfg_drop
         ):
             return example.unconditional
         return example
+
+    def _rng(self) -> random.Random:
+        """One generator per DataLoader worker (each worker holds a copy of this dataset, so a
+        shared seed would repeat the same drops in every worker)."""
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else -1
+        if worker not in self._rngs:
+            self._rngs[worker] = random.Random(f"{self.seed}:{worker}")
+        return self._rngs[worker]
 
 
 @dataclass

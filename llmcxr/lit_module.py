@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 
 from llmcxr.base_model import BaseModelSpec, load_base_model
 from llmcxr.data import RecordEncoder
@@ -188,6 +189,8 @@ class LLMCXRModule(L.LightningModule):
                 llm = apply_lora(llm, self.lora_kwargs)
         self.continued_adapter = continued_adapter
         self.model = llm
+        self.val_loss_image = MeanMetric(nan_strategy="ignore")
+        self.val_loss_text = MeanMetric(nan_strategy="ignore")
         self._batch_start = 0.0
 
     def _check_same_lora(self, model: Any, init_from: str) -> None:
@@ -238,16 +241,12 @@ class LLMCXRModule(L.LightningModule):
         size = batch["input_ids"].shape[0]
         self.log("val/loss", terms["loss"], prog_bar=True, sync_dist=True, batch_size=size)
         # Image-code and text tokens apart: drawing and writing learn at different speeds, and the
-        # mean over all tokens hides which one moved. Weighted by token counts across batches.
-        for name in ("image", "text"):
-            count = terms[f"{name}_tokens"]
-            if count > 0:
-                self.log(
-                    f"val/loss_{name}",
-                    terms[f"loss_{name}"],
-                    sync_dist=True,
-                    batch_size=int(count),
-                )
+        # mean over all tokens hides which one moved. Token-weighted means, updated on every rank
+        # and batch (a batch without image targets adds weight 0), so DDP ranks always reduce the
+        # same metrics together.
+        for name, metric in (("image", self.val_loss_image), ("text", self.val_loss_text)):
+            metric.update(terms[f"loss_{name}"], weight=terms[f"{name}_tokens"])
+            self.log(f"val/loss_{name}", metric, on_step=False, on_epoch=True)
         return terms["loss"]
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

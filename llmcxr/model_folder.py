@@ -54,6 +54,7 @@ GENERATION_FILE = "generation.json"
 PROMPT_FORMAT_FILE = "prompt_format.json"
 CHECKPOINT_KEY = "llmcxr"
 """Key of the plain-data payload (``checkpoint_payload``) inside a Lightning checkpoint."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_FILES = frozenset(
     {
         "added_tokens.json",
@@ -267,7 +268,8 @@ def _write_llm(
         # (trainable_token_indices) and the rest is rebuilt from the base on load.
         model.save_pretrained(out / "adapter", save_embedding_layers=False)
         if dtype is not None:
-            _cast_safetensors(out / "adapter" / "adapter_model.safetensors", dtype)
+            _cast_safetensors(out / "adapter" / ADAPTER_WEIGHTS, dtype)
+        _split_safetensors(out / "adapter" / ADAPTER_WEIGHTS, _shard_bytes(max_shard_size))
         return "lora"
     if is_peft:  # merge a copy: merging in place would alter the model still being trained
         model = copy.deepcopy(model).merge_and_unload()
@@ -276,6 +278,54 @@ def _write_llm(
         state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
     model.save_pretrained(out, state_dict=state, max_shard_size=max_shard_size)
     return "full"
+
+
+def _shard_bytes(max_shard_size: str) -> int:
+    """``"16MB"`` -> bytes, as transformers reads ``max_shard_size``."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    return convert_file_size_to_int(max_shard_size)
+
+
+def _split_safetensors(path: Path, max_bytes: int) -> None:
+    """Replace a safetensors file larger than `max_bytes` by parts ``<stem>.part-K.safetensors``
+    of whole tensors (a LoRA of rank 32 over SmolLM2 is ~20 MB in fp16; shipped files must stay
+    under 16 MiB). peft reads one file only, so `_joined_adapter` puts the parts back together."""
+    from safetensors.torch import load_file, save_file
+
+    if path.stat().st_size <= max_bytes:
+        return
+    tensors = load_file(path)
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        # data plus its JSON header entry (name, dtype, shape, offsets: under 128 bytes + name)
+        nbytes = tensors[name].numel() * tensors[name].element_size() + len(name) + 128
+        if parts[-1] and size + nbytes > max_bytes:
+            parts.append({})
+            size = 0
+        parts[-1][name] = tensors[name]
+        size += nbytes
+    for number, part in enumerate(parts, start=1):
+        save_file(part, path.with_name(f"{path.stem}.part-{number}.safetensors"), {"format": "pt"})
+    path.unlink()
+
+
+def _joined_adapter(adapter: Path, into: Path) -> Path:
+    """An adapter folder peft can read: `adapter` itself, or (for a split adapter) a copy in
+    `into` whose parts are joined into one weights file."""
+    from safetensors.torch import load_file, save_file
+
+    parts = sorted(adapter.glob(f"{Path(ADAPTER_WEIGHTS).stem}.part-*.safetensors"))
+    if (adapter / ADAPTER_WEIGHTS).is_file() or not parts:
+        return adapter
+    tensors: dict[str, torch.Tensor] = {}
+    for part in parts:
+        with _reading(part):
+            tensors.update(load_file(part))
+    shutil.copy(adapter / "adapter_config.json", into / "adapter_config.json")
+    save_file(tensors, into / ADAPTER_WEIGHTS, {"format": "pt"})
+    return into
 
 
 def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
@@ -437,8 +487,9 @@ def _load_lora(
     (or, with ``merge=False``, return the trainable peft model)."""
     from peft import PeftModel
 
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
+    weights = adapter / ADAPTER_WEIGHTS
+    split = list(adapter.glob(f"{weights.stem}.part-*.safetensors"))
+    if not weights.is_file() and not split:
         raise FileNotFoundError(f"{weights} is missing (adapters load from safetensors only)")
     base, tok = load_base_model(spec)
     rebuilt = add_image_tokens(
@@ -453,8 +504,10 @@ def _load_lora(
             f"base model {spec.name!r} gives image token ids {rebuilt} but the adapter was trained "
             f"with {token_map}: wrong base model for this adapter"
         )
-    with _reading(weights):
-        model = PeftModel.from_pretrained(base, adapter, is_trainable=not merge)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _joined_adapter(adapter, Path(tmp))
+        with _reading(folder / ADAPTER_WEIGHTS):
+            model = PeftModel.from_pretrained(base, folder, is_trainable=not merge)
     if not merge:
         return model
     model = model.merge_and_unload()

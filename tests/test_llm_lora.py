@@ -142,3 +142,37 @@ def test_merged_and_unmerged_lora_agree_on_a_tied_model(lora_module: LLMCXRModul
             plain = base(ids).logits
     assert not torch.allclose(unmerged, plain, atol=1e-3)  # the perturbation does matter
     assert torch.allclose(merged, unmerged, atol=1e-5)
+
+
+def test_an_adapter_over_the_shard_size_ships_in_parts_and_reloads(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    """A rank-32 SmolLM2 adapter is ~20 MB in fp16, over the 16 MiB per-file budget: it is written
+    in parts of whole tensors and joined again on load, to the same logits."""
+    from llmcxr.model_folder import save_model_folder
+
+    folder = save_model_folder(
+        tmp_path / "split",
+        model=lora_module.model,
+        text_tokenizer=lora_module.text_tokenizer,
+        image_tokenizer=CXRTokenizer.from_pretrained(lora_module.image_tokenizer_path),
+        token_map=lora_module.token_map,
+        prompt_format=lora_module.prompt_format,
+        base_model=lora_module.settings.base,
+        max_shard_size="20KB",
+    )
+    adapter = folder / "llm" / "adapter"
+    parts = sorted(adapter.glob("adapter_model.part-*.safetensors"))
+    assert len(parts) > 1 and not (adapter / "adapter_model.safetensors").exists()
+    assert all(p.stat().st_size <= 20_000 for p in parts)
+    ids = torch.tensor(
+        [[5, 9, lora_module.token_map.start_id, lora_module.token_map.first_code_id]]
+    )
+    with torch.no_grad():
+        expected = _merged(lora_module).eval()(ids).logits
+        assert torch.allclose(load_model_folder(folder).model(ids).logits, expected, atol=1e-5)
+        unmerged = load_model_folder(folder, merge_adapter=False).model.eval()
+        assert torch.allclose(unmerged(ids).logits, expected, atol=1e-5)
+    parts[0].write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="part-1.safetensors is corrupt"):
+        load_model_folder(folder)

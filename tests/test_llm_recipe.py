@@ -220,3 +220,16 @@ def test_training_prompt_ids_equal_inference_prompt_ids(
         llm.prompt_format.render(instruction, IMAGE_PLACEHOLDER), [codes]
     ).ids
     assert prompt == inference
+
+
+def test_each_dataloader_worker_draws_its_own_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers hold copies of the dataset: their report drops must not repeat one another."""
+    cond, uncond = EncodedExample([1, 2], [1, 2], "report_to_cxr"), EncodedExample([3], [3], "x")
+    cond.unconditional = uncond
+    draws = []
+    for worker in (0, 1):
+        data = EncodedDataset([cond] * 200, cfg_drop=0.5, seed=0)
+        info = type("Info", (), {"id": worker})()
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+        draws.append([data[i] is uncond for i in range(200)])
+    assert draws[0] != draws[1]
