@@ -165,6 +165,9 @@ def save_model_folder(
             "training": training_info or {},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
+        for file in tmp.rglob("*"):  # safetensors writes its files mode 0600: the umask decides
+            if file.is_file():
+                file.chmod(0o666 & ~_umask())
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

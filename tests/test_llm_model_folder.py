@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,23 @@ def test_model_folders_load_without_remote_code_and_from_safetensors_only(
     load_model_folder(tiny_folder)
     assert len(calls) == 2 and all(c.get("trust_remote_code") is False for c in calls)
     assert any(c.get("use_safetensors") is True for c in calls)
+
+
+def test_model_folder_files_follow_the_umask(tiny_folder: Path, tmp_path: Path) -> None:
+    """safetensors creates its files mode 0600; a model folder is meant to be shared."""
+    parts = load_model_folder(tiny_folder)
+    old = os.umask(0o022)
+    try:
+        folder = save_model_folder(
+            tmp_path / "shared",
+            model=parts.model,
+            text_tokenizer=parts.text_tokenizer,
+            image_tokenizer=parts.image_tokenizer,
+            token_map=parts.token_map,
+            prompt_format=parts.prompt_format,
+        )
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert set(modes.values()) == {0o644}, modes
