@@ -52,10 +52,10 @@ def test_tiny_config_trains_under_ddp_on_two_cpu_processes(tmp_path: Path) -> No
             [sys.executable, "-m", "llmcxr.train", "fit", "-c", str(config)]
             + ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
             + ["--trainer.max_steps=8", "--trainer.max_time=00:00:10:00"]
-            # No validation: LLMCXRModule logs val/loss_image and val/loss_text with sync_dist
-            # only on ranks whose batch has such targets, so on this tiny set one rank waits
-            # in an all_reduce the other never joins (see the kit's report; lit_module.py).
-            + ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0"],
+            # Validation on both ranks: on this tiny set some batches hold no image targets, which
+            # once left one rank waiting in an all_reduce the other never joined.
+            + ["--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=2"]
+            + ["--trainer.val_check_interval=4", "--trainer.check_val_every_n_epoch=null"],
             900,
             cwd=tmp_path,
             env=env,
@@ -69,6 +69,8 @@ def test_tiny_config_trains_under_ddp_on_two_cpu_processes(tmp_path: Path) -> No
     stage1 = tmp_path / "stage1"
     assert sorted(p.name for p in stage1.iterdir()) == ["checkpoints", "logs", "model"]
     assert [p.name for p in (stage1 / "logs").iterdir()] == ["version_0"]
+    header = (stage1 / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert {"val/loss", "val/loss_image", "val/loss_text"} <= set(header.split(","))
     assert sorted(p.name for p in (stage1 / "checkpoints").iterdir()) == ["last.ckpt"]
     cache = tmp_path / "data" / "image_tokens"
     meta = json.loads((cache / "cache.json").read_text())
