@@ -95,7 +95,13 @@ def test_served_app_with_auth_refuses_anonymous_requests(tmp_path: Path) -> None
     try:
         with pytest.raises(Exception, match="(?i)login|auth|401|403"):
             Client(url, verbose=False, analytics_enabled=False)
-        client = Client(url, auth=("reader", "s3cret"), verbose=False, analytics_enabled=False)
+        client = Client(
+            url,
+            auth=("reader", "s3cret"),
+            verbose=False,
+            download_files=False,
+            analytics_enabled=False,
+        )
         gallery, _ = client.predict("Cardiomegaly.", 1, 1.0, 0.92, 3, api_name="/draw")
         client.close()
     finally:
