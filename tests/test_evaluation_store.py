@@ -31,10 +31,19 @@ def test_run_pending_skips_stored_items_and_records_errors(tmp_path: Path) -> No
         seen.extend(part)
         return _double(part)
 
-    kw = {"key": str, "generate": generate, "make_row": lambda i, r: {"value": r}, "batch_size": 2, "desc": "t"}
+    kw = {
+        "key": str,
+        "generate": generate,
+        "make_row": lambda i, r: {"value": r},
+        "batch_size": 2,
+        "desc": "t",
+    }
     rows = run_pending(store, [1, 2, 13], **kw)
-    assert rows == [{"key": "1", "value": 2}, {"key": "2", "value": 4},
-                    {"key": "13", "error": "prompt is too long: 13"}]
+    assert rows == [
+        {"key": "1", "value": 2},
+        {"key": "2", "value": 4},
+        {"key": "13", "error": "prompt is too long: 13"},
+    ]
     seen.clear()
     again = run_pending(ResultStore(tmp_path / "rows.jsonl"), [1, 2, 13, 4], **kw)
     assert seen == [4]  # only the new item is computed; stored ones (errors included) are not
@@ -61,3 +70,18 @@ def test_limit_subset_is_seeded_ordered_and_nested() -> None:
     assert set(small) <= set(large)
     assert subset(items, 10, seed=0) == small and subset(items, 10, seed=1) != small
     assert subset(items, None, seed=0) == items and subset(items, 500, seed=0) == items
+
+
+def test_written_results_follow_the_umask(tmp_path) -> None:
+    import os
+    import stat
+
+    from llmcxr.evaluation.store import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

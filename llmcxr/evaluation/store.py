@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +48,9 @@ class ResultStore:
                 continue
             self.rows[row["key"]] = row
         if dropped:
-            logger.warning("%s: dropped %d incomplete line(s) from an interrupted run", self.path, dropped)
+            logger.warning(
+                "%s: dropped %d incomplete line(s) from an interrupted run", self.path, dropped
+            )
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows.values()))
 
     def done(self, key: str) -> bool:
@@ -71,16 +72,10 @@ class ResultStore:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``text`` to ``path`` atomically, mode from the umask (`vqgan.atomic.atomic_write`)."""
+    from vqgan.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
@@ -128,7 +123,9 @@ def run_pending(
     todo = [item for item in items if not store.done(key(item))]
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item") as bar:
         for start, chunk in chunks(todo, batch_size):
-            for item, result, error in map_chunk(lambda part, start=start: generate(part, start), chunk):
+            for item, result, error in map_chunk(
+                lambda part, start=start: generate(part, start), chunk
+            ):
                 row = {"error": error} if error else make_row(item, result)
                 store.add({"key": key(item), **row})
             bar.update(len(chunk))
