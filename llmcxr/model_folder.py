@@ -165,9 +165,10 @@ def save_model_folder(
             "training": training_info or {},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
+        file_mode = 0o666 & ~_umask()
         for file in tmp.rglob("*"):  # safetensors writes its files mode 0600: the umask decides
             if file.is_file():
-                file.chmod(0o666 & ~_umask())
+                file.chmod(file_mode)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -270,9 +271,7 @@ def _write_llm(
         # The resized embedding need not be stored whole: its new rows are in the adapter
         # (trainable_token_indices) and the rest is rebuilt from the base on load.
         model.save_pretrained(out / "adapter", save_embedding_layers=False)
-        if dtype is not None:
-            _cast_safetensors(out / "adapter" / ADAPTER_WEIGHTS, dtype)
-        _split_safetensors(out / "adapter" / ADAPTER_WEIGHTS, _shard_bytes(max_shard_size))
+        _rewrite_adapter(out / "adapter" / ADAPTER_WEIGHTS, dtype, _shard_bytes(max_shard_size))
         return "lora"
     if is_peft:  # merge a copy: merging in place would alter the model still being trained
         model = copy.deepcopy(model).merge_and_unload()
@@ -290,15 +289,19 @@ def _shard_bytes(max_shard_size: str) -> int:
     return convert_file_size_to_int(max_shard_size)
 
 
-def _split_safetensors(path: Path, max_bytes: int) -> None:
-    """Replace a safetensors file larger than `max_bytes` by parts ``<stem>.part-K.safetensors``
-    of whole tensors (a LoRA of rank 32 over SmolLM2 is ~20 MB in fp16; shipped files must stay
-    under 16 MiB). peft reads one file only, so `_joined_adapter` puts the parts back together."""
+def _rewrite_adapter(path: Path, dtype: torch.dtype | None, max_bytes: int) -> None:
+    """Rewrite peft's adapter file in one pass: floating-point tensors cast to ``dtype`` (peft's
+    ``save_pretrained`` has no dtype option; the loader upcasts again), and, when it is larger than
+    `max_bytes`, split into parts ``<stem>.part-K.safetensors`` of whole tensors (a LoRA of rank 32
+    over SmolLM2 is ~20 MB in fp16; shipped files must stay under 16 MiB). peft reads one file
+    only, so `_joined_adapter` puts the parts back together."""
     from safetensors.torch import load_file, save_file
 
-    if path.stat().st_size <= max_bytes:
+    if dtype is None and path.stat().st_size <= max_bytes:
         return
     tensors = load_file(path)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     parts: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):
@@ -309,6 +312,9 @@ def _split_safetensors(path: Path, max_bytes: int) -> None:
             size = 0
         parts[-1][name] = tensors[name]
         size += nbytes
+    if len(parts) == 1:
+        save_file(tensors, path, metadata={"format": "pt"})
+        return
     for number, part in enumerate(parts, start=1):
         save_file(part, path.with_name(f"{path.stem}.part-{number}.safetensors"), {"format": "pt"})
     path.unlink()
@@ -329,15 +335,6 @@ def _joined_adapter(adapter: Path, into: Path) -> Path:
     shutil.copy(adapter / "adapter_config.json", into / "adapter_config.json")
     save_file(tensors, into / ADAPTER_WEIGHTS, {"format": "pt"})
     return into
-
-
-def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
-    """Rewrite a safetensors file with its floating-point tensors cast to ``dtype`` (peft's
-    ``save_pretrained`` has no dtype option; the loader upcasts adapters again)."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
-    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
