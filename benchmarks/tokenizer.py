@@ -8,6 +8,13 @@ SSIM (torchmetrics, images in [0, 1]), the cosine between the classifier's 1,024
 each original and its reconstruction, classifier-output agreement (predicted labels at 0.5, mean
 absolute probability difference), codebook usage and perplexity over all tokens, and encode /
 decode images per second on the CPU (and on the GPU when one is present).
+
+``loss_balance`` calibrates the VQ-GAN's ``clinical_weight`` for this classifier: the training
+loss's L1 term (images in [-1, 1]) and unweighted clinical term (feature MSE) on these
+reconstructions, with the norm of each term's gradient with respect to the reconstruction, and
+the weights that make the weighted clinical term equal L1 in value and in gradient norm. The
+scale of the clinical term depends on the classifier, so the weight must be re-measured when the
+classifier changes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -113,7 +120,7 @@ def evaluate(
     """Quality metrics of decode(encode(images)) against the originals."""
     tokenizer.to(device)
     classifier.to(device)
-    psnr, ssim, cosine, agree, prob_diff, all_ids = [], [], [], [], [], []
+    psnr, ssim, cosine, agree, prob_diff, all_ids, balance = [], [], [], [], [], [], []
     for batch in tqdm(images.split(batch_size), desc="reconstructing", unit="batch"):
         batch = batch.to(device)
         ids = tokenizer.encode(batch)
@@ -131,6 +138,7 @@ def evaluate(
         p_recon = classifier.proba_from_features(recon_features)
         agree.append(((p_orig > 0.5) == (p_recon > 0.5)).float().mean(dim=1))
         prob_diff.append((p_orig - p_recon).abs().mean(dim=1))
+        balance.append(balance_terms(classifier, batch, recon))
     ids = torch.cat(all_ids)
     counts = torch.bincount(ids.flatten(), minlength=tokenizer.codebook_size).float()
     probs = counts / counts.sum()
@@ -149,6 +157,36 @@ def evaluate(
         "codes_used": int((counts > 0).sum()),
         "code_perplexity": float(perplexity),
         "classifier_labels": list(classifier.labels),
+        "loss_balance": summarise_balance(balance),
+    }
+
+
+def balance_terms(
+    classifier: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, recon: torch.Tensor
+) -> tuple[float, float, float, float]:
+    """L1 (images in [-1, 1]) and unweighted clinical term of one batch, and the norm of each
+    term's gradient with respect to the reconstruction."""
+    from vqgan.losses import clinical_loss
+
+    with torch.enable_grad():
+        recon = recon.detach().clone().requires_grad_(True)
+        l1 = ((batch * 2 - 1) - (recon * 2 - 1)).abs().mean()
+        (l1_grad,) = torch.autograd.grad(l1, recon)
+        clinical, _ = clinical_loss(classifier, batch, recon)
+        (clinical_grad,) = torch.autograd.grad(clinical, recon)
+    return float(l1), float(clinical), float(l1_grad.norm()), float(clinical_grad.norm())
+
+
+def summarise_balance(terms: Sequence[tuple[float, float, float, float]]) -> dict:
+    """Batch means of `balance_terms` and the clinical weights that equalise value / gradient."""
+    l1, clinical, l1_grad, clinical_grad = (sum(t) / len(terms) for t in zip(*terms, strict=True))
+    return {
+        "l1": l1,
+        "clinical_mse_unweighted": clinical,
+        "l1_grad_norm": l1_grad,
+        "clinical_grad_norm_unweighted": clinical_grad,
+        "clinical_weight_equal_value": l1 / max(clinical, 1e-12),
+        "clinical_weight_equal_gradient": l1_grad / max(clinical_grad, 1e-12),
     }
 
 
@@ -212,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    results["loss_balance"] = results["quality"].pop("loss_balance")
     if device.type == "cuda":
         results["speed"]["cuda"] = measure_speed(tokenizer, images, args.batch_size, device)
 
@@ -231,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"label agreement {quality['label_agreement_at_0.5']:.4f}  "
         f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage {quality['codebook_usage']:.3f} "
         f"({quality['codes_used']} codes)  perplexity {quality['code_perplexity']:.1f}"
+    )
+    balance = results["loss_balance"]
+    print(
+        f"loss balance: L1 {balance['l1']:.4f}, clinical MSE {balance['clinical_mse_unweighted']:.4g} "
+        f"-> clinical_weight {balance['clinical_weight_equal_value']:.3g} (equal value), "
+        f"{balance['clinical_weight_equal_gradient']:.3g} (equal gradient norm)"
     )
     for name, speed in results["speed"].items():
         print(

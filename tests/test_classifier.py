@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader
 
 from vqgan.checkpointing import AtomicModelCheckpoint
 from vqgan.classifier import CXRClassifierModule, masked_bce, operating_thresholds
-from vqgan.classifier_data import NO_FINDING, LabelEncoder, LabelledCXRDataModule
+from vqgan.classifier_data import (
+    DEFAULT_LABELS,
+    NO_FINDING,
+    LabelEncoder,
+    LabelledCXRDataModule,
+)
 from vqgan.classifier_train import main
 from vqgan.clinical import ClinicalFeatureExtractor
 from vqgan.data import ImageRecord
@@ -140,21 +145,18 @@ def test_atomic_checkpoint_never_leaves_partial_file(tmp_path: Path) -> None:
     assert callback._last_checkpoint_saved == str(target)
 
 
+def _fit_tiny(tmp_path: Path, *overrides: str) -> None:
+    """One step of configs/classifier/tiny.yaml with its logs and checkpoints under tmp_path."""
+    main(
+        ["fit", "-c", "configs/classifier/tiny.yaml", "--trainer.max_steps", "1"]
+        + ["--trainer.default_root_dir", str(tmp_path)]
+        + ["--trainer.logger.init_args.save_dir", str(tmp_path), *overrides]
+    )
+
+
 def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_images) -> None:
     monkeypatch.chdir(REPO)  # the config names tests/fixtures relative to the repository root
-    main(
-        [
-            "fit",
-            "-c",
-            "configs/classifier/tiny.yaml",
-            "--trainer.max_steps",
-            "1",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-        ]
-    )
+    _fit_tiny(tmp_path)
     (metrics,) = tmp_path.rglob("metrics.csv")
     losses = [
         float(row["train/loss"]) for row in csv.DictReader(metrics.open()) if row["train/loss"]
@@ -178,6 +180,15 @@ def test_tiny_config_trains_and_exports(tmp_path: Path, monkeypatch, synthetic_i
     main(["export", "--ckpt", str(tmp_path / "with_thresholds.ckpt"), "--out", str(tmp_path / "t")])
     loaded = ClinicalFeatureExtractor.from_weights(tmp_path / "t")
     assert loaded.op_threshs.tolist() == [0.25, 0.625]
+
+
+def test_default_label_set_trains_with_a_logger(tmp_path: Path, monkeypatch) -> None:
+    """Without `data.labels` the model gets the default set; logging both hparams must not clash
+    (Lightning refused to log a datamodule `labels: None` beside the model's resolved list)."""
+    monkeypatch.chdir(REPO)
+    _fit_tiny(tmp_path, "--data.labels", "null")
+    (export,) = tmp_path.rglob("classifier_export")
+    assert ClinicalFeatureExtractor.from_weights(export).labels == list(DEFAULT_LABELS)
 
 
 @pytest.mark.parametrize(

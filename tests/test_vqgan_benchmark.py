@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import torch
 from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan import CXRTokenizer
@@ -49,6 +51,7 @@ def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) 
     assert -1 <= quality["clinical_feature_cosine"] <= 1
     assert 0 <= quality["label_agreement_at_0.5"] <= 1 and 0 <= quality["mean_abs_prob_diff"] <= 1
     assert 0 < quality["codebook_usage"] <= 1 and 1 <= quality["code_perplexity"] <= TINY.n_embed
+    assert results["loss_balance"]["l1"] > 0 and results["loss_balance"]["l1_grad_norm"] > 0
     assert (
         results["speed"]["cpu"]["encode_images_per_s"] > 0
         and results["speed"]["cpu"]["decode_images_per_s"] > 0
@@ -72,3 +75,21 @@ def test_tokenizer_benchmark_keeps_one_split_of_a_manifest(
     images, paths, skipped = benchmark.load_images(str(manifest), 32, None, 0, "test")
     assert skipped == []
     assert sorted(Path(p).name for p in paths) == names[1:] and images.shape[0] == 2
+
+
+def test_loss_balance_on_hand_computed_terms() -> None:
+    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    images = torch.rand(4, 1, 4, 4) * 0.5
+    features = lambda x: x.flatten(1)  # a stand-in classifier: the pixels
+    # A reconstruction 0.1 above the input everywhere, in two batches of 32 values.
+    terms = [benchmark.balance_terms(features, b, b + 0.1) for b in images.split(2)]
+    balance = benchmark.summarise_balance(terms)
+    # L1 in [-1, 1]: |2 * 0.1| = 0.2; clinical: mean of 0.1^2 = 0.01.
+    assert balance["l1"] == pytest.approx(0.2)
+    assert balance["clinical_mse_unweighted"] == pytest.approx(0.01)
+    assert balance["clinical_weight_equal_value"] == pytest.approx(20.0)
+    # dL1/dr = 2/32 per value -> norm 2/sqrt(32); dMSE/dr = 2*0.1/32 -> norm 0.2/sqrt(32).
+    assert balance["l1_grad_norm"] == pytest.approx(2 / 32**0.5)
+    assert balance["clinical_weight_equal_gradient"] == pytest.approx(10.0)

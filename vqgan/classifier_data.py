@@ -229,7 +229,9 @@ class LabelledCXRDataModule(L.LightningDataModule):
         super().__init__()
         if not sources:
             raise ValueError("sources must name at least one labelled data set")
-        self.save_hyperparameters()
+        # `labels` stays out of the hparams: the model's `labels` are linked from the resolved
+        # set, and Lightning refuses to log the two when they differ (None vs the default list).
+        self.save_hyperparameters(ignore=["labels"])
         self.encoder = LabelEncoder(labels or DEFAULT_LABELS, label_map)
         self.train_items: list[LabelledRecord] = []
         self.val_items: list[LabelledRecord] = []
