@@ -29,7 +29,8 @@ from instructions.records import (
     mix_records,
     report_records,
 )
-from instructions.reports import ImageRef, Report
+from instructions.report_pool import ReportPools, stage_pools
+from instructions.reports import ImageRef, Report, ReportPool
 from instructions.splits import SPLITS, SplitConfig, patient_splits
 from instructions.templates import InstructionTemplates
 from instructions.vqa import QAPair
@@ -107,6 +108,8 @@ class StageResult:
     source_report_ids: set[str]
     views_dropped: int = 0
     not_earliest_dropped: int = 0
+    report_pools: ReportPools | None = None
+    """Pools the paired records may draw their report from (None: no record names one)."""
 
 
 def _earliest_studies(reports: list[Report]) -> tuple[list[Report], int]:
@@ -157,7 +160,15 @@ def build_stage(
     pools: dict[str, dict[str, list[Record]]] = {s: defaultdict(list) for s in SPLITS}
     views_dropped = 0
     sources: set[str] = set()
+    report_pools: dict[str, ReportPool] = {}
     for report in tqdm(kept, desc=f"{stage.name} records", unit="report", leave=False):
+        if report.pool is not None:
+            if report.pool.split != splits[report.patient_id]:
+                raise ValueError(
+                    f"study {report.report_id} is in split {splits[report.patient_id]} but its "
+                    f"report pool {report.pool.key!r} is not: pair and build with one SplitConfig"
+                )
+            report_pools[report.pool.key] = report.pool
         images = _stage_images(report, stage)
         views_dropped += len(report.images) - len(images)
         built = report_records(report, images, splits[report.patient_id], templates, options)
@@ -176,8 +187,16 @@ def build_stage(
         chosen[split], mix_summary[split] = mix_records(
             pools[split], stage.mix, rng, stage.max_records
         )
+    drawable = stage_pools(chosen, report_pools, stage.rules, stage.text_sections)
     return StageResult(
-        stage.name, chosen, pipeline.summary(), mix_summary, sources, views_dropped, dropped_old
+        stage.name,
+        chosen,
+        pipeline.summary(),
+        mix_summary,
+        sources,
+        views_dropped,
+        dropped_old,
+        drawable if drawable.pools else None,
     )
 
 
@@ -212,6 +231,8 @@ def _save_stage(result: StageResult, out: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{result.name}.new."))
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
     dataset.save_to_disk(str(staging))
+    if result.report_pools is not None:
+        result.report_pools.save(staging)
     return staging
 
 

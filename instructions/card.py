@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from instructions.prompt_format import atomic_write_text
 from instructions.records import COLUMNS, TASKS
+from instructions.report_pool import pool_summary
 from instructions.splits import SPLITS
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ def card_dict(
             "studies_dropped_not_earliest": result.not_earliest_dropped,
             "mix": result.mix,
         }
+        if result.report_pools is not None:
+            stages[result.name]["report_pools"] = pool_summary(result.records, result.report_pools)
     return {
         "format": "llmcxr-instructions/1",
         "columns": list(COLUMNS),
@@ -107,6 +110,8 @@ def card_markdown(card: dict[str, object]) -> str:
             f"- studies dropped (not the patient's earliest): {stage['studies_dropped_not_earliest']}",
             "",
         ]
+        if "report_pools" in stage:
+            lines += [f"Report pools (report_pool.json): {json.dumps(stage['report_pools'])}", ""]
     lines += [
         "## Sources",
         "",

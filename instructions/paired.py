@@ -5,7 +5,9 @@ here). This pairs every image of local labelled folders (``labels.csv`` + ``imag
 ChestX-ray14, the COVID-19 sets) with an OpenI report whose labeler positives fit the image's labels.
 The pairs are synthetic matches, not real paired data; the card says so. Splits stay consistent: OpenI
 reports are split by their own hashed id with the same fractions, and an image only gets a report from
-its patient's split, so no report text crosses splits.
+its patient's split, so no report text crosses splits. Each study also carries its whole label-matched
+pool (``Report.pool``, shared by all images with the same labels in a split) so training can draw
+another report of the pool each epoch instead of the one frozen pick.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from instructions.corpora.openi import read_openi
 from instructions.filters import StripDeidMarks
 from instructions.labeler import DATA_DIR, POSITIVE, UNCERTAIN, label_report
 from instructions.near_duplicates import MAX_DISTANCE, assign_patients, hash_files
-from instructions.reports import ImageRef, ReadStats, Report
+from instructions.reports import ImageRef, ReadStats, Report, ReportPool
 from instructions.splits import SplitConfig
 
 PAIRED_NOTE = (
     "SYNTHETIC PAIRS: each image comes from a labelled image set and its report is a real OpenI report "
     "chosen because the rule-based labeler's findings match the image's labels. Image and report are "
-    "NOT from the same patient or study; use these pairs for bootstrapping, not as paired ground truth."
+    "NOT from the same patient or study; use these pairs for bootstrapping, not as paired ground truth. "
+    "Each image's direction records name its whole label-matched pool (report_pool); training may "
+    "draw a report from it each epoch."
 )
 _IGNORED_FOR_MATCH = ("No Finding", "Support Devices")
 
@@ -58,6 +62,13 @@ def report_matches(positives: frozenset[str], normal: bool, wanted: list[list[st
         and positives <= allowed
         and all(positives & set(classes) for classes in wanted if classes)
     )
+
+
+def pool_key(split: str, wanted: list[list[str]]) -> str:
+    """Name of the report pool of images in ``split`` with these acceptable classes per label (the
+    match depends on nothing else), e.g. ``train:[["Cardiomegaly"]]``."""
+    classes = sorted({tuple(sorted(c)) for c in wanted})
+    return f"{split}:{json.dumps([list(c) for c in classes])}"
 
 
 def _view(raw: str) -> str:
@@ -159,6 +170,23 @@ def _assign_patients(candidates: list[_Candidate], max_distance: int | None) -> 
     return sum(1 for o, p in zip(own, patients, strict=True) if not o and sizes[p] > 1)
 
 
+def _matches(
+    by_positives: dict[frozenset[str], list[Report]], wanted: list[list[str]]
+) -> tuple[Report, ...]:
+    """The reports of one split whose positives fit an image's labels, sorted by id."""
+    return tuple(
+        sorted(
+            (
+                r
+                for positives, reports in by_positives.items()
+                if report_matches(positives, "No Finding" in reports[0].reference_labels, wanted)
+                for r in reports
+            ),  # type: ignore[operator]
+            key=lambda r: r.report_id,
+        )
+    )
+
+
 def pair_labelled_images(
     folders: list[Path],
     openi_archive: str | Path | None = None,
@@ -192,20 +220,14 @@ def pair_labelled_images(
     ]
     grouped = _assign_patients(candidates, near_duplicate_distance)
     studies: list[Report] = []
+    pools: dict[str, ReportPool] = {}
     for candidate in candidates:
         folder, row = candidate.folder, candidate.row
-        by_positives = pool[split.assign(candidate.patient)]
-        matches = sorted(
-            (
-                r
-                for positives, reports in by_positives.items()
-                if report_matches(
-                    positives, "No Finding" in reports[0].reference_labels, candidate.wanted
-                )
-                for r in reports
-            ),  # type: ignore[operator]
-            key=lambda r: r.report_id,
-        )
+        split_name = split.assign(candidate.patient)
+        key = pool_key(split_name, candidate.wanted)
+        if key not in pools:
+            pools[key] = ReportPool(key, split_name, _matches(pool[split_name], candidate.wanted))
+        matches = pools[key].reports
         if not matches:
             counts[folder.name]["no matching report"] += 1
             continue
@@ -223,6 +245,7 @@ def pair_labelled_images(
                 sections=dict(chosen.sections),
                 images=[image],
                 reference_labels=None,
+                pool=pools[key],
             )
         )
         counts[folder.name]["paired"] += 1

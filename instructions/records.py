@@ -33,6 +33,7 @@ COLUMNS = (
     "patient_id",
     "labels",
     "source",
+    "report_pool",
 )
 
 
@@ -91,6 +92,9 @@ class Record:
     source: str
     split: str
     report_id: str
+    report_pool: str = ""
+    """Key of the report pool (``report_pool.json`` of the stage) a training run may draw this
+    record's report text from instead of its own; empty: the text is fixed."""
 
     def row(self) -> dict[str, str]:
         """The contract columns only."""
@@ -160,6 +164,8 @@ def report_records(
     labels_json = json.dumps(labels, sort_keys=True)
     rng = random.Random(f"{options.seed}:{report.report_id}")
     out = ReportRecords(report, text, labels)
+    # only the two directions hold the report text alone; VQA and text tasks stay tied to this one
+    pool = report.pool.key if report.pool is not None else ""
 
     def add(
         task: str, key: str, instruction: str, input_: str, response: str, image_id: str = ""
@@ -178,6 +184,7 @@ def report_records(
                 report.source,
                 split,
                 report.report_id,
+                pool if task in ("cxr_to_report", "report_to_cxr") else "",
             )
         )
 

@@ -102,6 +102,9 @@ class Report:
     mesh: list[str] = field(default_factory=list)
     reference_labels: dict[str, int] | None = None
     """CheXpert labels shipped with the corpus (e.g. MIMIC's CSV), when available."""
+    pool: ReportPool | None = None
+    """Other reports that fit this study's image as well (paired studies: the label-matched OpenI
+    reports of its split); training may draw one of them instead of this report each epoch."""
 
     @property
     def findings(self) -> str:
@@ -116,6 +119,17 @@ class Report:
     def text(self, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION")) -> str:
         """The named sections joined on one line (e.g. findings + impression, as LLM-CXR's stage 1)."""
         return normalize_text(" ".join(self.sections.get(name, "") for name in sections))
+
+
+@dataclass(frozen=True, eq=False)
+class ReportPool:
+    """Reports interchangeable for a set of images (same split, same label match), held once and
+    shared by every study that draws from it."""
+
+    key: str
+    """Stable name (split and label match), written on the records that may draw from the pool."""
+    split: str
+    reports: tuple[Report, ...]
 
 
 @dataclass

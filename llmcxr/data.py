@@ -4,7 +4,8 @@ A record becomes ``prompt + response + end marker + eos``; the prompt is rendere
 model's `PromptFormat` and every ``<image>`` becomes ``<img_start> codes... <img_end>``. Labels
 are -100 on every prompt token and on padding, so the loss covers only the response (LLM-CXR).
 Records whose image is not in the token cache and records longer than ``max_length`` are dropped
-and counted; nothing is truncated, so an image is never cut in half.
+and counted; nothing is truncated, so an image is never cut in half. Paired training records that
+name a report pool (``instructions.report_pool``) get a report drawn from it afresh every epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from instructions.report_pool import ReportPools
 from llmcxr.image_tokens import ImageTokenMap, encode_text_with_images
 from llmcxr.token_cache import ImageTokenCache, build_token_cache, default_cache_dir
 
@@ -47,6 +49,17 @@ class EncodedExample:
     unconditional: EncodedExample | None = None
     """The same report->CXR record with its report dropped (the pipeline's unconditional prompt);
     `EncodedDataset` serves it instead with probability ``cfg_drop``."""
+    draw: PoolDraw | None = None
+    """What it takes to encode this record again with another report of its pool."""
+
+
+@dataclass(frozen=True, eq=False)
+class PoolDraw:
+    """A paired record with its image codes and the report ids it may draw its text from."""
+
+    record: dict[str, str]
+    codes: torch.Tensor
+    pool: tuple[str, ...]
 
 
 @dataclass
@@ -117,9 +130,11 @@ class RecordEncoder:
         max_length: int,
         desc: str = "encoding",
         unconditional: bool = False,
+        pools: ReportPools | None = None,
     ) -> tuple[list[EncodedExample], DropCounts]:
         """Encode `records`, dropping (and counting) those without a cached image or too long.
-        With `unconditional`, report->CXR examples also carry their report-dropped variant."""
+        With `unconditional`, report->CXR examples also carry their report-dropped variant; with
+        `pools`, records naming a report pool carry its ids (`ReportRedraw` draws from them)."""
         kept, counts = [], DropCounts()
         for record in tqdm(records, desc=desc, leave=False):
             image_id = record.get("image_id") or ""
@@ -135,10 +150,51 @@ class RecordEncoder:
                 continue
             if unconditional and codes is not None:
                 example.unconditional = self.encode_unconditional(record, codes)
+            key = record.get("report_pool") or ""
+            if pools is not None and key and codes is not None:
+                example.draw = _pool_draw(record, codes, pools, key)
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
         return kept, counts
+
+
+def _pool_draw(
+    record: Mapping[str, Any], codes: torch.Tensor, pools: ReportPools, key: str
+) -> PoolDraw | None:
+    """The draw of a record naming pool `key` (None when the pool is empty)."""
+    if key not in pools.pools:
+        raise ValueError(f"record {record.get('id')!r} names report pool {key!r}, which is missing")
+    fields = ("id", "task", "instruction", "input", "response", "image_id")
+    pool = pools.pools[key]
+    return PoolDraw({f: record[f] for f in fields}, codes, pool) if pool else None
+
+
+@dataclass(frozen=True)
+class ReportRedraw:
+    """Re-encodes a paired record with a report drawn from its pool, fixed by (seed, epoch, record
+    id) so every DataLoader worker and DDP rank draws the same. The text goes through the same
+    `RecordEncoder.encode` (template, prompt format) as the frozen text; a draw longer than
+    ``max_length`` keeps the frozen example."""
+
+    encoder: RecordEncoder
+    texts: Mapping[str, str]
+    max_length: int
+    seed: int = 0
+
+    def __call__(self, example: EncodedExample, epoch: int) -> EncodedExample:
+        """`example` with its report replaced by this epoch's draw."""
+        draw = example.draw
+        if draw is None:
+            return example
+        report_id = random.Random(f"{self.seed}:{epoch}:{draw.record['id']}").choice(draw.pool)
+        image_out = draw.record["response"].strip() == self.encoder.placeholder
+        field = "input" if image_out else "response"
+        text = self.texts[report_id]
+        if text == draw.record[field]:
+            return example
+        redrawn = self.encoder.encode({**draw.record, field: text}, draw.codes)
+        return redrawn if len(redrawn.input_ids) <= self.max_length else example
 
 
 class EncodedDataset(Dataset):
@@ -147,20 +203,38 @@ class EncodedDataset(Dataset):
     With ``cfg_drop`` > 0 an example that has an unconditional variant is served as that variant
     with probability ``cfg_drop``, drawn afresh at every access (so each epoch drops different
     reports): classifier-free guidance needs the model to have learnt the report-free prompt too.
+    With ``redraw``, examples that carry a report pool are served with the report that
+    ``set_epoch``'s epoch draws (`ReportRedraw`).
     """
 
     def __init__(
-        self, examples: list[EncodedExample], cfg_drop: float = 0.0, seed: int = 0
+        self,
+        examples: list[EncodedExample],
+        cfg_drop: float = 0.0,
+        seed: int = 0,
+        redraw: ReportRedraw | None = None,
     ) -> None:
         if not 0.0 <= cfg_drop < 1.0:
             raise ValueError(f"cfg_drop must lie in [0, 1), got {cfg_drop}")
         self.examples = examples
         self.cfg_drop = cfg_drop
         self.seed = seed
+        self.redraw = redraw
+        # shared memory: persistent DataLoader workers see the epoch the main process sets
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self._rngs: dict[int, random.Random] = {}
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose report draws are served."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the report draws of `epoch` (Lightning's ``set_epoch`` convention)."""
+        self._epoch.fill_(epoch)
 
     def __getitem__(self, index: int) -> EncodedExample:
         example = self.examples[index]
@@ -170,6 +244,8 @@ class EncodedDataset(Dataset):
             and self._rng().random() < self.cfg_drop
         ):
             return example.unconditional
+        if self.redraw is not None:
+            return self.redraw(example, self.epoch)
         return example
 
     def _rng(self) -> random.Random:
@@ -180,6 +256,18 @@ class EncodedDataset(Dataset):
         if worker not in self._rngs:
             self._rngs[worker] = random.Random(f"{self.seed}:{worker}")
         return self._rngs[worker]
+
+
+class RedrawEpoch(L.Callback):
+    """Gives the training dataset each epoch as it starts, before the DataLoader workers for it
+    start (Lightning creates them after ``on_train_epoch_start``), so report draws follow the
+    epoch. `InstructionDataModule` adds it to its trainer itself."""
+
+    def __init__(self, dataset: EncodedDataset) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dataset.set_epoch(trainer.current_epoch)
 
 
 @dataclass
@@ -206,7 +294,9 @@ class InstructionDataModule(L.LightningDataModule):
 
     The text tokenizer, image-token mapping and prompt format come from the model being trained
     (``trainer.lightning_module``), or from `attach` when used on its own. The image token cache is
-    built (or rebuilt on a new image tokenizer) in ``prepare_data`` when needed.
+    built (or rebuilt on a new image tokenizer) in ``prepare_data`` when needed. Paired training
+    records draw their report from their label-matched pool every epoch
+    (``redraw_paired_reports``; the module adds a `RedrawEpoch` callback to its trainer for that).
     """
 
     def __init__(
@@ -223,6 +313,7 @@ class InstructionDataModule(L.LightningDataModule):
         build_from_csv: str | None = None,
         cfg_drop: float = 0.0,
         seed: int = 0,
+        redraw_paired_reports: bool = True,
     ) -> None:
         """
         Args:
@@ -243,7 +334,12 @@ class InstructionDataModule(L.LightningDataModule):
                 pipeline's unconditional prompt), redrawn every epoch, so classifier-free
                 guidance (``guidance_scale`` > 1) has a learnt unconditional branch; LLM-CXR-style
                 recipes use about 0.1. Validation keeps every report.
-            seed: seed of the ``cfg_drop`` draws.
+            seed: seed of the ``cfg_drop`` draws and of the paired-report draws.
+            redraw_paired_reports: training records of a paired build (labelled images matched
+                with label-matched OpenI reports) get a report drawn afresh from their pool every
+                epoch, the same draw on every worker and rank for one (seed, epoch, record);
+                False keeps the one report frozen at build time. Validation and test always use
+                the frozen report; builds without report pools are read as before.
         """
         super().__init__()
         if stage not in ("stage1", "stage2"):
@@ -264,6 +360,7 @@ class InstructionDataModule(L.LightningDataModule):
             raise ValueError(f"data.cfg_drop must lie in [0, 1), got {cfg_drop}")
         self.cfg_drop = cfg_drop
         self.seed = seed
+        self.redraw_paired_reports = redraw_paired_reports
         self.encoder: RecordEncoder | None = None
         self.image_tokenizer_path: str | None = None
         self.fingerprint: str | None = None
@@ -323,18 +420,26 @@ class InstructionDataModule(L.LightningDataModule):
                 f"the model expects {self.encoder.token_map.tokens_per_image}"
             )
         splits = load_from_disk(str(self.dataset_dir / self.stage))
+        pools = self._report_pools(splits.get("train"))
         for split in SPLITS:
             if split not in splits:
                 continue
-            drop = self.cfg_drop if split == "train" else 0.0
+            train = split == "train"
+            drop = self.cfg_drop if train else 0.0
             examples, counts = self.encoder.encode_all(
                 splits[split],
                 cache,
                 self.max_length,
                 desc=f"{self.stage}/{split}",
                 unconditional=drop > 0,
+                pools=pools if train else None,
             )
-            self.datasets[split] = EncodedDataset(examples, drop, self.seed)
+            redraw = (
+                ReportRedraw(self.encoder, pools.texts, self.max_length, self.seed)
+                if train and pools is not None
+                else None
+            )
+            self.datasets[split] = EncodedDataset(examples, drop, self.seed, redraw)
             self.counts[split] = counts
             log.info(
                 "%s/%s: kept %d records, dropped %d without a cached image and %d over %d tokens",
@@ -347,6 +452,14 @@ class InstructionDataModule(L.LightningDataModule):
             )
         if not self.datasets.get("train"):
             raise ValueError(f"{self.dataset_dir / self.stage}: no usable training records")
+
+    def _report_pools(self, train: Any) -> ReportPools | None:
+        """The stage's report pools when training redraws paired reports and records name one."""
+        if not self.redraw_paired_reports or train is None:
+            return None
+        if "report_pool" not in train.column_names or not any(train["report_pool"]):
+            return None  # not a paired build, or one made before report pools
+        return ReportPools.load(self.dataset_dir / self.stage)
 
     def _has_cache(self) -> bool:
         return (self.token_cache / "cache.json").is_file()
@@ -372,6 +485,12 @@ class InstructionDataModule(L.LightningDataModule):
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def train_dataloader(self) -> DataLoader:
+        data = self.datasets["train"]
+        if data.redraw is not None and self.trainer is not None:
+            # called once the trainer has restored its epoch (resuming a run draws on from there)
+            data.set_epoch(self.trainer.current_epoch)
+            if not any(isinstance(c, RedrawEpoch) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(RedrawEpoch(data))
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:

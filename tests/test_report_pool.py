@@ -1,0 +1,263 @@
+"""Paired reports redrawn each epoch: the pools a paired build stores (label-matched, one split)
+and the training dataset's per-epoch draw (deterministic, frozen for validation, off by flag,
+old builds unchanged)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from instructions import PromptFormat, label_report
+from instructions.build import BuildConfig, build_dataset, default_stages, save_dataset
+from instructions.corpora import read_openi
+from instructions.filters import FilterPipeline
+from instructions.paired import (
+    load_label_map,
+    pair_labelled_images,
+    parse_image_labels,
+    report_matches,
+)
+from instructions.report_pool import ReportPools
+from instructions.reports import Report
+from instructions.splits import SplitConfig
+from llmcxr.base_model import TinyLMConfig, build_tiny_model
+from llmcxr.data import InstructionDataModule, PadCollator, RecordEncoder, RedrawEpoch
+from llmcxr.image_tokens import add_image_tokens
+from llmcxr.token_cache import ImageTokenCache
+
+SPLIT = SplitConfig(0.3, 0.3)
+LABELS = ("No Finding", "Cardiomegaly", "Effusion")
+CODES = 16
+
+
+def _positives(text: str) -> frozenset[str]:
+    ignored = ("No Finding", "Support Devices")
+    return frozenset(k for k, v in label_report(text).items() if v == 1 and k not in ignored)
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Report]]:
+    """A labelled folder of 24 images (one patient each; the bytes are never decoded) paired with
+    400 OpenI reports, built with both directions into ``out``."""
+    root = tmp_path_factory.mktemp("paired")
+    folder = root / "nihlike"
+    (folder / "images").mkdir(parents=True)
+    rows = ["filename,labels,view,patient_id"]
+    for i in range(24):
+        (folder / "images" / f"img{i}.png").write_bytes(f"image {i}".encode())
+        rows.append(f"img{i}.png,{LABELS[i % 3]},PA,p{i}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    studies, _ = pair_labelled_images(
+        [folder], split=SPLIT, openi_reports=list(read_openi(limit=400))
+    )
+    config = BuildConfig(split=SPLIT, alternate_directions=False)
+    save_dataset(build_dataset(studies, config), studies, config, root / "out")
+    return root / "out", studies
+
+
+def test_study_pools_are_label_matched_and_of_the_images_split(paired) -> None:
+    _, studies = paired
+    label_map = load_label_map()
+    assert {s.pool.split for s in studies} == {"train", "val", "test"}
+    for study in studies:
+        pool = study.pool
+        split = SPLIT.assign(study.patient_id)
+        assert pool is not None and pool.split == split and len(pool.reports) >= 1
+        chosen = study.report_id.split("~")[1]
+        assert chosen in {r.report_id for r in pool.reports}
+        name = study.images[0].image_id.split("/")[1].removesuffix(".png")
+        wanted = [label_map[n] for n in parse_image_labels(LABELS[int(name[3:]) % 3])]
+        for member in pool.reports:
+            assert SPLIT.assign(member.report_id) == split  # no report crosses splits
+            normal = label_report(member.text()).get("No Finding") == 1
+            assert report_matches(_positives(member.text()), normal, wanted)
+    # one pool object per (split, labels), shared by its images
+    assert len({id(s.pool) for s in studies}) == len({s.pool.key for s in studies})
+
+
+def test_stage_files_name_pools_of_the_records_split_with_stage_texts(paired) -> None:
+    from datasets import load_from_disk
+
+    out, studies = paired
+    by_id = {r.report_id: r for s in studies for r in s.pool.reports}
+    card = json.loads((out / "card.json").read_text())
+    for config in default_stages():
+        pools = ReportPools.load(out / config.name)
+        data = load_from_disk(str(out / config.name))
+        drawn = 0
+        for split in ("train", "val", "test"):
+            for record in data[split]:
+                if record["task"] not in ("cxr_to_report", "report_to_cxr"):
+                    assert record["report_pool"] == ""
+                    continue
+                ids = pools.pools[record["report_pool"]]
+                assert record["report_pool"].startswith(f"{split}:")
+                assert ids and all(SPLIT.assign(i) == split for i in ids)
+                own = record["input"] if record["task"] == "report_to_cxr" else record["response"]
+                assert own in {pools.texts[i] for i in ids}  # the frozen pick is one of them
+                drawn += 1
+        assert drawn and card["stages"][config.name]["report_pools"]["pools"] == len(pools.pools)
+        for report_id, text in pools.texts.items():  # as the stage writes it (filters, sections)
+            (filtered,) = FilterPipeline(config.rules)([by_id[report_id]])
+            assert text == filtered.text(config.text_sections)
+
+
+def test_a_study_whose_pool_is_of_another_split_is_refused(paired) -> None:
+    _, studies = paired
+    study = next(s for s in studies if s.pool.split == "test")
+    moved = [s for s in studies if s is not study] + [replace(study, split="train")]
+    with pytest.raises(ValueError, match="report pool"):
+        build_dataset(moved, BuildConfig(split=SPLIT))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> RecordEncoder:
+    model, tok = build_tiny_model(TinyLMConfig())
+    token_map = add_image_tokens(model, tok, codebook_size=64, tokens_per_image=CODES)
+    return RecordEncoder(tok, token_map, PromptFormat())
+
+
+def _write_cache(out: Path) -> None:
+    """A token cache with made-up codes for every image of the build (the real file layout)."""
+    from datasets import Dataset
+
+    ids = [json.loads(line)["image_id"] for line in (out / "images.jsonl").read_text().splitlines()]
+    codes = np.random.default_rng(0).integers(0, 64, (len(ids), CODES)).astype(np.int16)
+    cache = out / "image_tokens"
+    Dataset.from_dict({"image_id": ids, "codes": list(codes)}).save_to_disk(
+        str(cache / "shards" / "00000")
+    )
+    meta = {"fingerprint": "test", "tokens_per_image": CODES, "complete": True}
+    (cache / "cache.json").write_text(json.dumps(meta))
+
+
+def _module(out: Path, encoder: RecordEncoder, **kwargs) -> InstructionDataModule:
+    if not (out / "image_tokens" / "cache.json").is_file():
+        _write_cache(out)
+    data = InstructionDataModule(str(out), build_cache=False, max_length=4096, **kwargs)
+    data.attach(encoder)
+    data.setup("fit")
+    return data
+
+
+def _served(data: InstructionDataModule, split: str, epoch: int) -> list[list[int]]:
+    dataset = data.datasets[split]
+    dataset.set_epoch(epoch)
+    return [dataset[i].input_ids for i in range(len(dataset))]
+
+
+def test_training_redraws_each_epoch_through_the_same_encoding(paired, encoder) -> None:
+    out, _ = paired
+    data = _module(out, encoder)
+    train = data.datasets["train"]
+    drawable = [i for i, e in enumerate(train.examples) if e.draw is not None]
+    assert drawable and len(drawable) < len(train)
+    epoch0, epoch1 = _served(data, "train", 0), _served(data, "train", 1)
+    changed = [i for i in drawable if epoch0[i] != epoch1[i]]
+    assert len(changed) > len(drawable) // 2
+    assert all(
+        epoch0[i] == epoch1[i] == train.examples[i].input_ids
+        for i in range(len(train))
+        if i not in drawable
+    )
+    # a drawn example is the record encoded with a pool member's text, nothing else changed
+    texts = ReportPools.load(out / "stage1").texts
+    for i in changed[:4]:
+        draw = train.examples[i].draw
+        field = "input" if draw.record["task"] == "report_to_cxr" else "response"
+        options = [
+            encoder.encode({**draw.record, field: texts[r]}, draw.codes).input_ids
+            for r in draw.pool
+        ]
+        assert epoch1[i] in options and epoch0[i] in options
+    # another instance (another worker or rank) serves the same draws for the same epoch
+    assert _served(_module(out, encoder), "train", 1) == epoch1
+
+
+def test_workers_serve_the_epoch_the_main_process_sets(paired, encoder) -> None:
+    out, _ = paired
+    data = _module(out, encoder)
+    train = data.datasets["train"]
+    loader = DataLoader(
+        train, batch_size=8, num_workers=2, persistent_workers=True, collate_fn=PadCollator(0)
+    )
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        batches = [b["input_ids"] for b in loader]
+        expected = [b["input_ids"] for b in DataLoader(train, 8, collate_fn=PadCollator(0))]
+        assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+
+
+def test_validation_is_frozen_and_the_flag_turns_the_draw_off(paired, encoder) -> None:
+    out, _ = paired
+    data = _module(out, encoder)
+    frozen = [e.input_ids for e in data.datasets["val"].examples]
+    assert frozen and _served(data, "val", 0) == _served(data, "val", 3) == frozen
+    off = _module(out, encoder, redraw_paired_reports=False)
+    train = off.datasets["train"]
+    assert all(e.draw is None for e in train.examples) and train.redraw is None
+    assert _served(off, "train", 0) == _served(off, "train", 1)
+    assert _served(off, "train", 1) == [e.input_ids for e in data.datasets["train"].examples]
+
+
+def test_a_build_without_pools_trains_as_before(paired, encoder, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    out, _ = paired
+    old = tmp_path / "old"  # as built before report pools: no column, no report_pool.json
+    stage = load_from_disk(str(out / "stage1")).remove_columns("report_pool")
+    stage.save_to_disk(str(old / "stage1"))
+    for name in ("images.jsonl", "prompt_format.json"):
+        (old / name).write_text((out / name).read_text())
+    data = _module(old, encoder)
+    expected, _ = encoder.encode_all(
+        stage["train"], ImageTokenCache.load(old / "image_tokens"), 4096
+    )
+    assert data.datasets["train"].redraw is None
+    assert _served(data, "train", 0) == _served(data, "train", 5)
+    assert _served(data, "train", 5) == [e.input_ids for e in expected]
+
+
+class _Recorder(L.LightningModule):
+    """Records the ids of every training example it sees, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[int, set[tuple[int, ...]]] = {}
+
+    def training_step(self, batch, batch_idx):
+        rows = self.seen.setdefault(self.current_epoch, set())
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            rows.add(tuple(ids[mask.bool()].tolist()))
+        return (self.weight**2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_gives_the_dataset_each_epoch(paired, encoder) -> None:
+    out, _ = paired
+    data = _module(out, encoder)
+    module = _Recorder()
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data)
+    for epoch in (0, 1):
+        assert module.seen[epoch] == {tuple(ids) for ids in _served(data, "train", epoch)}
+    assert module.seen[0] != module.seen[1]
+    assert sum(isinstance(c, RedrawEpoch) for c in trainer.callbacks) == 1
