@@ -102,6 +102,33 @@ def test_generator_loss_terms_follow_config(extractor, synthetic_images) -> None
     )
 
 
+def test_relative_clinical_weight_sizes_the_term_against_the_pixel_term(
+    extractor, synthetic_images
+) -> None:
+    x = synthetic_images[:2] * 2 - 1
+    recon = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1).requires_grad_(True)
+    config = VQGANLossConfig(
+        l1_weight=1.0,
+        l2_weight=0.5,
+        clinical_weight=2.0,
+        clinical_weights="unused-here",
+        clinical_relative=True,
+    )
+    total, terms = generator_loss(config, x, recon, torch.tensor(0.0), extractor=extractor)
+    pixel = float(terms["l1"]) + 0.5 * float(terms["l2"])
+    # The weighted clinical term is twice the pixel term, whatever the feature MSE's own scale.
+    assert float(terms["clinical_weight"]) * float(terms["clinical"]) == pytest.approx(2 * pixel)
+    assert float(total) == pytest.approx(3 * pixel, rel=1e-5)
+    # The weight is a detached scale: the clinical gradient is the plain one times that scale.
+    total.backward()
+    grad_total = recon.grad.clone()
+    recon.grad = None
+    pixel_only, _ = pixel_loss(x, recon, 1.0, 0.5)
+    clinical, _ = clinical_loss(extractor, (x + 1) / 2, (recon + 1) / 2)
+    (pixel_only + float(terms["clinical_weight"]) * clinical).backward()
+    assert torch.allclose(grad_total, recon.grad, rtol=1e-4, atol=1e-8)
+
+
 def test_loss_config_rejects_clinical_weight_without_classifier() -> None:
     with pytest.raises(ValueError, match="clinical_weight > 0 needs clinical_weights"):
         VQGANLossConfig(clinical_weight=100.0)

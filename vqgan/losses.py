@@ -36,6 +36,11 @@ class VQGANLossConfig:
     """Training batch from which the discriminator trains and the GAN loss applies."""
     clinical_weight: float = 0.0
     """Weight of the clinical loss (LLM-CXR used 100); > 0 needs ``clinical_weights``."""
+    clinical_relative: bool = False
+    """Read ``clinical_weight`` as the clinical term's size relative to the pixel term, re-measured
+    each batch (detached values): the feature MSE's scale depends on the classifier (with the
+    project's all-sources classifier a weight of 100 makes it ~40x L1 on the shipped tokenizer;
+    ``benchmarks/tokenizer.py`` loss balance), so a fixed weight does not carry across classifiers."""
     clinical_weights: str | None = None
     """Classifier for the clinical loss: our export folder / .safetensors / .ckpt, or a
     torchxrayvision weight name found in its cache folder (never downloaded)."""
@@ -156,8 +161,13 @@ def generator_loss(
         if extractor is None:
             raise ValueError("clinical_weight > 0 but no clinical feature extractor was given")
         c_loss, c_terms = clinical_loss(extractor, (inputs + 1) / 2, (recon + 1) / 2)
-        rec = rec + config.clinical_weight * c_loss
+        c_weight = torch.tensor(config.clinical_weight, device=c_loss.device)
+        if config.clinical_relative:
+            pixel = config.l1_weight * terms["l1"] + config.l2_weight * terms["l2"]
+            c_weight = c_weight * pixel / c_loss.detach().clamp_min(1e-12)
+        rec = rec + c_weight * c_loss
         terms.update(c_terms)
+        terms["clinical_weight"] = c_weight.detach()
     terms["rec_loss"] = rec.detach()
     loss = rec + config.codebook_weight * codebook_loss
     terms["codebook"] = codebook_loss.detach()
