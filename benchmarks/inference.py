@@ -15,6 +15,9 @@ Measured per device:
 - warm report: `LLMCXR.generate_report` (banned image tokens, stop string) and plain
   `model.generate` forced to the same number of new tokens.
 - cold: a fresh `python -m llmcxr` process to the first written result, model load included.
+Each is measured per speed mode (`--modes`; default on a CPU: fp32 and int8, plus bf16 where the
+CPU has native bf16): the same model loaded in fp32 or bf16, or loaded in fp32 and quantised to
+int8 (`LLMCXR.quantize`), so ours and plain `transformers.generate` share the mode in each row.
 Prints the figures and writes them as JSON (default benchmarks/results/inference.json).
 """
 
@@ -190,7 +193,7 @@ class _CountingGenerate:
         return out
 
 
-def bench_cold(model: Path, device: str, max_new_tokens: int) -> dict[str, Any]:
+def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict[str, Any]:
     """Fresh processes: `python -m llmcxr ...` from start to the written result."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,7 +202,8 @@ def bench_cold(model: Path, device: str, max_new_tokens: int) -> dict[str, Any]:
             "report": ["report", str(FIXTURE), "--max-new-tokens", str(max_new_tokens), "--seed", "0"],
         }
         for name, args in commands.items():
-            argv = [sys.executable, "-m", "llmcxr", *args, "--model", str(model), "--device", device]
+            argv = [sys.executable, "-m", "llmcxr", *args, "--model", str(model),
+                    "--device", device, *MODE_ARGS[mode]]
             start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(argv, check=True, capture_output=True, cwd=REPO,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -209,6 +213,49 @@ def bench_cold(model: Path, device: str, max_new_tokens: int) -> dict[str, Any]:
             print(f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
                   f"{cpu:.1f} s CPU", flush=True)
     return results
+
+
+MODE_ARGS = {"auto": [], "fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
+             "int8": ["--dtype", "float32", "--quantize", "int8"]}
+"""The CLI options of each speed mode (for the cold runs)."""
+
+
+def default_modes(device: str) -> list[str]:
+    """fp32 and int8 on a CPU (plus bf16 where it is native), the automatic choice elsewhere."""
+    from llmcxr.devices import cpu_has_fast_bf16
+
+    if device != "cpu":
+        return ["auto"]
+    return ["fp32", "int8", *(["bf16"] if cpu_has_fast_bf16() else [])]
+
+
+def load_mode(model: Path, device: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    """The pipeline in one speed mode, and its load (and quantisation) seconds."""
+    from llmcxr.pipeline import LLMCXR
+
+    dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(mode)
+    seconds, llm = timed(lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype),
+                         torch.device(device))
+    params = sum(p.numel() for p in llm.model.parameters())
+    info: dict[str, Any] = {"load_s": round(seconds, 2), "llm_parameters_m": round(params / 1e6, 1)}
+    if mode == "int8":
+        seconds, _ = timed(lambda: llm.quantize("int8"), torch.device(device))
+        info["quantize_s"] = round(seconds, 2)
+    info.update(dtype=str(llm.model.dtype).removeprefix("torch."), quantization=llm.quantization)
+    print(f"  load: {info}", flush=True)
+    return llm, info
+
+
+def summary(entry: dict[str, Any]) -> str:
+    """One line: image and report seconds, ours vs plain transformers.generate, at batch 1."""
+    image, text = entry["generate_image"], entry["report"]
+    ours_i, hf_i = image["ours_restricted_logits_batch1"], image["transformers_generate_batch1"]
+    ours_r, hf_r = text["ours_batch1"], text["transformers_generate_batch1"]
+    parts = []
+    for name, ours, plain in (("image", ours_i, hf_i), ("report", ours_r, hf_r)):
+        mine, theirs = ours["seconds"], plain["seconds"]
+        parts.append(f"{name} {mine:.2f} s vs {theirs:.2f} s ({theirs / mine:.2f}x)")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,12 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-tokens", type=int, default=None,
                         help="time shorter constrained image runs (default: the model's tokens_per_image)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated speed modes: fp32, bf16, int8, auto "
+                             "(default: see above)")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
 
     from llmcxr.base_model import llmcxr_cache_dir
-    from llmcxr.pipeline import LLMCXR
+    from vqgan.atomic import atomic_write
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,25 +294,25 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "devices": {},
     }
+    lines = []
     for device in devices:
-        print(f"[{device}] loading {model}", flush=True)
-        seconds, llm = timed(lambda device=device: LLMCXR.from_pretrained(model, device=device), torch.device(device))
-        params = sum(p.numel() for p in llm.model.parameters())
-        print(f"  load: {seconds:.2f} s, {params / 1e6:.1f} M parameters, dtype {llm.model.dtype}", flush=True)
-        entry: dict[str, Any] = {"load_s": round(seconds, 2), "dtype": str(llm.model.dtype).removeprefix("torch."),
-                                 "llm_parameters_m": round(params / 1e6, 1)}
-        llm.generate_report([np.full((64, 64), 0.5, np.float32)], max_new_tokens=4, seed=0)  # warm-up
-        entry["generate_image"] = bench_images(llm, args.batch, args.image_tokens)
-        entry["report"] = bench_reports(llm, args.report_tokens, args.batch)
-        if not args.skip_cold:
-            entry["cold"] = bench_cold(model, device, args.report_tokens)
-        report["devices"][device] = entry
-        del llm
+        report["devices"][device] = {}
+        for mode in args.modes.split(",") if args.modes else default_modes(device):
+            print(f"[{device}, {mode}] loading {model}", flush=True)
+            llm, entry = load_mode(model, device, mode)
+            warm_up = [np.full((64, 64), 0.5, np.float32)]
+            llm.generate_report(warm_up, max_new_tokens=4, seed=0)
+            entry["generate_image"] = bench_images(llm, args.batch, args.image_tokens)
+            entry["report"] = bench_reports(llm, args.report_tokens, args.batch)
+            if not args.skip_cold:
+                entry["cold"] = bench_cold(model, device, args.report_tokens, mode)
+            report["devices"][device][mode] = entry
+            lines.append(f"{device} {mode}, warm, batch 1, ours vs transformers.generate: "
+                         f"{summary(entry)}")
+            del llm
+    print("\n".join(lines))
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     print(f"wrote {args.out}")
     return 0
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,8 +175,28 @@ def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
 
 
 def llmcxr_cache_dir() -> Path:
-    """``$LLMCXR_CACHE`` or ``~/.cache/llmcxr``."""
-    return Path(os.environ.get("LLMCXR_CACHE") or Path.home() / ".cache" / "llmcxr")
+    """``$LLMCXR_CACHE``, else ``$XDG_CACHE_HOME/llmcxr``, else ``~/.cache/llmcxr``."""
+    if os.environ.get("LLMCXR_CACHE"):
+        return Path(os.environ["LLMCXR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmcxr"
+
+
+def base_weight_files(spec: BaseModelSpec) -> list[Path] | None:
+    """The files the weights of base `spec` are read from (a cache of models built on it is keyed
+    by their bytes), or None where there are none to name: a random tiny model, a hub id."""
+    if spec.tiny is not None:
+        return None
+    if spec.name == SMOLLM2_NAME:
+        return [smollm2_gguf_path()]  # the converted folder is derived from it
+    folder = Path(spec.name)
+    if not folder.is_dir():
+        return None
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    )
+    return files or None
 
 
 def smollm2_gguf_path() -> Path:
@@ -212,15 +230,9 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(gguf_model.state_dict())
     tok = AutoTokenizer.from_pretrained(gguf.parent, **src)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    from llmcxr.model_folder import atomic_folder
+
+    with atomic_folder(target) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
     return target

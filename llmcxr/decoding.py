@@ -123,6 +123,21 @@ def _has_plain_lm_head(model: torch.nn.Module) -> bool:
     return not scaled and model.get_output_embeddings() is not None
 
 
+def _head_rows(
+    head: torch.nn.Module, first: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows `first:first + k` of an output layer's weight [K, H] and bias [K] (or None).
+
+    A dynamically quantised int8 head (`llmcxr.devices.quantize_int8`) keeps its weight behind
+    a method and its bias behind `bias()`; its rows are sliced, then dequantised.
+    """
+    if callable(head.weight):
+        weight, bias = head.weight()[first : first + k].dequantize(), head.bias()
+    else:
+        weight, bias = head.weight[first : first + k], getattr(head, "bias", None)
+    return weight, None if bias is None else bias[first : first + k]
+
+
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding: positions count only real tokens; padded slots get 0 (they are masked anyway).
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -165,13 +180,14 @@ def generate_image_codes(
     restricted = restrict_logits and _has_plain_lm_head(model)
     if restricted:
         decoder = model.get_decoder()
-        head = model.get_output_embeddings()
-        head_weight = head.weight[first : first + k]  # [K, H]
-        head_bias = head.bias[first : first + k] if getattr(head, "bias", None) is not None else None
+        head_weight, head_bias = _head_rows(model.get_output_embeddings(), first, k)
     elif restrict_logits:
         logger.info("model scales its logits; computing full-vocabulary logits while drawing")
 
     position_ids = _position_ids(attention_mask)
+    width = attention_mask.shape[1]
+    # The mask of every step is a prefix of one buffer (no per-step allocation).
+    full_mask = F.pad(attention_mask, (0, n_tokens), value=1)
     step_ids = input_ids
     cache = None
     codes = torch.empty(batch, n_tokens, dtype=torch.long, device=input_ids.device)
@@ -194,7 +210,7 @@ def generate_image_codes(
         codes[:, step] = chosen
         next_ids = (chosen + first).unsqueeze(1)
         step_ids = torch.cat([next_ids, next_ids]) if guided else next_ids
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], 1)
+        attention_mask = full_mask[:, : width + step + 1]
         position_ids = position_ids[:, -1:] + 1
         if progress is not None:
             progress(step + 1, n_tokens)

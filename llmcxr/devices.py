@@ -4,17 +4,32 @@ bf16 is chosen only where it is fast. On CPUs it needs native bf16 instructions
 (avx512_bf16 or AMX): measured 2026-11-23 on an AVX2-only AMD EPYC (2 threads), a
 [1, 576] x [576, 2304] linear took 167 us in fp32 and 2,324 us in bf16, so without
 those instructions bf16 is ~14x slower and fp32 is the right default.
+
+Measured 2026-11-28 on the shipped model (AVX2-only EPYC, torch 2.14, 1 thread, CPU ms per
+decode step on a loaded machine): fp32 ~77 (~83 with the full-vocabulary head, as in reports);
+every `nn.Linear` dynamically quantised to int8 after loading ~58 (~55), but see `INT8_SKIP`:
+with those kept in float ~61 (~66); bf16 without native instructions ~57-74 for the decoder, so
+not 14x slower in the whole model, but no reliable gain either; a transformers `StaticCache`
+without `torch.compile` ~79 (no gain).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("auto", "none", "int8")
+CPU_AUTO_QUANTIZE = "none"
+"""What `quantize="auto"` means on a CPU. int8 decodes ~1.4x faster (one 64-token image 2.9 s
+instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1.5 s of quantising at load and
++0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`); until
+`llmcxr evaluate` shows that within its confidence interval, the default stays unquantised."""
 
 _DTYPES = {
     "float32": torch.float32,
@@ -98,9 +113,65 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is not None and dtype != "auto":
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(sorted(_DTYPES))}")
-        return _DTYPES[dtype]
+        chosen = _DTYPES[dtype]
+        if chosen == torch.bfloat16:
+            _check_bf16(device)
+        return chosen
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def _check_bf16(device: torch.device) -> None:
+    """A ValueError for bf16 on a GPU without it; a warning on a CPU without native bf16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{device} has no bfloat16 support: use --dtype float16 or float32")
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        logger.warning("this CPU has no native bf16 (avx512_bf16 / AMX): bfloat16 runs emulated "
+                       "and is usually no faster than float32 (try --quantize int8)")
+
+
+def resolve_quantize(quantize: str, device: torch.device) -> str:
+    """`"auto"` -> `CPU_AUTO_QUANTIZE` on a CPU, `"none"` elsewhere; `"int8"` only on a CPU."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r}: use {', '.join(QUANTIZE_MODES)}")
+    if quantize == "auto":
+        return CPU_AUTO_QUANTIZE if device.type == "cpu" else "none"
+    if quantize == "int8" and device.type != "cpu":
+        raise ValueError(
+            f"int8 quantisation runs on the CPU only, the model is on {device}: "
+            "use --device cpu or --quantize none"
+        )
+    return quantize
+
+
+INT8_SKIP = ("down_proj", "lm_head")
+"""Linear layers int8 leaves in float, by name. Measured on the shipped model (8 test records,
+teacher-forced NLL, fp32 image / text 7.28 / 1.94 nats): all Linear in int8 7.42 / 3.24; all
+but `down_proj` and `lm_head` 7.30 / 2.10. The MLP output projection sees the SwiGLU's outlier
+activations, which one int8 scale per tensor cannot hold."""
+
+
+def quantize_int8(model: torch.nn.Module, skip: tuple[str, ...] = INT8_SKIP) -> torch.nn.Module:
+    """Quantise the `nn.Linear` layers of an fp32 CPU `model` in place to int8 weights (one scale
+    per output row) with activations quantised on the fly (`torch.ao` dynamic quantisation),
+    except those whose own name is in `skip`."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    chosen = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in skip
+    }
+    with warnings.catch_warnings():  # torch.ao warns that it will move to torchao one day
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        return quantize_dynamic(model, chosen, inplace=True)
+
+
+def is_int8_quantized(model: torch.nn.Module) -> bool:
+    """True when some Linear of `model` was replaced by a dynamically quantised one (checked by
+    module name, so loading a model never imports `torch.ao`)."""
+    prefix = "torch.ao.nn.quantized.dynamic"
+    return any(type(m).__module__.startswith(prefix) for m in model.modules())

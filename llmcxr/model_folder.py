@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, load_base_model
+from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
 from llmcxr.devices import is_out_of_memory
-from llmcxr.image_tokens import ImageTokenMap, add_image_tokens
+from llmcxr.image_tokens import IMAGE_TOKENS_FILE, ImageTokenMap, add_image_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -141,10 +141,7 @@ def save_model_folder(
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private
-    try:
+    with atomic_folder(target) as tmp:
         kind = _write_llm(tmp / "llm", model, base_model, dtype, max_shard_size)
         text_tokenizer.save_pretrained(tmp / "tokenizer")
         image_tokenizer.save_pretrained(tmp / "image_tokenizer", dtype=dtype or torch.float32)
@@ -165,14 +162,6 @@ def save_model_folder(
             "training": training_info or {},
         }
         _write_json(tmp / MANIFEST_FILE, manifest)
-        file_mode = 0o666 & ~_umask()
-        for file in tmp.rglob("*"):  # safetensors writes its files mode 0600: the umask decides
-            if file.is_file():
-                file.chmod(file_mode)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved model folder %s (%s weights)", target, kind)
     return target
 
@@ -184,6 +173,7 @@ def load_model_folder(
     merge_adapter: bool = True,
     base_model: str | None = None,
     trust_manifest_base: bool = True,
+    cache: bool = True,
 ) -> LLMCXRComponents:
     """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``.
 
@@ -192,7 +182,8 @@ def load_model_folder(
     names the base LLM of a LoRA folder yourself. Without it, a manifest naming a base outside
     `PYPI_BASES` (a folder, a hub id) is refused when ``trust_manifest_base`` is False (what
     `LLMCXR.from_pretrained`, hence every command, passes) and loaded with a warning otherwise
-    (a training run continuing its own stage-1 folder).
+    (a training run continuing its own stage-1 folder). A merged LoRA model is kept in the user
+    cache (`llmcxr.merged_cache`) so later loads skip the merge; ``cache=False`` bypasses it.
     """
     path = Path(path)
     if not path.exists():
@@ -200,7 +191,7 @@ def load_model_folder(
     if path.is_file():
         parts = _load_checkpoint(path)
     else:
-        parts = _load_folder(path, dtype, merge_adapter, base_model, trust_manifest_base)
+        parts = _load_folder(path, dtype, merge_adapter, base_model, trust_manifest_base, cache)
     parts.model.to(device=device, dtype=dtype).eval()
     parts.image_tokenizer.to(device)
     return parts
@@ -347,6 +338,26 @@ def _umask() -> int:
     return umask
 
 
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target` to write into: it replaces `target` when the block ends
+    without an error and is removed otherwise, so `target` is whole or absent. Modes come from
+    the umask (mkdtemp makes folders private, safetensors writes files 0600)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        file_mode = 0o666 & ~_umask()
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                file.chmod(file_mode)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished `tmp` folder to `target`, replacing an old one (kept until then)."""
     old = None
@@ -398,6 +409,7 @@ def _load_folder(
     merge_adapter: bool = True,
     base_model: str | None = None,
     trust_manifest_base: bool = True,
+    cache: bool = True,
 ) -> LLMCXRComponents:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -428,7 +440,7 @@ def _load_folder(
     if manifest["weights"] == "lora":
         spec = _lora_base(path, manifest, base_model, trust_manifest_base)
         model = _load_lora(
-            path / "llm" / "adapter", spec, manifest, token_map, dtype, merge_adapter
+            path / "llm" / "adapter", spec, manifest, token_map, dtype, merge_adapter, cache
         )
     else:
         with _reading(path / "llm"):
@@ -482,15 +494,47 @@ def _load_lora(
     token_map: ImageTokenMap,
     dtype: torch.dtype | None,
     merge: bool = True,
+    cache: bool = True,
 ) -> PreTrainedModel:
     """Rebuild base `spec` + image tokens exactly as in training, then merge the saved adapter
-    (or, with ``merge=False``, return the trainable peft model)."""
-    from peft import PeftModel
+    (or, with ``merge=False``, return the trainable peft model). A merged model is read from, or
+    else written to, the merged-model cache unless ``cache`` is False."""
+    from llmcxr import merged_cache
 
     weights = adapter / ADAPTER_WEIGHTS
-    split = list(adapter.glob(f"{weights.stem}.part-*.safetensors"))
+    split = sorted(adapter.glob(f"{weights.stem}.part-*.safetensors"))
     if not weights.is_file() and not split:
         raise FileNotFoundError(f"{weights} is missing (adapters load from safetensors only)")
+    entry = None
+    if merge and merged_cache.enabled(cache):
+        folder = adapter.parents[1]
+        made_from = [
+            *(split or [weights]),
+            adapter / "adapter_config.json",
+            folder / MANIFEST_FILE,
+            folder / IMAGE_TOKENS_FILE,
+        ]
+        entry = merged_cache.entry_for(base_weight_files(spec), made_from)
+    cached = merged_cache.load(entry) if entry is not None else None
+    if cached is not None:
+        return cached.to(dtype) if dtype else cached
+    model = _merged_lora(adapter, spec, manifest, token_map, merge)
+    if entry is not None:
+        merged_cache.store(entry, model)
+    return model.to(dtype) if dtype and merge else model
+
+
+def _merged_lora(
+    adapter: Path,
+    spec: BaseModelSpec,
+    manifest: dict[str, Any],
+    token_map: ImageTokenMap,
+    merge: bool,
+) -> PreTrainedModel:
+    """Base + image-token rows + the adapter at `adapter`: merged, or (``merge=False``) as the
+    trainable peft model."""
+    from peft import PeftModel
+
     base, tok = load_base_model(spec)
     rebuilt = add_image_tokens(
         base,
@@ -508,10 +552,7 @@ def _load_lora(
         folder = _joined_adapter(adapter, Path(tmp))
         with _reading(folder / ADAPTER_WEIGHTS):
             model = PeftModel.from_pretrained(base, folder, is_trainable=not merge)
-    if not merge:
-        return model
-    model = model.merge_and_unload()
-    return model.to(dtype) if dtype else model
+    return model.merge_and_unload() if merge else model
 
 
 def _checked_tokenizer_files(path: Path, info: Any) -> dict[str, str]:

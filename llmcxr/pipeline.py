@@ -24,7 +24,13 @@ import torch.nn.functional as F
 
 from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
-from llmcxr.devices import resolve_device, resolve_dtype
+from llmcxr.devices import (
+    is_int8_quantized,
+    quantize_int8,
+    resolve_device,
+    resolve_dtype,
+    resolve_quantize,
+)
 from llmcxr.image_tokens import encode_text_with_images
 
 if TYPE_CHECKING:
@@ -93,6 +99,23 @@ class LLMCXR:
         if self.pad_token_id is None:
             raise ValueError("the text tokenizer has neither a pad nor an EOS token")
         self.context_length = _context_length(model)
+        self.quantization = "int8" if is_int8_quantized(model) else "none"
+
+    def quantize(self, mode: str = "auto") -> LLMCXR:
+        """Apply a speed mode after loading and return self.
+
+        `"int8"` (CPU only) quantises the Linear layers but `llmcxr.devices.INT8_SKIP` to int8
+        weights with dynamic activation quantisation (`llmcxr.devices.quantize_int8`; a model
+        loaded in another dtype is made fp32 first); `"none"` keeps the model as loaded; `"auto"`
+        is `llmcxr.devices.CPU_AUTO_QUANTIZE` on a CPU and `"none"` elsewhere. A model already
+        quantised stays so (the fp32 weights are gone).
+        """
+        chosen = resolve_quantize(mode, self.device)
+        if chosen == "int8" and self.quantization != "int8":
+            quantize_int8(self.model.float())
+            self.quantization = "int8"
+            logger.info("quantised the LLM's Linear layers to int8")
+        return self
 
     @classmethod
     def from_pretrained(
@@ -102,12 +125,16 @@ class LLMCXR:
         device: str = "auto",
         dtype: str | None = None,
         base_model: str | None = None,
+        cache: bool = True,
+        quantize: str = "auto",
     ) -> LLMCXR:
         """Load a model folder or a training `.ckpt`; `None` = the embedded default model.
 
         `device` "auto" picks CUDA, then MPS, then CPU; `dtype` None picks bf16 where it is fast
         (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`). `base_model` is
-        the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI.
+        the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI. A LoRA
+        model is merged once and kept in the user cache (`llmcxr.merged_cache`); `cache` False
+        merges it in memory instead. `quantize` is the speed mode (`LLMCXR.quantize`).
         """
         from llmcxr.model_folder import load_model_folder
 
@@ -122,6 +149,7 @@ class LLMCXR:
             dtype=torch_dtype,
             base_model=base_model,
             trust_manifest_base=False,
+            cache=cache,
         )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
         return cls(
@@ -131,7 +159,7 @@ class LLMCXR:
             token_map=parts.token_map,
             prompt_format=parts.prompt_format,
             generation_defaults=parts.generation_defaults,
-        )
+        ).quantize(quantize)
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:

@@ -1,0 +1,186 @@
+"""Speed modes (fp32, int8, bf16) keep the decoding contract: exact code counts, stop strings."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llm_fixtures import make_tiny_model_folder
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from llmcxr.decoding import Sampling, generate_image_codes
+from llmcxr.devices import INT8_SKIP, quantize_int8, resolve_quantize
+from llmcxr.pipeline import LLMCXR
+
+MODES = ("fp32", "int8", "int8_all", "bf16")
+"""int8: the pipeline's mode (some layers kept in float); int8_all: every Linear, head included."""
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LLMCXR:
+    folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
+    return LLMCXR.from_pretrained(folder, device="cpu", dtype="float32")
+
+
+def _favouring(llm: LLMCXR, token_ids: list[int], mode: str) -> LLMCXR:
+    """A copy in `mode` whose output head always prefers `token_ids` (through its bias)."""
+    clone = copy.copy(llm)
+    model = copy.deepcopy(llm.model)
+    model.config.tie_word_embeddings = False
+    width, vocab = (
+        model.get_input_embeddings().weight.shape[1],
+        model.get_output_embeddings().out_features,
+    )
+    head = torch.nn.Linear(width, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.mul_(0.01)
+        head.bias.zero_()
+        head.bias[token_ids] = 100.0
+    model.set_output_embeddings(head)
+    clone.model, clone.quantization = model, "none"
+    if mode == "int8":
+        clone.quantize("int8")
+    elif mode == "int8_all":
+        quantize_int8(model, skip=())
+    elif mode == "bf16":
+        clone.model = model.to(torch.bfloat16)
+    return clone
+
+
+def _text_ids(llm: LLMCXR) -> list[int]:
+    image = {*llm.token_map.image_token_ids, llm.token_map.start_id, llm.token_map.end_id}
+    return [i for i in range(llm.model.get_output_embeddings().out_features) if i not in image][:50]
+
+
+def test_int8_replaces_the_linears_but_the_skipped_and_stays_close_to_fp32(llm: LLMCXR) -> None:
+    int8 = copy.copy(llm)
+    int8.model = copy.deepcopy(llm.model)
+    int8.quantization = "none"
+    assert int8.quantize("int8") is int8 and int8.quantization == "int8"
+    before = {n: type(m) for n, m in llm.model.named_modules() if type(m) is torch.nn.Linear}
+    after = {n: type(m) for n, m in int8.model.named_modules() if n in before}
+    skipped = {n for n in before if n.rsplit(".", 1)[-1] in INT8_SKIP}
+    assert "lm_head" in skipped and any("down_proj" in n for n in skipped)
+    assert all(after[n] is torch.nn.Linear for n in skipped)
+    assert all(after[n] is DynamicLinear for n in before.keys() - skipped) and before.keys() - skipped
+    ids = torch.tensor([[1, 5, 9, 30, 41]])
+    with torch.inference_mode():
+        ref, out = llm.model(input_ids=ids).logits, int8.model(input_ids=ids).logits
+    assert not torch.equal(ref, out)  # quantisation really happened
+    assert torch.allclose(ref, out, atol=0.05 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("guidance", [None, 2.0])
+def test_constrained_codes_in_every_mode(
+    llm: LLMCXR, mode: str, batch: int, guidance: float | None
+) -> None:
+    biased = _favouring(llm, _text_ids(llm), mode)  # the head wants text: the constraint must win
+    reports = ["Cardiomegaly.", "Small left apical pneumothorax and a rib fracture.", "Normal."][
+        :batch
+    ]
+    ids, mask = biased._pad(
+        [biased._image_prompt(biased.prompt_format.render("Draw this.", r)) for r in reports]
+    )
+    uncond_ids, uncond_mask = biased._pad(
+        [biased._image_prompt(biased.prompt_format.render("Draw this."))] * batch
+    )
+    generator = torch.Generator().manual_seed(0)
+    for restrict in (True, False):
+        codes = generate_image_codes(
+            biased.model,
+            ids,
+            mask,
+            biased.token_map,
+            Sampling(True, 1.0, 0.92),
+            generator=generator,
+            guidance_scale=guidance,
+            uncond_input_ids=uncond_ids,
+            uncond_attention_mask=uncond_mask,
+            restrict_logits=restrict,
+        )
+        assert codes.shape == (batch, biased.token_map.tokens_per_image)
+        assert codes.min() >= 0 and codes.max() < biased.token_map.codebook_size
+
+
+def test_int8_pipeline_draws_images_and_greedy_codes_match_the_full_head(llm: LLMCXR) -> None:
+    int8 = _favouring(llm, [], "int8_all")  # the image rows come from an int8 head
+    images = int8.generate_images(
+        ["Cardiomegaly.", "Normal."], num_images=2, seed=0, guidance_scale=2.0
+    )
+    size = int8.image_tokenizer.image_size
+    assert [[im.shape for im in per] for per in images] == [[(size, size)] * 2] * 2
+    ids, mask = int8._pad(
+        [int8._image_prompt(int8.prompt_format.render("Draw this.", "Effusion."))]
+    )
+    greedy = Sampling(do_sample=False)
+    restricted = generate_image_codes(int8.model, ids, mask, int8.token_map, greedy)
+    full = generate_image_codes(
+        int8.model, ids, mask, int8.token_map, greedy, restrict_logits=False
+    )
+    assert (restricted == full).float().mean() > 0.8  # same head rows; only rounding differs
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_reports_stop_at_the_stop_string(
+    llm: LLMCXR, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    letter = llm.text_tokenizer.convert_tokens_to_ids("a")
+    talker = _favouring(llm, [letter], mode)  # says "aaaa..." for ever
+    talker.prompt_format = dataclasses.replace(llm.prompt_format, end_marker="aaaa")
+    lengths: list[int] = []
+    original = talker.model.generate
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(talker.model, "generate", spy)
+    reports = talker.generate_report(
+        [np.full((64, 64), 0.5, np.float32)], max_new_tokens=40, seed=0
+    )
+    assert reports == [""]
+    assert lengths[0] < 40  # stopped by the stop string, not by the length limit
+
+
+def test_the_cli_quantize_option_reaches_the_loaded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--quantize int8` must quantise what the command loads, not only parse."""
+    from llmcxr import cli
+
+    folder = make_tiny_model_folder(tmp_path / "model")
+    loaded: list[LLMCXR] = []
+    real = LLMCXR.from_pretrained.__func__
+
+    def spy(cls: type[LLMCXR], *args: object, **kwargs: object) -> LLMCXR:
+        loaded.append(real(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(LLMCXR, "from_pretrained", classmethod(spy))
+    for mode, expected in (("int8", "int8"), ("none", "none")):
+        out = tmp_path / f"{mode}.png"
+        argv = ["generate-image", "effusion", "-o", str(out), "--model", str(folder)]
+        assert cli.main([*argv, "--quantize", mode, "--seed", "0"]) == 0
+        assert loaded[-1].quantization == expected and out.is_file()
+
+
+def test_quantize_mode_choice() -> None:
+    assert resolve_quantize("int8", torch.device("cpu")) == "int8"
+    assert resolve_quantize("none", torch.device("cpu")) == "none"
+    assert resolve_quantize("auto", torch.device("cuda")) == "none"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_quantize("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="unknown quantize mode"):
+        resolve_quantize("int4", torch.device("cpu"))
+
+
+def test_quantize_int8_in_place_on_a_plain_module() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    assert quantize_int8(net) is net and isinstance(net[0], DynamicLinear)
