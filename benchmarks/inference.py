@@ -215,6 +215,39 @@ def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict
     return results
 
 
+PLAIN_COLD = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=n, min_new_tokens=n,
+               do_sample=False)
+"""
+"""The naive route: a fresh process loading the same (merged) weights with plain transformers and
+generating the same number of tokens, with no constraint, stop string or image decoding."""
+
+
+def bench_cold_plain(llm: Any, tokens: dict[str, int]) -> dict[str, Any]:
+    """Plain-transformers fresh processes on `llm`'s weights, saved once to a temporary folder."""
+    results: dict[str, Any] = {}
+    prompt = llm.text_tokenizer.decode(llm._image_prompt(REPORT).ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        llm.model.save_pretrained(tmp)
+        llm.text_tokenizer.save_pretrained(tmp)
+        for name, count in tokens.items():
+            argv = [sys.executable, "-c", PLAIN_COLD, tmp, prompt, str(count)]
+            start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(argv, check=True, capture_output=True, cwd=REPO)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+            results[name] = {"seconds": round(time.perf_counter() - start, 2),
+                             "cpu_seconds": round(cpu, 2), "tokens": count}
+            print(f"  cold plain transformers {name} ({count} tokens): "
+                  f"{results[name]['seconds']:.1f} s wall", flush=True)
+    return results
+
+
 MODE_ARGS = {"auto": [], "fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
              "int8": ["--dtype", "float32", "--quantize", "int8"]}
 """The CLI options of each speed mode (for the cold runs)."""
@@ -306,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             entry["report"] = bench_reports(llm, args.report_tokens, args.batch)
             if not args.skip_cold:
                 entry["cold"] = bench_cold(model, device, args.report_tokens, mode)
+                if mode in ("fp32", "auto"):
+                    entry["cold_plain_transformers"] = bench_cold_plain(llm, {
+                        "generate_image": llm.token_map.tokens_per_image,
+                        "report": max(1, entry["report"]["ours_batch1"]["tokens"]),
+                    })
             report["devices"][device][mode] = entry
             lines.append(f"{device} {mode}, warm, batch 1, ours vs transformers.generate: "
                          f"{summary(entry)}")
