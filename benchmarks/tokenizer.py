@@ -174,7 +174,7 @@ def balance_terms(
         (l1_grad,) = torch.autograd.grad(l1, recon)
         clinical, _ = clinical_loss(classifier, batch, recon)
         (clinical_grad,) = torch.autograd.grad(clinical, recon)
-    return float(l1), float(clinical), float(l1_grad.norm()), float(clinical_grad.norm())
+    return l1.item(), clinical.item(), l1_grad.norm().item(), clinical_grad.norm().item()
 
 
 def summarise_balance(terms: Sequence[tuple[float, float, float, float]]) -> dict:

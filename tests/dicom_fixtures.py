@@ -52,6 +52,27 @@ def write_dicom(
     return path
 
 
+def write_colour_dicom(path: str | Path, rgb: np.ndarray, photometric: str = "RGB") -> Path:
+    """Write ``rgb`` (uint8 [H, W, 3]) as an 8-bit colour DICOM stored as ``photometric`` ("RGB",
+    or "YBR_FULL": the values converted with pydicom, as JPEG-derived files store them)."""
+    from pydicom.pixels import convert_color_space
+
+    path = Path(path)
+    stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", photometric)
+    write_dicom(path, np.zeros(rgb.shape[:2], np.uint16))  # header fields, replaced below
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = photometric
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = np.ascontiguousarray(stored, dtype=np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def synthetic_pixels(size: int = 64, seed: int = 0) -> np.ndarray:
     """The conftest synthetic CXR as uint16 using 12 bits (0..4095), as detectors commonly store."""
     return np.round(synthetic_cxr(size, seed) * 4095).astype(np.uint16)

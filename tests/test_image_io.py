@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import synthetic_cxr
-from dicom_fixtures import synthetic_pixels, write_dicom
+from dicom_fixtures import synthetic_pixels, write_colour_dicom, write_dicom
 from PIL import Image
 
 from vqgan.image_io import (
@@ -73,6 +73,20 @@ def test_dicom_window_applied(tmp_path: Path) -> None:
     # Everything above centre + width/2 saturates to white under the window.
     assert (narrow == 1.0).mean() > 0.5
     assert (read_cxr(write_dicom(tmp_path / "n.dcm", pixels)) == 1.0).mean() < 0.01
+
+
+def test_colour_dicom_is_converted_to_gray_once(tmp_path: Path) -> None:
+    """pydicom 3 already turns YBR into RGB in `pixel_array`: converting again would skew the
+    gray. The same picture stored as RGB and as YBR_FULL must read alike, and as its luminance."""
+    gray = np.round(synthetic_cxr(64, 3) * 255)
+    tint = np.stack([gray, gray * 0.8, gray * 0.6], axis=-1)  # a coloured picture
+    rgb = np.round(tint).astype(np.uint8)
+    as_rgb = read_cxr(write_colour_dicom(tmp_path / "rgb.dcm", rgb, "RGB"))
+    as_ybr = read_cxr(write_colour_dicom(tmp_path / "ybr.dcm", rgb, "YBR_FULL"))
+    luminance = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    expected = (luminance - luminance.min()) / (luminance.max() - luminance.min())
+    assert np.abs(as_rgb - expected).max() < 1e-5
+    assert np.abs(as_ybr - expected).max() < 0.02  # YBR storage rounds to 8 bits
 
 
 def test_dicom_detected_by_preamble_without_extension(tmp_path: Path) -> None:
