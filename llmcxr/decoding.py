@@ -87,7 +87,11 @@ class ImageTokenConstraint(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_length
-        lo, hi = (self.first, self.last) if step < self.tokens_per_image else (self.end_id, self.end_id + 1)
+        lo, hi = (
+            (self.first, self.last)
+            if step < self.tokens_per_image
+            else (self.end_id, self.end_id + 1)
+        )
         allowed = torch.full_like(scores, float("-inf"))
         allowed[:, lo:hi] = scores[:, lo:hi]
         return allowed
@@ -102,8 +106,12 @@ def _warpers(sampling: Sampling) -> LogitsProcessorList:
     return warpers
 
 
-def _pick(scores: torch.Tensor, sampling: Sampling, warpers: LogitsProcessorList,
-          generator: torch.Generator | None) -> torch.Tensor:
+def _pick(
+    scores: torch.Tensor,
+    sampling: Sampling,
+    warpers: LogitsProcessorList,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """Choose one column per row of `scores` [B, V] -> [B]."""
     if not sampling.do_sample:
         return scores.argmax(-1)
@@ -193,13 +201,24 @@ def generate_image_codes(
     codes = torch.empty(batch, n_tokens, dtype=torch.long, device=input_ids.device)
     for step in range(n_tokens):
         if restricted:
-            out = decoder(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True)
+            out = decoder(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
             # Only the last position's hidden state [B', H] is projected, onto the K image rows.
             logits = F.linear(out.last_hidden_state[:, -1], head_weight, head_bias)
         else:
-            out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             logits = out.logits[:, -1, first : first + k]
         cache = out.past_key_values
         logits = logits.float()  # [B', K]
@@ -217,7 +236,9 @@ def generate_image_codes(
     return codes
 
 
-def _stack_left_padded(*pairs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack_left_padded(
+    *pairs: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate left-padded (ids, mask) batches of different widths along the batch axis."""
     width = max(ids.shape[1] for ids, _ in pairs)
     all_ids, all_masks = [], []
@@ -245,8 +266,11 @@ def generate_image_codes_hf(
     constraint = ImageTokenConstraint(layout, prompt_length=input_ids.shape[1])
     extra = {}
     if guidance_scale is not None and guidance_scale != 1.0:
-        extra = {"guidance_scale": guidance_scale, "negative_prompt_ids": uncond_input_ids,
-                 "negative_prompt_attention_mask": uncond_attention_mask}
+        extra = {
+            "guidance_scale": guidance_scale,
+            "negative_prompt_ids": uncond_input_ids,
+            "negative_prompt_attention_mask": uncond_attention_mask,
+        }
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -129,8 +129,10 @@ def _check_bf16(device: torch.device) -> None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"{device} has no bfloat16 support: use --dtype float16 or float32")
     if device.type == "cpu" and not cpu_has_fast_bf16():
-        logger.warning("this CPU has no native bf16 (avx512_bf16 / AMX): bfloat16 runs emulated "
-                       "and is usually no faster than float32 (try --quantize int8)")
+        logger.warning(
+            "this CPU has no native bf16 (avx512_bf16 / AMX): bfloat16 runs emulated "
+            "and is usually no faster than float32 (try --quantize int8)"
+        )
 
 
 def resolve_quantize(quantize: str, device: torch.device) -> str:

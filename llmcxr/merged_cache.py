@@ -92,7 +92,10 @@ def store(entry: Path, model: PreTrainedModel) -> bool:
     except OSError as err:
         log.warning(
             "cannot write the merged-model cache under %s (%s); the adapter is merged in memory "
-            "on every load (set %s=1 to skip the cache)", entry.parent, err, DISABLE_ENV
+            "on every load (set %s=1 to skip the cache)",
+            entry.parent,
+            err,
+            DISABLE_ENV,
         )
         return False
     prune(entry.parent, keep=entry)

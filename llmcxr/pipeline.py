@@ -140,7 +140,9 @@ class LLMCXR:
 
         path = default_model_path() if path is None else Path(path)
         if not path.exists():
-            raise ModelNotFoundError(f"model not found: {path} (give a model folder or a training .ckpt)")
+            raise ModelNotFoundError(
+                f"model not found: {path} (give a model folder or a training .ckpt)"
+            )
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         parts = load_model_folder(
@@ -166,7 +168,9 @@ class LLMCXR:
         """Tokenise prompt text with one `<img_start> codes <img_end>` span per `<image>`,
         exactly as training does (`llmcxr.image_tokens.encode_text_with_images`)."""
         return EncodedPrompt(
-            encode_text_with_images(text, image_codes, self.text_tokenizer, self.token_map, IMAGE_PLACEHOLDER)
+            encode_text_with_images(
+                text, image_codes, self.text_tokenizer, self.token_map, IMAGE_PLACEHOLDER
+            )
         )
 
     def _check_fits(self, prompt: EncodedPrompt, new_tokens: int) -> None:
@@ -179,8 +183,11 @@ class LLMCXR:
     def _pad(self, prompts: Sequence[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad (decoder-only models continue from the right edge) -> ids, mask [B, T]."""
         batch = self.text_tokenizer.pad(
-            {"input_ids": [p.ids for p in prompts]}, padding=True, padding_side="left",
-            return_tensors="pt", return_attention_mask=True,
+            {"input_ids": [p.ids for p in prompts]},
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            return_attention_mask=True,
         )
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
@@ -201,9 +208,13 @@ class LLMCXR:
         if array.ndim == 3 and array.shape[0] == 1:
             array = array[0]
         if array.ndim != 2:
-            raise ValueError(f"an image array must be [H, W] or [1, H, W], got shape {list(array.shape)}")
+            raise ValueError(
+                f"an image array must be [H, W] or [1, H, W], got shape {list(array.shape)}"
+            )
         if array.size and (array.min() < 0 or array.max() > 1):
-            raise ValueError(f"image values must be in [0, 1], got [{array.min():.3f}, {array.max():.3f}]")
+            raise ValueError(
+                f"image values must be in [0, 1], got [{array.min():.3f}, {array.max():.3f}]"
+            )
         return prepare_image(array, size)
 
     # ------------------------------------------------------------------ text out
@@ -260,9 +271,13 @@ class LLMCXR:
         prompt = self.encode_prompt(text, [self.encode_images([image])[0]])
         max_new = max_new_tokens or self.generation_defaults.answer_max_new_tokens
         with _seeded(seed, self.device):
-            return self._generate_text([prompt], max_new, self._sampling(do_sample, temperature, top_p))[0]
+            return self._generate_text(
+                [prompt], max_new, self._sampling(do_sample, temperature, top_p)
+            )[0]
 
-    def _sampling(self, do_sample: bool | None, temperature: float | None, top_p: float | None) -> Sampling:
+    def _sampling(
+        self, do_sample: bool | None, temperature: float | None, top_p: float | None
+    ) -> Sampling:
         defaults = self.generation_defaults
         return Sampling(
             do_sample=defaults.do_sample if do_sample is None else do_sample,
@@ -271,7 +286,9 @@ class LLMCXR:
         )
 
     @torch.inference_mode()
-    def _generate_text(self, prompts: Sequence[EncodedPrompt], max_new_tokens: int, sampling: Sampling) -> list[str]:
+    def _generate_text(
+        self, prompts: Sequence[EncodedPrompt], max_new_tokens: int, sampling: Sampling
+    ) -> list[str]:
         """Sample answers with `transformers.generate` (KV cache), stopping at the end marker."""
         from transformers import LogitsProcessorList
 
@@ -333,7 +350,9 @@ class LLMCXR:
             if not report or not report.strip():
                 # A generated report can be empty (round trips); draw from the instruction alone.
                 logger.warning("empty report: drawing from the instruction alone")
-            prompt = self._image_prompt(self.prompt_format.render(instruction, (report or "").strip()))
+            prompt = self._image_prompt(
+                self.prompt_format.render(instruction, (report or "").strip())
+            )
             self._check_fits(prompt, n_tokens + 1)
             prompts += [prompt] * num_images
         guided = guidance is not None and guidance != 1.0
@@ -349,12 +368,25 @@ class LLMCXR:
         for start, chunk in zip(range(0, len(prompts), batch_size), _chunks(prompts, batch_size)):
             ids, mask = self._pad(chunk)
             uncond_ids, uncond_mask = self._pad([uncond] * len(chunk)) if guided else (None, None)
-            step_progress = None if progress is None else _BatchProgress(progress, start, len(chunk), total, n_tokens)
-            codes.append(generate_image_codes(
-                self.model, ids, mask, self.token_map, sampling, generator=generator,
-                guidance_scale=guidance if guided else None,
-                uncond_input_ids=uncond_ids, uncond_attention_mask=uncond_mask, progress=step_progress,
-            ))
+            step_progress = (
+                None
+                if progress is None
+                else _BatchProgress(progress, start, len(chunk), total, n_tokens)
+            )
+            codes.append(
+                generate_image_codes(
+                    self.model,
+                    ids,
+                    mask,
+                    self.token_map,
+                    sampling,
+                    generator=generator,
+                    guidance_scale=guidance if guided else None,
+                    uncond_input_ids=uncond_ids,
+                    uncond_attention_mask=uncond_mask,
+                    progress=step_progress,
+                )
+            )
         all_codes = torch.cat(codes)  # [R * num_images, N]
         pixels = self.decode_codes(all_codes)
         return [pixels[i * num_images : (i + 1) * num_images] for i in range(len(reports))]

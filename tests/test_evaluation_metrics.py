@@ -73,16 +73,20 @@ def test_knn_precision_recall_hand_computed() -> None:
 def test_kernel_inception_distance_hand_computed() -> None:
     # D = 1: k(x, y) = (x y + 1)^3. Within real {0, 1}: k(0, 1) = 1; within fake {0, 2}: 1;
     # across: k(0,0) = k(0,2) = k(1,0) = 1, k(1,2) = 27, mean 7.5. KID = 1 + 1 - 2 * 7.5.
-    assert metrics.kernel_inception_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]])) == (
-        pytest.approx(-13.0)
-    )
+    assert metrics.kernel_inception_distance(
+        np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]])
+    ) == (pytest.approx(-13.0))
     # Unequal sizes, fake {0, 1, 2}: within (1 + 1 + 27) / 3; across (1+1+1 + 1+8+27) / 6 = 6.5.
-    kid = metrics.kernel_inception_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [1.0], [2.0]]))
+    kid = metrics.kernel_inception_distance(
+        np.array([[0.0], [1.0]]), np.array([[0.0], [1.0], [2.0]])
+    )
     assert kid == pytest.approx(1 + 29 / 3 - 13)
     # Unbiased: near 0 for two large samples of one distribution, far for different ones.
     rng = np.random.default_rng(0)
     same = metrics.kernel_inception_distance(rng.normal(size=(300, 4)), rng.normal(size=(200, 4)))
-    shifted = metrics.kernel_inception_distance(rng.normal(size=(300, 4)), rng.normal(1.0, size=(200, 4)))
+    shifted = metrics.kernel_inception_distance(
+        rng.normal(size=(300, 4)), rng.normal(1.0, size=(200, 4))
+    )
     assert abs(same) < 0.05 < shifted
     assert math.isnan(metrics.kernel_inception_distance(np.zeros((1, 4)), np.zeros((3, 4))))
 
@@ -90,7 +94,9 @@ def test_kernel_inception_distance_hand_computed() -> None:
 def test_no_finding_baseline_hand_computed() -> None:
     classes = ["Atelectasis", "No Finding"]
     truth = np.array([[1, 0], [0, 1], [0, 1], [1, 1]])
-    out = nih_task.constant_label_metrics(truth, classes, ["No Finding"], min_positives=2, n_boot=20)
+    out = nih_task.constant_label_metrics(
+        truth, classes, ["No Finding"], min_positives=2, n_boot=20
+    )
     # "No Finding" said for all 4: TP 3, FP 1 -> F1 6/7; Atelectasis never said -> F1 0.
     assert out["per_label"]["No Finding"]["f1"] == pytest.approx(6 / 7)
     assert out["per_label"]["Atelectasis"]["f1"] == 0.0
@@ -102,10 +108,17 @@ def test_no_finding_baseline_hand_computed() -> None:
 def test_nih_labels_map_to_eleven_chexpert_classes() -> None:
     classes = labelling.nih_classes()
     assert len(classes) == 11 and {"Lung Opacity", "Lung Lesion", "Pleural Other"} <= set(classes)
-    truth = labelling.nih_label_matrix([["Effusion"], ["Mass", "Nodule"], ["Emphysema"], ["Infiltration"]], classes)
+    truth = labelling.nih_label_matrix(
+        [["Effusion"], ["Mass", "Nodule"], ["Emphysema"], ["Infiltration"]], classes
+    )
     col = classes.index
     assert truth.sum(axis=1).tolist() == [1, 1, 0, 1]
-    assert truth[0, col("Pleural Effusion")] == truth[1, col("Lung Lesion")] == truth[3, col("Lung Opacity")] == 1
+    assert (
+        truth[0, col("Pleural Effusion")]
+        == truth[1, col("Lung Lesion")]
+        == truth[3, col("Lung Opacity")]
+        == 1
+    )
 
 
 def test_nih_records_cover_every_nih_image_of_the_split(tmp_path) -> None:
@@ -117,7 +130,9 @@ def test_nih_records_cover_every_nih_image_of_the_split(tmp_path) -> None:
     records = nih_task.nih_records(split)
     assert [r.id for r in records] == ["test-4-r", "test-5-r", "image:nih_chestxray14/img6.png"]
     findings = nih_task.read_findings(nih_task.labels_csv_for(records, None))
-    assert findings["img6.png"] == ["Cardiomegaly", "Edema"] and findings["img4.png"] == ["Effusion"]
+    assert findings["img6.png"] == ["Cardiomegaly", "Edema"] and findings["img4.png"] == [
+        "Effusion"
+    ]
 
 
 def test_classification_metrics_rejects_mismatched_shapes() -> None:
@@ -164,7 +179,9 @@ def test_frechet_distance_matches_scipy_sqrtm(n_a: int, n_b: int) -> None:
     b = rng.normal(size=(n_b, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 1.0
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     reference = (
-        ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
+        ((a.mean(0) - b.mean(0)) ** 2).sum()
+        + np.trace(cov_a)
+        + np.trace(cov_b)
         - 2 * np.trace(np.real(linalg.sqrtm(cov_a @ cov_b)))
     )
     assert metrics.frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
@@ -231,11 +248,16 @@ def test_nlg_scores_against_every_reference() -> None:
 def test_label_matched_references() -> None:
     pool = ["Normal chest.", "Moderate right pleural effusion.", "Cardiomegaly.", "Normal chest."]
     refs = label_matched_references(
-        ["No acute cardiopulmonary process.", "Small left pleural effusion."], pool,
-        ["No Finding", "Pleural Effusion", "Cardiomegaly"], section="full", uncertain_as_positive=False,
+        ["No acute cardiopulmonary process.", "Small left pleural effusion."],
+        pool,
+        ["No Finding", "Pleural Effusion", "Cardiomegaly"],
+        section="full",
+        uncertain_as_positive=False,
     )
-    assert refs == [["No acute cardiopulmonary process.", "Normal chest."],
-                    ["Small left pleural effusion.", "Moderate right pleural effusion."]]
+    assert refs == [
+        ["No acute cardiopulmonary process.", "Normal chest."],
+        ["Small left pleural effusion.", "Moderate right pleural effusion."],
+    ]
 
 
 def test_rouge_l_and_cider_d_hand_computed() -> None:
@@ -252,10 +274,14 @@ def test_rouge_l_and_cider_d_hand_computed() -> None:
 
 def test_label_matrix_uses_the_labeler_and_the_impression_section() -> None:
     classes = ["Pleural Effusion", "Pneumonia", "Cardiomegaly"]
-    report = "FINDINGS: The heart is enlarged.\nIMPRESSION: Pleural effusion. May represent pneumonia."
+    report = (
+        "FINDINGS: The heart is enlarged.\nIMPRESSION: Pleural effusion. May represent pneumonia."
+    )
     assert labelling.impression_section(report) == "Pleural effusion. May represent pneumonia."
     full = labelling.label_matrix([report], classes)
     assert full.tolist() == [[1, 0, 1]]  # uncertain pneumonia counts as negative by default
-    impression = labelling.label_matrix([report], classes, section="impression", uncertain_as_positive=True)
+    impression = labelling.label_matrix(
+        [report], classes, section="impression", uncertain_as_positive=True
+    )
     assert impression.tolist() == [[1, 1, 0]]
     assert labelling.label_matrix(["No pleural effusion."], classes).tolist() == [[0, 0, 0]]

@@ -34,11 +34,15 @@ def test_eval_extra_is_exactly_the_guarded_modules() -> None:
     extra = {_requirement_name(r) for r in project["optional-dependencies"]["eval"]}
     core = {_requirement_name(r) for r in project["dependencies"]}
     assert extra and not extra & core
-    provided_by = {module: {_normalised(d) for d in dists}
-                   for module, dists in importlib.metadata.packages_distributions().items()}
+    provided_by = {
+        module: {_normalised(d) for d in dists}
+        for module, dists in importlib.metadata.packages_distributions().items()
+    }
     guarded = {module: provided_by.get(module, set()) for module in EVAL_MODULES}
     assert all(dists & extra for dists in guarded.values()), guarded  # each guarded module: [eval]
-    assert all(any(dist in dists for dists in guarded.values()) for dist in extra), extra  # and back
+    assert all(any(dist in dists for dists in guarded.values()) for dist in extra), (
+        extra
+    )  # and back
 
 
 def test_nothing_but_the_evaluation_imports_an_eval_package() -> None:
@@ -49,18 +53,32 @@ def test_nothing_but_the_evaluation_imports_an_eval_package() -> None:
             if path.is_relative_to(ROOT / "llmcxr" / "evaluation"):
                 continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in EVAL_MODULES]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {n}"
+                    for n in names
+                    if n.split(".")[0] in EVAL_MODULES
+                ]
     assert not offenders
 
 
 @pytest.mark.parametrize("missing", ["rouge_score", "matplotlib"])
 def test_evaluate_without_the_extra_says_how_to_install_it(
-    missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    missing: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, missing, None)  # what an uninstalled package looks like
-    for name in [n for n in sys.modules if n == "llmcxr.evaluation" or n.startswith("llmcxr.evaluation.")]:
+    for name in [
+        n for n in sys.modules if n == "llmcxr.evaluation" or n.startswith("llmcxr.evaluation.")
+    ]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh, so the guard runs again
     assert main(["evaluate", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -94,11 +112,15 @@ def _install(checkout: Path, index: str | None) -> list[str]:
         env["LLMCXR_TORCH_INDEX_URL"] = index
     log = checkout / "pip.log"
     before = log.read_text().splitlines() if log.exists() else []
-    subprocess.run(["bash", str(checkout / "scripts" / "install.sh")], env=env, check=True, timeout=60)
-    return log.read_text().splitlines()[len(before):] if log.exists() else []
+    subprocess.run(
+        ["bash", str(checkout / "scripts" / "install.sh")], env=env, check=True, timeout=60
+    )
+    return log.read_text().splitlines()[len(before) :] if log.exists() else []
 
 
-def test_install_uses_the_torch_index_only_for_torch_and_keys_the_stamp_on_it(checkout: Path) -> None:
+def test_install_uses_the_torch_index_only_for_torch_and_keys_the_stamp_on_it(
+    checkout: Path,
+) -> None:
     plain = _install(checkout, None)
     assert len(plain) == 3 and not any("--index-url" in call for call in plain)
     assert "torch==2.14.1" in plain[0] and "-e .[dev,demo,eval]" in plain[1]

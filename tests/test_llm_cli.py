@@ -38,76 +38,187 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_generate_image_writes_pngs_of_the_tokenizer_size(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "effusion.png"
-    code = main(["generate-image", "Left pleural effusion", "-o", str(out), "--model", str(model_dir),
-                 "--seed", "3", "--num-images", "2", "--top-p", "0.9", "--temperature", "1.1"])
+    code = main(
+        [
+            "generate-image",
+            "Left pleural effusion",
+            "-o",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--seed",
+            "3",
+            "--num-images",
+            "2",
+            "--top-p",
+            "0.9",
+            "--temperature",
+            "1.1",
+        ]
+    )
     assert code == 0
     assert not out.exists()
     for path in (tmp_path / "effusion_0.png", tmp_path / "effusion_1.png"):
         with Image.open(path) as image:
-            assert image.format == "PNG" and image.mode == "L" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+            assert (
+                image.format == "PNG"
+                and image.mode == "L"
+                and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+            )
 
 
-def test_report_single_image_json_has_labels(model_dir: Path, fixtures_dir: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["report", str(fixtures_dir / "00000001_000.png"), "--model", str(model_dir), "--json",
-                 "--max-new-tokens", "6", "--seed", "0"])
+def test_report_single_image_json_has_labels(
+    model_dir: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "report",
+            str(fixtures_dir / "00000001_000.png"),
+            "--model",
+            str(model_dir),
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "0",
+        ]
+    )
     assert code == 0
     row = json.loads(capsys.readouterr().out)
     assert row["image"].endswith("00000001_000.png") and isinstance(row["report"], str)
     assert isinstance(row["labels"], dict)
 
 
-def test_report_folder_and_csv_give_one_row_per_image(model_dir: Path, fixtures_dir: Path,
-                                                      tmp_path: Path) -> None:
+def test_report_folder_and_csv_give_one_row_per_image(
+    model_dir: Path, fixtures_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     for name in ("00000001_000.png", "16747_3_1.jpg", "synthetic_cxr_mono1.dcm"):
         (folder / name).write_bytes((fixtures_dir / name).read_bytes())
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "reports.csv"
-    assert main(["report", str(folder), "--model", str(model_dir), "-o", str(out), "--max-new-tokens", "4",
-                 "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(folder),
+                "--model",
+                str(model_dir),
+                "-o",
+                str(out),
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted(Path(r["image"]).name for r in rows) == sorted(p.name for p in folder.glob("*.*")
-                                                                 if p.suffix != ".txt")
+    assert sorted(Path(r["image"]).name for r in rows) == sorted(
+        p.name for p in folder.glob("*.*") if p.suffix != ".txt"
+    )
     listing = tmp_path / "list.csv"
     listing.write_text("path,split\nimages/16747_3_1.jpg,test\nimages/00000001_000.png,test\n")
     jsonl = tmp_path / "reports.jsonl"
-    assert main(["report", str(listing), "--model", str(model_dir), "-o", str(jsonl), "--max-new-tokens", "4",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(listing),
+                "--model",
+                str(model_dir),
+                "-o",
+                str(jsonl),
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [Path(r["image"]).name for r in lines] == ["16747_3_1.jpg", "00000001_000.png"]
     assert all("labels" in r for r in lines)
 
 
-def test_report_batch_keeps_going_past_an_unreadable_image(model_dir: Path, fixtures_dir: Path,
-                                                           tmp_path: Path) -> None:
+def test_report_batch_keeps_going_past_an_unreadable_image(
+    model_dir: Path, fixtures_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "good.png").write_bytes((fixtures_dir / "00000001_000.png").read_bytes())
     (folder / "broken.png").write_bytes((fixtures_dir / "00000001_000.png").read_bytes()[:300])
     out = tmp_path / "reports.jsonl"
-    assert main(["report", str(folder), "--model", str(model_dir), "-o", str(out), "--max-new-tokens", "3"]) == 1
+    assert (
+        main(
+            [
+                "report",
+                str(folder),
+                "--model",
+                str(model_dir),
+                "-o",
+                str(out),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 1
+    )
     rows = {Path(r["image"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["broken.png"]["error"] and "error" not in rows["good.png"]
 
 
-def test_ask_and_chat(model_dir: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str],
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ask_and_chat(
+    model_dir: Path,
+    fixtures_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     image = str(fixtures_dir / "16747_3_1.jpg")
-    assert main(["ask", image, "Is there a pleural effusion?", "--model", str(model_dir),
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                image,
+                "Is there a pleural effusion?",
+                "--model",
+                str(model_dir),
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("Is the heart enlarged?\n\nAny effusion?\n"))
-    assert main(["chat", image, "--model", str(model_dir), "--max-new-tokens", "4", "--seed", "1"]) == 0
+    assert (
+        main(["chat", image, "--model", str(model_dir), "--max-new-tokens", "4", "--seed", "1"])
+        == 0
+    )
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("problem", ["missing model", "corrupt image", "not an image", "empty prompt",
-                                     "empty question", "huge prompt"])
-def test_bad_inputs_give_one_clear_line(problem: str, model_dir: Path, fixtures_dir: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "missing model",
+        "corrupt image",
+        "not an image",
+        "empty prompt",
+        "empty question",
+        "huge prompt",
+    ],
+)
+def test_bad_inputs_give_one_clear_line(
+    problem: str,
+    model_dir: Path,
+    fixtures_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     good = str(fixtures_dir / "00000001_000.png")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes((fixtures_dir / "00000001_000.png").read_bytes()[:200])
@@ -115,20 +226,28 @@ def test_bad_inputs_give_one_clear_line(problem: str, model_dir: Path, fixtures_
     text.write_text("this is a text file with an image name")
     model = ["--model", str(model_dir)]
     argv, expected = {
-        "missing model": (["report", good, "--model", str(tmp_path / "no_such_model")], "model not found"),
+        "missing model": (
+            ["report", good, "--model", str(tmp_path / "no_such_model")],
+            "model not found",
+        ),
         "corrupt image": (["report", str(corrupt), *model], "corrupt.png"),
         "not an image": (["ask", str(text), "What is this?", *model], "notes.png"),
         "empty prompt": (["generate-image", "  ", "-o", str(tmp_path / "x.png"), *model], "empty"),
         "empty question": (["ask", good, "", *model], "empty"),
-        "huge prompt": (["generate-image", "effusion " * 5000, "-o", str(tmp_path / "x.png"), *model],
-                        "too long"),
+        "huge prompt": (
+            ["generate-image", "effusion " * 5000, "-o", str(tmp_path / "x.png"), *model],
+            "too long",
+        ),
     }[problem]
     assert main(argv) == 2
     assert expected in _error_line(capsys)
 
 
 def test_no_default_model_says_how_to_pass_one(
-    fixtures_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    fixtures_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import llmcxr.pipeline
 
@@ -144,14 +263,34 @@ def test_console_script_runs_and_help_imports_no_torch(model_dir: Path, tmp_path
         pytest.skip("the llmcxr console script is not installed in this environment")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     out = tmp_path / "drawn.png"
-    done = subprocess.run([str(script), "generate-image", "Cardiomegaly", "-o", str(out), "--model", str(model_dir),
-                           "--seed", "0"], check=False, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            str(script),
+            "generate-image",
+            "Cardiomegaly",
+            "-o",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--seed",
+            "0",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     with Image.open(out) as image:
         assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and np.asarray(image).dtype == np.uint8
     probe = "import sys, llmcxr.cli; llmcxr.cli.build_parser(); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+        ).stdout.strip()
+        == "False"
+    )
 
 
 # ----------------------------------------------------------------------------- one error path
@@ -200,13 +339,22 @@ def test_known_failures_are_one_line_with_their_exit_status(
         pytest.skip("this machine has a GPU")
     if case == "out of memory":
         monkeypatch.setattr(LLMCXR, "generate_report", _out_of_memory)
-    corrupt = {"corrupt safetensors": "llm/model.safetensors", "corrupt tokenizer": "tokenizer/tokenizer.json"}
+    corrupt = {
+        "corrupt safetensors": "llm/model.safetensors",
+        "corrupt tokenizer": "tokenizer/tokenizer.json",
+    }
     if case in corrupt:
         model = ["--model", str(_corrupt_copy(model_dir, tmp_path, corrupt[case]))]
     missing_model = ["--model", str(tmp_path / "no_model")]  # -o must be refused before loading
     argv = {
         "-o a folder": ["report", good, "-o", str(tmp_path), *missing_model],
-        "-o not writable": ["report", good, "-o", str(tmp_path / "file.txt" / "r.csv"), *missing_model],
+        "-o not writable": [
+            "report",
+            good,
+            "-o",
+            str(tmp_path / "file.txt" / "r.csv"),
+            *missing_model,
+        ],
         "-o the input": ["report", str(table), "-o", str(table), *missing_model],
         "csv field over 128 KiB": ["report", str(table), *model],
         "binary csv": ["report", str(table), *model],
@@ -227,7 +375,10 @@ def _out_of_memory(*args: object, **kwargs: object) -> list[str]:
 
 
 def test_report_run_killed_half_way_resumes(
-    model_dir: Path, fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    model_dir: Path,
+    fixtures_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = tmp_path / "images"
@@ -235,8 +386,18 @@ def test_report_run_killed_half_way_resumes(
     for index in range(4):
         (folder / f"{index}.png").write_bytes((fixtures_dir / "00000001_000.png").read_bytes())
     out = tmp_path / "reports.jsonl"
-    argv = ["report", str(folder), "-o", str(out), "--model", str(model_dir), "--batch-size", "1",
-            "--max-new-tokens", "3"]
+    argv = [
+        "report",
+        str(folder),
+        "-o",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--batch-size",
+        "1",
+        "--max-new-tokens",
+        "3",
+    ]
     seen: list[str] = []
     real = LLMCXR.generate_report
 
@@ -264,11 +425,37 @@ def test_outputs_follow_the_umask(model_dir: Path, fixtures_dir: Path, tmp_path:
     old = os.umask(0o022)
     try:
         png = tmp_path / "drawn.png"
-        assert main(["generate-image", "Cardiomegaly", "-o", str(png), "--model", str(model_dir),
-                     "--seed", "0"]) == 0
+        assert (
+            main(
+                [
+                    "generate-image",
+                    "Cardiomegaly",
+                    "-o",
+                    str(png),
+                    "--model",
+                    str(model_dir),
+                    "--seed",
+                    "0",
+                ]
+            )
+            == 0
+        )
         table = tmp_path / "reports.csv"
-        assert main(["report", str(fixtures_dir / "00000001_000.png"), "-o", str(table), "--model",
-                     str(model_dir), "--max-new-tokens", "2"]) == 0
+        assert (
+            main(
+                [
+                    "report",
+                    str(fixtures_dir / "00000001_000.png"),
+                    "-o",
+                    str(table),
+                    "--model",
+                    str(model_dir),
+                    "--max-new-tokens",
+                    "2",
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE(png.stat().st_mode) == 0o644

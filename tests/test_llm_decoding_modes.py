@@ -66,7 +66,9 @@ def test_int8_replaces_the_linears_but_the_skipped_and_stays_close_to_fp32(llm: 
     skipped = {n for n in before if n.rsplit(".", 1)[-1] in INT8_SKIP}
     assert "lm_head" in skipped and any("down_proj" in n for n in skipped)
     assert all(after[n] is torch.nn.Linear for n in skipped)
-    assert all(after[n] is DynamicLinear for n in before.keys() - skipped) and before.keys() - skipped
+    assert (
+        all(after[n] is DynamicLinear for n in before.keys() - skipped) and before.keys() - skipped
+    )
     ids = torch.tensor([[1, 5, 9, 30, 41]])
     with torch.inference_mode():
         ref, out = llm.model(input_ids=ids).logits, int8.model(input_ids=ids).logits

@@ -45,7 +45,9 @@ def _biased_copy(llm: LLMCXR, favour: str) -> LLMCXR:
     return clone
 
 
-def _image_prompt(llm: LLMCXR, report: str = "Left pleural effusion.") -> tuple[torch.Tensor, torch.Tensor]:
+def _image_prompt(
+    llm: LLMCXR, report: str = "Left pleural effusion."
+) -> tuple[torch.Tensor, torch.Tensor]:
     text = llm.prompt_format.render("Draw this.", report)
     return llm._pad([llm._image_prompt(text)])
 
@@ -53,19 +55,27 @@ def _image_prompt(llm: LLMCXR, report: str = "Left pleural effusion.") -> tuple[
 def test_text_favouring_model_really_prefers_text(llm: LLMCXR) -> None:
     biased = _biased_copy(llm, "text")
     ids, mask = _image_prompt(biased)
-    out = biased.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                                pad_token_id=biased.pad_token_id)
+    out = biased.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=biased.pad_token_id,
+    )
     assert not biased.token_map.is_code_id(out[0, ids.shape[1] :]).any()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_constrained_loop_yields_exactly_n_codes_even_when_text_is_favoured(llm: LLMCXR, seed: int) -> None:
+def test_constrained_loop_yields_exactly_n_codes_even_when_text_is_favoured(
+    llm: LLMCXR, seed: int
+) -> None:
     biased = _biased_copy(llm, "text")
     ids, mask = _image_prompt(biased)
     ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
     generator = torch.Generator().manual_seed(seed)
-    codes = generate_image_codes(biased.model, ids, mask, biased.token_map, Sampling(True, 1.3, 0.92),
-                                 generator=generator)
+    codes = generate_image_codes(
+        biased.model, ids, mask, biased.token_map, Sampling(True, 1.3, 0.92), generator=generator
+    )
     assert codes.shape == (2, biased.token_map.tokens_per_image)
     assert codes.min() >= 0 and codes.max() < biased.token_map.codebook_size
 
@@ -75,21 +85,48 @@ def test_constrained_generate_ends_with_marker_after_n_codes(llm: LLMCXR, seed: 
     biased = _biased_copy(llm, "text")
     ids, mask = _image_prompt(biased)
     torch.manual_seed(seed)
-    codes = generate_image_codes_hf(biased.model, ids, mask, biased.token_map, Sampling(True, 1.0, 0.92),
-                                    pad_token_id=biased.pad_token_id)
+    codes = generate_image_codes_hf(
+        biased.model,
+        ids,
+        mask,
+        biased.token_map,
+        Sampling(True, 1.0, 0.92),
+        pad_token_id=biased.pad_token_id,
+    )
     assert codes.shape == (1, biased.token_map.tokens_per_image)
     assert codes.min() >= 0 and codes.max() < biased.token_map.codebook_size
 
 
 @pytest.mark.parametrize("guidance", [None, 3.0])
-def test_restricted_loop_matches_transformers_generate_greedy(llm: LLMCXR, guidance: float | None) -> None:
-    ids, mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this.", r))
-                          for r in ("Cardiomegaly.", "Small left apical pneumothorax and a rib fracture.")])
-    uncond_ids, uncond_mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this."))] * 2)
-    extra = {"guidance_scale": guidance, "uncond_input_ids": uncond_ids, "uncond_attention_mask": uncond_mask}
-    ours = generate_image_codes(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False), **extra)
-    reference = generate_image_codes_hf(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False),
-                                        pad_token_id=llm.pad_token_id, **extra)
+def test_restricted_loop_matches_transformers_generate_greedy(
+    llm: LLMCXR, guidance: float | None
+) -> None:
+    ids, mask = llm._pad(
+        [
+            llm._image_prompt(llm.prompt_format.render("Draw this.", r))
+            for r in ("Cardiomegaly.", "Small left apical pneumothorax and a rib fracture.")
+        ]
+    )
+    uncond_ids, uncond_mask = llm._pad(
+        [llm._image_prompt(llm.prompt_format.render("Draw this."))] * 2
+    )
+    extra = {
+        "guidance_scale": guidance,
+        "uncond_input_ids": uncond_ids,
+        "uncond_attention_mask": uncond_mask,
+    }
+    ours = generate_image_codes(
+        llm.model, ids, mask, llm.token_map, Sampling(do_sample=False), **extra
+    )
+    reference = generate_image_codes_hf(
+        llm.model,
+        ids,
+        mask,
+        llm.token_map,
+        Sampling(do_sample=False),
+        pad_token_id=llm.pad_token_id,
+        **extra,
+    )
     assert torch.equal(ours, reference)
 
 
@@ -126,17 +163,28 @@ def test_reports_contain_no_image_tokens_even_when_image_tokens_are_favoured(
         return out
 
     monkeypatch.setattr(biased.model, "generate", spy)
-    reports = biased.generate_report([np.full((64, 64), 0.5, np.float32)] * 2, max_new_tokens=12, seed=0)
+    reports = biased.generate_report(
+        [np.full((64, 64), 0.5, np.float32)] * 2, max_new_tokens=12, seed=0
+    )
     assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
     new = generated[0]
-    image_ids = {*biased.token_map.image_token_ids, biased.token_map.start_id, biased.token_map.end_id}
+    image_ids = {
+        *biased.token_map.image_token_ids,
+        biased.token_map.start_id,
+        biased.token_map.end_id,
+    }
     assert new.numel() > 0 and not set(new.flatten().tolist()) & image_ids
 
 
 def test_generate_images_shapes_progress_and_seed(llm: LLMCXR) -> None:
     calls: list[tuple[int, int]] = []
-    images = llm.generate_images(["Left pleural effusion.", "Normal chest."], num_images=2, seed=7,
-                                 batch_size=3, progress=lambda done, total: calls.append((done, total)))
+    images = llm.generate_images(
+        ["Left pleural effusion.", "Normal chest."],
+        num_images=2,
+        seed=7,
+        batch_size=3,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     size = llm.image_tokenizer.image_size
     assert [len(per_report) for per_report in images] == [2, 2]
     for image in (image for per_report in images for image in per_report):
@@ -145,7 +193,9 @@ def test_generate_images_shapes_progress_and_seed(llm: LLMCXR) -> None:
     total = 4 * llm.token_map.tokens_per_image
     assert calls[-1] == (total, total) and all(t == total for _, t in calls)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    again = llm.generate_images(["Left pleural effusion.", "Normal chest."], num_images=2, seed=7, batch_size=3)
+    again = llm.generate_images(
+        ["Left pleural effusion.", "Normal chest."], num_images=2, seed=7, batch_size=3
+    )
     assert all(np.array_equal(a, b) for x, y in zip(images, again) for a, b in zip(x, y))
 
 
@@ -157,7 +207,11 @@ def test_generate_images_with_guidance_and_from_an_empty_report(llm: LLMCXR) -> 
 def test_generate_report_accepts_paths_arrays_and_tensors(llm: LLMCXR, fixtures_dir: Path) -> None:
     from conftest import synthetic_cxr
 
-    inputs = [fixtures_dir / "00000001_000.png", synthetic_cxr(80, 1), torch.from_numpy(synthetic_cxr(64, 2))[None]]
+    inputs = [
+        fixtures_dir / "00000001_000.png",
+        synthetic_cxr(80, 1),
+        torch.from_numpy(synthetic_cxr(64, 2))[None],
+    ]
     reports = llm.generate_report(inputs, max_new_tokens=4, seed=0, batch_size=2)
     assert len(reports) == 3 and all(isinstance(r, str) for r in reports)
 
@@ -175,9 +229,16 @@ def test_prompt_splices_one_image_span(llm: LLMCXR) -> None:
 def test_ask_with_history_keeps_one_image(llm: LLMCXR, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
     original = llm._generate_text
-    monkeypatch.setattr(llm, "_generate_text", lambda prompts, *a: seen.extend(prompts) or original(prompts, *a))
-    answer = llm.ask(np.full((64, 64), 0.3, np.float32), "Is there an effusion?",
-                     history=[("Is the heart enlarged?", "No.")], max_new_tokens=4, seed=0)
+    monkeypatch.setattr(
+        llm, "_generate_text", lambda prompts, *a: seen.extend(prompts) or original(prompts, *a)
+    )
+    answer = llm.ask(
+        np.full((64, 64), 0.3, np.float32),
+        "Is there an effusion?",
+        history=[("Is the heart enlarged?", "No.")],
+        max_new_tokens=4,
+        seed=0,
+    )
     assert isinstance(answer, str)
     assert seen[0].ids.count(llm.token_map.start_id) == 1
     with pytest.raises(ValueError, match="empty"):
@@ -197,7 +258,9 @@ def test_device_and_dtype_choice() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_dtype(None, torch.device("cpu")) == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    assert resolve_dtype(None, torch.device("cpu")) == (
+        torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    )
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown device"):

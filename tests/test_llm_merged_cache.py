@@ -44,8 +44,12 @@ def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     new_ids = [*token_map.image_token_ids, token_map.start_id, token_map.end_id]
     lora = apply_lora(
         model,
-        {"r": 4, "lora_alpha": 8, "target_modules": "all-linear",
-         "trainable_token_indices": {"embed_tokens": new_ids}},
+        {
+            "r": 4,
+            "lora_alpha": 8,
+            "target_modules": "all-linear",
+            "trainable_token_indices": {"embed_tokens": new_ids},
+        },
     )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -53,8 +57,13 @@ def lora_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             if "lora_B" in name or "trainable_tokens" in name:
                 param.add_(0.2 * torch.randn(param.shape, generator=gen))
     folder = save_model_folder(
-        root / "model", model=lora, text_tokenizer=tok, image_tokenizer=image_tokenizer,
-        token_map=token_map, prompt_format=PromptFormat(), base_model=spec,
+        root / "model",
+        model=lora,
+        text_tokenizer=tok,
+        image_tokenizer=image_tokenizer,
+        token_map=token_map,
+        prompt_format=PromptFormat(),
+        base_model=spec,
     )
     return folder, spec.name
 
@@ -137,7 +146,9 @@ def test_a_changed_adapter_gets_a_new_entry_with_its_own_logits(
 
 @pytest.mark.parametrize("damage", ["truncate", "header"])
 def test_a_damaged_entry_is_rebuilt(
-    lora_folder: tuple[Path, str], cache_dir: Path, damage: str,
+    lora_folder: tuple[Path, str],
+    cache_dir: Path,
+    damage: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     folder, base = lora_folder
@@ -155,7 +166,9 @@ def test_a_damaged_entry_is_rebuilt(
 
 
 def test_an_unwritable_cache_merges_in_memory_with_one_warning(
-    lora_folder: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    lora_folder: tuple[Path, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     folder, base = lora_folder
@@ -194,8 +207,12 @@ print(json.dumps({"status": status, "loaded": [m for m in heavy if m in sys.modu
 def _run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[dict, str]:
     """Run `llmcxr.cli.main(argv)` in a fresh interpreter -> (status and heavy modules, stderr)."""
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, *argv], capture_output=True, text=True, timeout=300,
-        env=env, check=False,
+        [sys.executable, "-c", _SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
     assert done.stdout.strip(), done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
@@ -217,8 +234,20 @@ def test_generate_image_imports_no_training_stack_and_keeps_stderr_quiet(
     folder, base = lora_folder
     env = {**os.environ, "LLMCXR_CACHE": str(tmp_path / "cache")}
     env.pop(merged_cache.DISABLE_ENV, None)
-    argv = ["generate-image", "lungs are clear", "-o", str(tmp_path / "x.png"), "--model",
-            str(folder), "--base-model", base, "--device", "cpu", "--seed", "0"]
+    argv = [
+        "generate-image",
+        "lungs are clear",
+        "-o",
+        str(tmp_path / "x.png"),
+        "--model",
+        str(folder),
+        "--base-model",
+        base,
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+    ]
     result, stderr = _run_cli(*argv, env=env)
     assert result["status"] == 0, stderr
     assert (tmp_path / "x.png").is_file()
@@ -231,14 +260,30 @@ def test_generate_image_imports_no_training_stack_and_keeps_stderr_quiet(
 
 
 def test_verbose_brings_the_library_output_back(
-    lora_folder: tuple[Path, str], tmp_path: Path, cache_dir: Path,
+    lora_folder: tuple[Path, str],
+    tmp_path: Path,
+    cache_dir: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     from llmcxr.cli import main
 
     folder, base = lora_folder
-    status = main(["generate-image", "lungs are clear", "-o", str(tmp_path / "x.png"), "--model",
-                   str(folder), "--base-model", base, "--device", "cpu", "--no-cache", "--verbose"])
+    status = main(
+        [
+            "generate-image",
+            "lungs are clear",
+            "-o",
+            str(tmp_path / "x.png"),
+            "--model",
+            str(folder),
+            "--base-model",
+            base,
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--verbose",
+        ]
+    )
     assert status == 0
     assert "Loading weights" in capfd.readouterr().err
 

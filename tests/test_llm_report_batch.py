@@ -25,19 +25,46 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
     weights = folder / "llm" / "model.safetensors"
     tensors = load_file(weights)
-    save_file({k: v * 30 if v.ndim == 2 else v for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    save_file(
+        {k: v * 30 if v.ndim == 2 else v for k, v in tensors.items()},
+        weights,
+        metadata={"format": "pt"},
+    )
     return folder
 
 
 def _report(folder: Path, model_dir: Path, out: Path, batch_size: int) -> dict[str, str]:
-    assert main(["report", str(folder), "--model", str(model_dir), "-o", str(out), "--greedy",
-                 "--max-new-tokens", "12", "--batch-size", str(batch_size)]) == 0
-    return {Path(row["image"]).name: row["report"] for row in map(json.loads, out.read_text().splitlines())}
+    assert (
+        main(
+            [
+                "report",
+                str(folder),
+                "--model",
+                str(model_dir),
+                "-o",
+                str(out),
+                "--greedy",
+                "--max-new-tokens",
+                "12",
+                "--batch-size",
+                str(batch_size),
+            ]
+        )
+        == 0
+    )
+    return {
+        Path(row["image"]).name: row["report"]
+        for row in map(json.loads, out.read_text().splitlines())
+    }
 
 
-def test_batched_reports_match_one_at_a_time(model_dir: Path, fixtures_dir: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_batched_reports_match_one_at_a_time(
+    model_dir: Path,
+    fixtures_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     for name in IMAGES:
@@ -62,8 +89,20 @@ def test_batched_reports_match_one_at_a_time(model_dir: Path, fixtures_dir: Path
     assert summary and summary.group(1) == str(len(IMAGES))
 
 
-def test_single_image_prints_no_summary(model_dir: Path, fixtures_dir: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", str(fixtures_dir / "00000001_000.png"), "--model", str(model_dir),
-                 "--max-new-tokens", "3"]) == 0
+def test_single_image_prints_no_summary(
+    model_dir: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "report",
+                str(fixtures_dir / "00000001_000.png"),
+                "--model",
+                str(model_dir),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert not any(SUMMARY.match(line) for line in capsys.readouterr().err.splitlines())

@@ -246,7 +246,6 @@ class VQGANModule(L.LightningModule):
         codebook[dead] = fresh.to(codebook.dtype)
         return torch.tensor(float(dead.numel()), device=self.device)
 
-
     def on_train_epoch_end(self) -> None:
         self._log_codebook(self.train_code_counts, "train")
 

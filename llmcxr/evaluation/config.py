@@ -71,18 +71,28 @@ class EvaluationConfig:
         self.data = Path(self.data)
         self.out = Path(self.out)
         if self.tasks is None:
-            self.tasks = TASKS if self.classifier else tuple(t for t in TASKS if t not in CLASSIFIER_TASKS)
+            self.tasks = (
+                TASKS if self.classifier else tuple(t for t in TASKS if t not in CLASSIFIER_TASKS)
+            )
             if not self.classifier:
-                logger.warning("no --classifier: skipping the %s tasks", " and ".join(CLASSIFIER_TASKS))
+                logger.warning(
+                    "no --classifier: skipping the %s tasks", " and ".join(CLASSIFIER_TASKS)
+                )
         self.tasks = tuple(self.tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
-            raise ValueError(f"--tasks: unknown {unknown or 'empty'}; choose from {', '.join(TASKS)}")
+            raise ValueError(
+                f"--tasks: unknown {unknown or 'empty'}; choose from {', '.join(TASKS)}"
+            )
         if self.report_section not in REPORT_SECTIONS:
-            raise ValueError(f"--report-section must be one of {REPORT_SECTIONS}, got {self.report_section!r}")
+            raise ValueError(
+                f"--report-section must be one of {REPORT_SECTIONS}, got {self.report_section!r}"
+            )
         for name in ("samples_per_image", "images_per_report", "batch_size", "min_positives"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         needs_classifier = set(CLASSIFIER_TASKS) & set(self.tasks)
@@ -132,7 +142,9 @@ class RunContext:
     def classifier(self) -> ImageClassifier | None:
         from llmcxr.evaluation.classifier import ImageClassifier
 
-        return ImageClassifier.from_weights(self.config.classifier) if self.config.classifier else None
+        return (
+            ImageClassifier.from_weights(self.config.classifier) if self.config.classifier else None
+        )
 
     def store(self, name: str) -> ResultStore:
         return ResultStore(self.config.out / "items" / f"{name}.jsonl")
@@ -141,7 +153,9 @@ class RunContext:
         """Write a float image [H, W] in [0, 1] as 8-bit PNG under the output folder."""
         path = self.config.out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+        pixels = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255), 0, 255).astype(
+            np.uint8
+        )
         Image.fromarray(pixels).save(path)
         return relative
 

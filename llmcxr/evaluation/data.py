@@ -72,7 +72,10 @@ class EvalSplit:
             kept = [r for r in rows if r.image_path is not None]
             if len(kept) < len(rows):
                 logger.warning(
-                    "%s: %d of %d records skipped (image missing)", task, len(rows) - len(kept), len(rows)
+                    "%s: %d of %d records skipped (image missing)",
+                    task,
+                    len(rows) - len(kept),
+                    len(rows),
                 )
             rows = kept
         return rows
@@ -82,7 +85,8 @@ class EvalSplit:
         ``split`` field), whatever records the stage holds for them; ``prefix`` selects a source
         (image ids are ``<source folder>/<file>``)."""
         return [
-            (image_id, path) for image_id, path in self.image_paths.items()
+            (image_id, path)
+            for image_id, path in self.image_paths.items()
             if self.image_splits.get(image_id) == self.split and image_id.startswith(prefix)
         ]
 
@@ -92,7 +96,8 @@ class EvalSplit:
         texts: Counter[str] = Counter()
         if train is not None:
             texts.update(
-                row["response"] for row in train.select_columns(["task", "response"])
+                row["response"]
+                for row in train.select_columns(["task", "response"])
                 if row["task"] == "cxr_to_report"
             )
         if not texts:

@@ -80,9 +80,15 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
             batch_size=cfg.batch_size,
         )
 
-    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=generate,
-                       make_row=lambda r, images: _classify_item(ctx, r, images),
-                       batch_size=cfg.batch_size, desc="report->CXR")
+    return run_pending(
+        ctx.store(STORE),
+        records,
+        key=lambda r: r.id,
+        generate=generate,
+        make_row=lambda r, images: _classify_item(ctx, r, images),
+        batch_size=cfg.batch_size,
+        desc="report->CXR",
+    )
 
 
 def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]) -> dict[str, Any]:
@@ -100,7 +106,9 @@ def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]
         "image_id": record.image_id,
         "report": record.report,
         "resolution": size,
-        "images": [ctx.save_png(img, f"images/{STORE}/{record.id}_{k}.png") for k, img in enumerate(images)],
+        "images": [
+            ctx.save_png(img, f"images/{STORE}/{record.id}_{k}.png") for k, img in enumerate(images)
+        ],
         "generated_probs": probs[:n].tolist(),
         "real_probs": probs[n].tolist() if real is not None else None,
         "recon_probs": probs[n + 1].tolist() if real is not None else None,
@@ -118,34 +126,48 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
     columns = ctx.classifier.chexpert_columns(ctx.classes)
     classes = list(columns)
     if not classes:
-        return {"n_items": len(rows), "note": f"the classifier's labels {ctx.classifier.labels} "
-                "name none of the CheXpert classes; no AUROC / F1 / FID computed"}
+        return {
+            "n_items": len(rows),
+            "note": f"the classifier's labels {ctx.classifier.labels} "
+            "name none of the CheXpert classes; no AUROC / F1 / FID computed",
+        }
     truth = label_matrix(
         [r["report"] for r in rows], classes, uncertain_as_positive=cfg.uncertain_as_positive
     )
     gen_score = np.array(
-        [ImageClassifier.class_scores(np.asarray(r["generated_probs"]), columns).mean(axis=0) for r in rows]
+        [
+            ImageClassifier.class_scores(np.asarray(r["generated_probs"]), columns).mean(axis=0)
+            for r in rows
+        ]
     )
     gen_pred = (gen_score >= 0.5).astype(np.int64)
     kw = {"min_positives": cfg.min_positives}
     out: dict[str, Any] = {
         "classes": classes,
-        "class_columns": {c: [ctx.classifier.labels[i] for i in cols] for c, cols in columns.items()},
+        "class_columns": {
+            c: [ctx.classifier.labels[i] for i in cols] for c, cols in columns.items()
+        },
         "images_per_report": len(rows[0]["images"]),
         "resolution": rows[0]["resolution"],
-        "score": ("classifier probability (a class with several classifier labels: the largest) "
-                  "averaged over a report's images; F1 threshold 0.5 (the classifier's calibrated "
-                  "operating point when it ships op_threshs)"),
+        "score": (
+            "classifier probability (a class with several classifier labels: the largest) "
+            "averaged over a report's images; F1 threshold 0.5 (the classifier's calibrated "
+            "operating point when it ships op_threshs)"
+        ),
         "generated": classification_metrics(truth, gen_score, gen_pred, classes, **kw),
     }
-    out["generated"]["ci95"] = headline_intervals(truth, gen_score, gen_pred, n_boot=cfg.bootstrap,
-                                                  seed=cfg.seed, **kw)
+    out["generated"]["ci95"] = headline_intervals(
+        truth, gen_score, gen_pred, n_boot=cfg.bootstrap, seed=cfg.seed, **kw
+    )
     with_real = [i for i, r in enumerate(rows) if r["real_probs"] is not None]
     for name, field in (("real", "real_probs"), ("tokenizer_reconstruction", "recon_probs")):
         if with_real:
-            score = ImageClassifier.class_scores(np.array([rows[i][field] for i in with_real]), columns)
-            out[name] = classification_metrics(truth[with_real], score, (score >= 0.5).astype(np.int64),
-                                               classes, **kw)
+            score = ImageClassifier.class_scores(
+                np.array([rows[i][field] for i in with_real]), columns
+            )
+            out[name] = classification_metrics(
+                truth[with_real], score, (score >= 0.5).astype(np.int64), classes, **kw
+            )
     out["realism"] = _realism(ctx, rows)
     out["fid_xrv"] = out["realism"]["generated"]["fid"]
     diversity = [r["diversity_ssim"] for r in rows if r["diversity_ssim"] is not None]
@@ -158,8 +180,12 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
 def distribution_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     """FID, KID and k-NN precision / recall of feature set ``fake`` against ``real`` [N, D]."""
     fid = frechet_distance(fake, real) if min(len(real), len(fake)) >= 2 else math.nan
-    return {"n": len(fake), "fid": fid, "kid": kernel_inception_distance(real, fake),
-            **knn_precision_recall(real, fake, k=PRECISION_RECALL_K)}
+    return {
+        "n": len(fake),
+        "fid": fid,
+        "kid": kernel_inception_distance(real, fake),
+        **knn_precision_recall(real, fake, k=PRECISION_RECALL_K),
+    }
 
 
 def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -172,14 +198,19 @@ def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         generated.append(feats[:n])
         if row["real_probs"] is not None:
             real[row["image_id"]], recon[row["image_id"]] = feats[n], feats[n + 1]
-    out: dict[str, Any] = {"n_real": len(real), "k": PRECISION_RECALL_K,
-                           "features": "the classifier's pooled 1,024-d features"}
+    out: dict[str, Any] = {
+        "n_real": len(real),
+        "k": PRECISION_RECALL_K,
+        "features": "the classifier's pooled 1,024-d features",
+    }
     if len(real) < 2:
         nan = {"n": 0, "fid": math.nan, "kid": math.nan, "precision": math.nan, "recall": math.nan}
         return {**out, "generated": nan, "tokenizer_reconstruction": nan}
     real_feats = np.stack(list(real.values()))
     out["generated"] = distribution_metrics(real_feats, np.concatenate(generated))
-    out["tokenizer_reconstruction"] = distribution_metrics(real_feats, np.stack(list(recon.values())))
+    out["tokenizer_reconstruction"] = distribution_metrics(
+        real_feats, np.stack(list(recon.values()))
+    )
     return out
 
 

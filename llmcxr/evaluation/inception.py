@@ -46,7 +46,9 @@ class InceptionFeatures:
             state = torch.load(path, map_location="cpu", weights_only=True)
         # transform_input=True as torchvision sets it for these weights: they expect [-1, 1]
         # inputs and the model maps our ImageNet-normalised batch to that range.
-        network = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+        network = inception_v3(
+            weights=None, aux_logits=True, init_weights=False, transform_input=True
+        )
         network.load_state_dict(state)
         network.AuxLogits = None
         network.aux_logits = False
@@ -56,7 +58,9 @@ class InceptionFeatures:
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         feats = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.from_numpy(np.stack(images[start : start + self.batch_size]).astype(np.float32))
+            batch = torch.from_numpy(
+                np.stack(images[start : start + self.batch_size]).astype(np.float32)
+            )
             batch = F.interpolate(batch[:, None], size=(299, 299), mode="bilinear", antialias=True)
             batch = (batch.expand(-1, 3, -1, -1) - _MEAN) / _STD
             feats.append(self.network(batch).numpy())

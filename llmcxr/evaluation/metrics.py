@@ -54,7 +54,10 @@ MIN_POSITIVES = 5
 
 
 def binarize_labels(
-    labels: Sequence[Mapping[str, int]], classes: Sequence[str], *, uncertain_as_positive: bool = False
+    labels: Sequence[Mapping[str, int]],
+    classes: Sequence[str],
+    *,
+    uncertain_as_positive: bool = False,
 ) -> np.ndarray:
     """Label dicts -> binary matrix [N, C] under the conventions above."""
     positive = {1, -1} if uncertain_as_positive else {1}
@@ -180,7 +183,9 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance needs [N, D] arrays of equal D, got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"frechet_distance needs [N, D] arrays of equal D, got {a.shape}, {b.shape}"
+        )
     if min(len(a), len(b)) < 2:
         raise ValueError("frechet_distance needs at least 2 samples per set")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
@@ -277,18 +282,25 @@ def headline_intervals(
     headline = headline_columns(y_true, min_positives)
 
     def macro_auroc(idx: np.ndarray) -> float:
-        return _nan_mean(np.array([auroc_or_nan(y_true[idx, j], y_score[idx, j]) for j in headline]))
+        return _nan_mean(
+            np.array([auroc_or_nan(y_true[idx, j], y_score[idx, j]) for j in headline])
+        )
 
     def macro_f1(idx: np.ndarray) -> float:
         if not headline:
             return math.nan
-        return float(f1_score(y_true[idx][:, headline], y_pred[idx][:, headline], average="macro",
-                              zero_division=0))
+        return float(
+            f1_score(
+                y_true[idx][:, headline], y_pred[idx][:, headline], average="macro", zero_division=0
+            )
+        )
 
     statistics = {
         "auroc_micro": lambda idx: auroc_or_nan(y_true[idx], y_score[idx]),
         "auroc_macro": macro_auroc,
-        "f1_micro": lambda idx: float(f1_score(y_true[idx], y_pred[idx], average="micro", zero_division=0)),
+        "f1_micro": lambda idx: float(
+            f1_score(y_true[idx], y_pred[idx], average="micro", zero_division=0)
+        ),
         "f1_macro": macro_f1,
     }
     return {
@@ -317,7 +329,9 @@ def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict
     real = np.asarray(real, dtype=np.float64)
     fake = np.asarray(fake, dtype=np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"knn_precision_recall needs [N, D] arrays of equal D, got {real.shape}, {fake.shape}")
+        raise ValueError(
+            f"knn_precision_recall needs [N, D] arrays of equal D, got {real.shape}, {fake.shape}"
+        )
     if min(len(real), len(fake)) <= k:
         return {"precision": math.nan, "recall": math.nan}
     return {"precision": _fraction_inside(real, fake, k), "recall": _fraction_inside(fake, real, k)}
@@ -351,7 +365,9 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray) -> float:
     x = torch.as_tensor(np.asarray(real), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"kernel_inception_distance needs [N, D] arrays of equal D, got {x.shape}, {y.shape}")
+        raise ValueError(
+            f"kernel_inception_distance needs [N, D] arrays of equal D, got {x.shape}, {y.shape}"
+        )
     m, n = len(x), len(y)
     if min(m, n) < 2:
         return math.nan

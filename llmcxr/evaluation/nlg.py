@@ -142,6 +142,4 @@ def nlg_metrics(hypotheses: Sequence[str], references: References) -> dict[str, 
 
 def _check_pairs(hypotheses: Sequence, references: Sequence) -> None:
     if len(hypotheses) != len(references):
-        raise ValueError(
-            f"got {len(hypotheses)} generated texts for {len(references)} references"
-        )
+        raise ValueError(f"got {len(hypotheses)} generated texts for {len(references)} references")

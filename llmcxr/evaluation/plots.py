@@ -37,7 +37,13 @@ def per_label_bars(per_label: Mapping[str, Mapping[str, float]], path: Path, tit
         if math.isnan(v):
             ax.text(x[i] - 0.2, 0.02, "n/a", ha="center", rotation=90, fontsize=7)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(x, [f"{n}\n(n={per_label[n]['support']})" for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(
+        x,
+        [f"{n}\n(n={per_label[n]['support']})" for n in names],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend()

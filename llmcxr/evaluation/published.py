@@ -11,16 +11,46 @@ from __future__ import annotations
 CITATION = "Lee et al., LLM-CXR, ICLR 2024 (arXiv 2305.11490); MIMIC-CXR, 3,530 AP/PA test images"
 
 REPORT_ROWS: dict[str, dict[str, float]] = {
-    "LLM-CXR (paper)": {"auroc_micro": 0.628, "auroc_macro": 0.555, "f1_micro": 0.360, "f1_macro": 0.211},
-    "XrayGPT (LLM-CXR paper)": {"auroc_micro": 0.617, "auroc_macro": 0.548, "f1_micro": 0.326, "f1_macro": 0.209},
-    "UniXGen-512 (LLM-CXR paper)": {"auroc_micro": 0.668, "auroc_macro": 0.576, "f1_micro": 0.413, "f1_macro": 0.245},
+    "LLM-CXR (paper)": {
+        "auroc_micro": 0.628,
+        "auroc_macro": 0.555,
+        "f1_micro": 0.360,
+        "f1_macro": 0.211,
+    },
+    "XrayGPT (LLM-CXR paper)": {
+        "auroc_micro": 0.617,
+        "auroc_macro": 0.548,
+        "f1_micro": 0.326,
+        "f1_macro": 0.209,
+    },
+    "UniXGen-512 (LLM-CXR paper)": {
+        "auroc_micro": 0.668,
+        "auroc_macro": 0.576,
+        "f1_micro": 0.413,
+        "f1_macro": 0.245,
+    },
 }
 """Table 1, CXR -> report: label AUROC and F1 (micro / macro) over the 14 CheXpert classes."""
 
 IMAGE_ROWS: dict[str, dict[str, float]] = {
-    "LLM-CXR (paper)": {"auroc_micro": 0.791, "auroc_macro": 0.798, "fid_inception": 22.75, "fid_xrv": 0.714},
-    "UniXGen (LLM-CXR paper)": {"auroc_micro": 0.744, "auroc_macro": 0.750, "fid_inception": 78.19, "fid_xrv": 7.894},
-    "RoentGen (LLM-CXR paper)": {"auroc_micro": 0.706, "auroc_macro": 0.701, "fid_inception": 42.38, "fid_xrv": 6.039},
+    "LLM-CXR (paper)": {
+        "auroc_micro": 0.791,
+        "auroc_macro": 0.798,
+        "fid_inception": 22.75,
+        "fid_xrv": 0.714,
+    },
+    "UniXGen (LLM-CXR paper)": {
+        "auroc_micro": 0.744,
+        "auroc_macro": 0.750,
+        "fid_inception": 78.19,
+        "fid_xrv": 7.894,
+    },
+    "RoentGen (LLM-CXR paper)": {
+        "auroc_micro": 0.706,
+        "auroc_macro": 0.701,
+        "fid_inception": 42.38,
+        "fid_xrv": 6.039,
+    },
 }
 """Table 4, report -> CXR: classifier AUROC on generated images (11 labels), FID Inception / XRV."""
 

@@ -49,8 +49,15 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     def make_row(record: EvalRecord, generated: list[str]) -> dict[str, Any]:
         return {"image_id": record.image_id, "reference": record.report, "generated": generated}
 
-    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=generate,
-                       make_row=make_row, batch_size=cfg.batch_size, desc="CXR->report")
+    return run_pending(
+        ctx.store(STORE),
+        records,
+        key=lambda r: r.id,
+        generate=generate,
+        make_row=make_row,
+        batch_size=cfg.batch_size,
+        desc="CXR->report",
+    )
 
 
 def label_matched_references(
@@ -79,8 +86,9 @@ def sampled_label_scores(
     """Per-class score (fraction of an item's sampled reports labelling the class positive) and
     prediction (majority of samples; the label itself with one sample), both ``[N, C]``."""
     n_samples = len(generated[0])
-    sampled = np.stack([label_matrix([g[k] for g in generated], classes, **label_kw)
-                        for k in range(n_samples)])
+    sampled = np.stack(
+        [label_matrix([g[k] for g in generated], classes, **label_kw) for k in range(n_samples)]
+    )
     score = sampled.mean(axis=0)
     return score, (score >= 0.5).astype(np.int64)
 
@@ -112,14 +120,18 @@ def score_reports(
         refs = [[impression_section(r) for r in rs] for rs in refs]
     result["nlg"] = nlg_metrics(hyps, refs)
     result["nlg_references_per_item"] = float(np.mean([len(rs) for rs in refs]))
-    ci = headline_intervals(truth, score, pred, min_positives=min_positives, n_boot=n_boot, seed=seed)
+    ci = headline_intervals(
+        truth, score, pred, min_positives=min_positives, n_boot=n_boot, seed=seed
+    )
     ci["rouge_l"] = mean_interval(rouge_l(hyps, refs), n_boot=n_boot, seed=seed)
     ci["cider_d"] = mean_interval(cider_d(hyps, refs)[1], n_boot=n_boot, seed=seed)
     result["ci95"] = ci
     return result
 
 
-def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]], baseline_report: str | None) -> dict[str, Any]:
+def summarize(
+    ctx: RunContext, rows: Sequence[dict[str, Any]], baseline_report: str | None
+) -> dict[str, Any]:
     """Metrics of the stored rows, and of the most-common-report baseline on the same items."""
     cfg = ctx.config
     if not rows:
@@ -129,16 +141,20 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]], baseline_report: 
         "uncertain_as_positive": cfg.uncertain_as_positive,
         "n_boot": cfg.bootstrap,
         "seed": cfg.seed,
-        "reference_pool": [r.report for t in ("cxr_to_report", "report_to_cxr")
-                           for r in ctx.split.records(t)],
+        "reference_pool": [
+            r.report for t in ("cxr_to_report", "report_to_cxr") for r in ctx.split.records(t)
+        ],
         "min_positives": cfg.min_positives,
     }
     references = [r["reference"] for r in rows]
     out = score_reports(references, [r["generated"] for r in rows], ctx.classes, **kw)
     out["samples_per_image"] = len(rows[0]["generated"])
     out["report_section"] = cfg.report_section
-    out["nlg_notes"] = {**NLG_NOTES, "scored_sample": "the first sampled report of each image",
-                        "reference_pool": f"the {ctx.config.split} split's reports"}
+    out["nlg_notes"] = {
+        **NLG_NOTES,
+        "scored_sample": "the first sampled report of each image",
+        "reference_pool": f"the {ctx.config.split} split's reports",
+    }
     if baseline_report is not None:
         baseline = score_reports(references, [[baseline_report]] * len(rows), ctx.classes, **kw)
         baseline["report"] = baseline_report

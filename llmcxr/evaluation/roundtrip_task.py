@@ -29,21 +29,37 @@ def run_report_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict
     cfg = ctx.config
 
     def trip(part: Sequence[EvalRecord], start: int) -> list[tuple[np.ndarray, str]]:
-        images = [imgs[0] for imgs in ctx.model.generate_images(
-            [r.report for r in part], seed=cfg.seed + start, batch_size=cfg.batch_size
-        )]
+        images = [
+            imgs[0]
+            for imgs in ctx.model.generate_images(
+                [r.report for r in part], seed=cfg.seed + start, batch_size=cfg.batch_size
+            )
+        ]
         reports = ctx.model.generate_report(
-            images, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start, batch_size=cfg.batch_size
+            images,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed + start,
+            batch_size=cfg.batch_size,
         )
         return list(zip(images, reports))
 
     def make_row(record: EvalRecord, result: tuple[np.ndarray, str]) -> dict[str, Any]:
         image, back = result
-        return {"report": record.report, "report_back": back,
-                "image": ctx.save_png(image, f"images/{REPORT_STORE}/{record.id}.png")}
+        return {
+            "report": record.report,
+            "report_back": back,
+            "image": ctx.save_png(image, f"images/{REPORT_STORE}/{record.id}.png"),
+        }
 
-    return run_pending(ctx.store(REPORT_STORE), records, key=lambda r: r.id, generate=trip,
-                       make_row=make_row, batch_size=cfg.batch_size, desc="report->CXR->report")
+    return run_pending(
+        ctx.store(REPORT_STORE),
+        records,
+        key=lambda r: r.id,
+        generate=trip,
+        make_row=make_row,
+        batch_size=cfg.batch_size,
+        desc="report->CXR->report",
+    )
 
 
 def run_image_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
@@ -52,12 +68,17 @@ def run_image_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[
 
     def trip(part: Sequence[EvalRecord], start: int) -> list[tuple[str, np.ndarray]]:
         reports = ctx.model.generate_report(
-            [str(r.image_path) for r in part], max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.seed + start, batch_size=cfg.batch_size,
+            [str(r.image_path) for r in part],
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed + start,
+            batch_size=cfg.batch_size,
         )
-        images = [imgs[0] for imgs in ctx.model.generate_images(
-            reports, seed=cfg.seed + start, batch_size=cfg.batch_size
-        )]
+        images = [
+            imgs[0]
+            for imgs in ctx.model.generate_images(
+                reports, seed=cfg.seed + start, batch_size=cfg.batch_size
+            )
+        ]
         return list(zip(reports, images))
 
     def make_row(record: EvalRecord, result: tuple[str, np.ndarray]) -> dict[str, Any]:
@@ -71,8 +92,15 @@ def run_image_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[
             "feature_cosine": float(cosine_similarity(feats[:1], feats[1:])[0]),
         }
 
-    return run_pending(ctx.store(IMAGE_STORE), records, key=lambda r: r.id, generate=trip,
-                       make_row=make_row, batch_size=cfg.batch_size, desc="CXR->report->CXR")
+    return run_pending(
+        ctx.store(IMAGE_STORE),
+        records,
+        key=lambda r: r.id,
+        generate=trip,
+        make_row=make_row,
+        batch_size=cfg.batch_size,
+        desc="CXR->report->CXR",
+    )
 
 
 def summarize(

@@ -90,7 +90,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         metrics["image"] = image_task.summarize(ctx, rows)
         _image_grid(ctx, rows)
     if "vqa" in config.tasks:
-        rows, metrics["skipped"]["vqa"] = _finished(vqa_task.run(ctx, cap(split.records("vqa", need_image=True))))
+        rows, metrics["skipped"]["vqa"] = _finished(
+            vqa_task.run(ctx, cap(split.records("vqa", need_image=True)))
+        )
         metrics["vqa"] = vqa_task.summarize(ctx, rows)
     if "roundtrip" in config.tasks:
         report_rows, metrics["skipped"]["roundtrip_report"] = _finished(
@@ -101,8 +103,11 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         )
         metrics["roundtrip"] = roundtrip_task.summarize(ctx, report_rows, image_rows)
     if "tokenizer" in config.tasks:
-        images = cap(tokenizer_task.unique_images([r for t in ("cxr_to_report", "vqa", "report_to_cxr")
-                                                   for r in split.records(t)]))
+        images = cap(
+            tokenizer_task.unique_images(
+                [r for t in ("cxr_to_report", "vqa", "report_to_cxr") for r in split.records(t)]
+            )
+        )
         rows, _ = _finished(tokenizer_task.run(ctx, images))
         metrics["tokenizer"] = tokenizer_task.summarize(ctx, rows)
     metrics = _json_safe(metrics)
@@ -114,14 +119,23 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 
 def _plots(out: Path, metrics: dict[str, Any]) -> None:
     if metrics.get("report", {}).get("per_label"):
-        plots.per_label_bars(metrics["report"]["per_label"], out / "plots" / "report_per_label.png",
-                             "CXR -> report: per-label AUROC and F1")
+        plots.per_label_bars(
+            metrics["report"]["per_label"],
+            out / "plots" / "report_per_label.png",
+            "CXR -> report: per-label AUROC and F1",
+        )
     if metrics.get("nih", {}).get("per_label"):
-        plots.per_label_bars(metrics["nih"]["per_label"], out / "plots" / "nih_per_label.png",
-                             "CXR -> report on NIH images: per-label AUROC and F1 against NIH labels")
+        plots.per_label_bars(
+            metrics["nih"]["per_label"],
+            out / "plots" / "nih_per_label.png",
+            "CXR -> report on NIH images: per-label AUROC and F1 against NIH labels",
+        )
     if metrics.get("image", {}).get("generated"):
-        plots.per_label_bars(metrics["image"]["generated"]["per_label"], out / "plots" / "image_per_label.png",
-                             "Report -> CXR: classifier on generated images")
+        plots.per_label_bars(
+            metrics["image"]["generated"]["per_label"],
+            out / "plots" / "image_per_label.png",
+            "Report -> CXR: classifier on generated images",
+        )
     if metrics.get("vqa", {}).get("n_yes_no"):
         plots.vqa_confusion(metrics["vqa"]["confusion"], out / "plots" / "vqa_confusion.png")
 
@@ -132,8 +146,11 @@ def _image_grid(ctx: RunContext, rows: list[dict[str, Any]]) -> None:
 
     if not rows:
         return
-    labels = label_matrix([r["report"] for r in rows], ctx.classes,
-                          uncertain_as_positive=ctx.config.uncertain_as_positive)
+    labels = label_matrix(
+        [r["report"] for r in rows],
+        ctx.classes,
+        uncertain_as_positive=ctx.config.uncertain_as_positive,
+    )
     records = {r.id: r for r in ctx.split.records("report_to_cxr")}
     examples = []
     for j, finding in enumerate(ctx.classes):

@@ -39,8 +39,12 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
         originals = [read_real(r, tokenizer.image_size) for r in part]
         recon, codes = reconstruct(tokenizer, originals)
         rows = [
-            {"psnr": psnr(orig, rec), "ssim": ssim(orig, rec), "codes": sorted(set(c.tolist())),
-             "codebook_size": tokenizer.codebook_size}
+            {
+                "psnr": psnr(orig, rec),
+                "ssim": ssim(orig, rec),
+                "codes": sorted(set(c.tolist())),
+                "codebook_size": tokenizer.codebook_size,
+            }
             for orig, rec, c in zip(originals, recon, codes)
         ]
         if ctx.classifier is not None:
@@ -52,9 +56,15 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
                 row["feature_cosine"], row["prediction_agreement"] = float(cos), float(agree)
         return rows
 
-    return run_pending(ctx.store(STORE), records, key=lambda r: r.image_id, generate=measure,
-                       make_row=lambda record, row: row, batch_size=ctx.config.batch_size,
-                       desc="tokenizer")
+    return run_pending(
+        ctx.store(STORE),
+        records,
+        key=lambda r: r.image_id,
+        generate=measure,
+        make_row=lambda record, row: row,
+        batch_size=ctx.config.batch_size,
+        desc="tokenizer",
+    )
 
 
 def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -30,23 +30,43 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
 
     def answer(part: Sequence[EvalRecord], start: int) -> list[str]:
         record = part[0]
-        return [ctx.model.ask(str(record.image_path), record.instruction, seed=cfg.seed,
-                              max_new_tokens=cfg.max_new_tokens)]
+        return [
+            ctx.model.ask(
+                str(record.image_path),
+                record.instruction,
+                seed=cfg.seed,
+                max_new_tokens=cfg.max_new_tokens,
+            )
+        ]
 
     def make_row(record: EvalRecord, reply: str) -> dict[str, Any]:
-        return {"image_id": record.image_id, "question": record.instruction,
-                "reference": record.response, "answer": reply}
+        return {
+            "image_id": record.image_id,
+            "question": record.instruction,
+            "reference": record.response,
+            "answer": reply,
+        }
 
-    return run_pending(ctx.store(STORE), records, key=lambda r: r.id, generate=answer,
-                       make_row=make_row, batch_size=1, desc="VQA")
+    return run_pending(
+        ctx.store(STORE),
+        records,
+        key=lambda r: r.id,
+        generate=answer,
+        make_row=make_row,
+        batch_size=1,
+        desc="VQA",
+    )
 
 
 def score_answers(
     references: Sequence[str], answers: Sequence[str], *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Yes/no accuracy with a confusion table, and open-answer token F1 / ROUGE-L."""
-    closed = [(yes_no(r, strict=True), yes_no(a) or "other")
-              for r, a in zip(references, answers) if yes_no(r, strict=True)]
+    closed = [
+        (yes_no(r, strict=True), yes_no(a) or "other")
+        for r, a in zip(references, answers)
+        if yes_no(r, strict=True)
+    ]
     open_pairs = [(r, a) for r, a in zip(references, answers) if not yes_no(r, strict=True)]
     correct = [float(ref == pred) for ref, pred in closed]
     confusion = Counter(closed)
@@ -74,8 +94,10 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
     if not rows:
         return {"n_items": 0, "note": "no VQA records with an available image"}
     out = score_answers(
-        [r["reference"] for r in rows], [r["answer"] for r in rows],
-        n_boot=ctx.config.bootstrap, seed=ctx.config.seed,
+        [r["reference"] for r in rows],
+        [r["answer"] for r in rows],
+        n_boot=ctx.config.bootstrap,
+        seed=ctx.config.seed,
     )
     out["n_items"] = len(rows)
     return out
