@@ -228,3 +228,29 @@ def test_bad_input_gives_one_line_and_exit_2(
     (out / "run.json").write_text(json.dumps({"model": "another"}))
     assert main(_args(assets, out, "--tasks", "report")) == 2
     assert "different run" in capsys.readouterr().err
+
+
+def test_quantize_reaches_the_model_and_the_run_identity(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--quantize int8` evaluates the int8 model and is part of the run's identity, so its items
+    never mix with an fp32 run's; the default leaves run.json as before the option existed."""
+    from llmcxr.pipeline import LLMCXR
+
+    seen: list[str] = []
+    real = LLMCXR.from_pretrained.__func__
+
+    def spy(cls: type[LLMCXR], *args: object, **kwargs: object) -> LLMCXR:
+        llm = real(cls, *args, **kwargs)
+        seen.append(llm.quantization)
+        return llm
+
+    monkeypatch.setattr(LLMCXR, "from_pretrained", classmethod(spy))
+    out = tmp_path / "int8"
+    assert main(_args(assets, out, "--tasks", "report", "--quantize", "int8")) == 0
+    assert seen == ["int8"]
+    assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
+    assert main(_args(assets, out, "--tasks", "report")) == 2  # an fp32 run into that folder
+    plain = tmp_path / "plain"
+    assert main(_args(assets, plain, "--tasks", "report")) == 0
+    assert "quantize" not in json.loads((plain / "run.json").read_text())

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=_DEFAULTS["device"], help="auto, cpu, cuda, mps (default %(default)s)"
     )
     p.add_argument(
+        "--quantize",
+        choices=("auto", "none", "int8"),
+        default=_DEFAULTS["quantize"],
+        help="the model's speed mode, as on the other commands (default %(default)s)",
+    )
+    p.add_argument(
         "--inception-weights", help="torchvision inception_v3 state dict for Inception FID"
     )
     p.add_argument(
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             bootstrap=args.bootstrap,
             device=args.device,
+            quantize=args.quantize,
             inception_weights=args.inception_weights,
             nih_labels=args.nih_labels,
             min_positives=args.min_positives,

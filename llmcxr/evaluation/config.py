@@ -60,6 +60,8 @@ class EvaluationConfig:
     bootstrap: int = 1000
     """Bootstrap resamples for confidence intervals (0 = none)."""
     device: str = "auto"
+    quantize: str = "auto"
+    """The model's speed mode (`LLMCXR.quantize`: auto, none, int8), to measure int8's cost."""
     inception_weights: str | None = None
     """torchvision Inception-v3 state dict for Inception FID (omitted without it)."""
     nih_labels: str | None = None
@@ -115,6 +117,8 @@ class EvaluationConfig:
             "images_per_report": self.images_per_report,
             "seed": self.seed,
             "max_new_tokens": self.max_new_tokens,
+            # only when set, so folders written before the option existed still resume
+            **({"quantize": self.quantize} if self.quantize != "auto" else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +140,9 @@ class RunContext:
         """The model, loaded on first use (a fully resumed run never loads it)."""
         from llmcxr.pipeline import LLMCXR
 
-        return LLMCXR.from_pretrained(self.config.model, device=self.config.device)
+        return LLMCXR.from_pretrained(
+            self.config.model, device=self.config.device, quantize=self.config.quantize
+        )
 
     @cached_property
     def classifier(self) -> ImageClassifier | None:
@@ -175,7 +181,7 @@ def check_run_identity(config: EvaluationConfig) -> None:
     identity = config.identity()
     if path.is_file():
         previous = json.loads(path.read_text())
-        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        diff = sorted(k for k in identity | previous if previous.get(k) != identity.get(k))
         if diff:
             raise ValueError(
                 f"{config.out} holds results of a different run ({', '.join(diff)} differ); "
