@@ -252,6 +252,15 @@ class _CountingGenerate:
         return out
 
 
+def timed_process(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall and CPU seconds of one fresh process, from start to exit."""
+    start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, check=True, capture_output=True, cwd=REPO, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(cpu, 2)}
+
+
 def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict[str, Any]:
     """Fresh processes: `python -m llmcxr ...` from start to the written result."""
     results: dict[str, Any] = {}
@@ -286,20 +295,8 @@ def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict
                 device,
                 *MODE_ARGS[mode],
             ]
-            start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(
-                argv,
-                check=True,
-                capture_output=True,
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-            results[name] = {
-                "seconds": round(time.perf_counter() - start, 2),
-                "cpu_seconds": round(cpu, 2),
-            }
+            results[name] = timed_process(argv, env={**os.environ, "PYTHONPATH": str(REPO)})
+            cpu = results[name]["cpu_seconds"]
             print(
                 f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
                 f"{cpu:.1f} s CPU",
@@ -330,15 +327,7 @@ def bench_cold_plain(llm: Any, tokens: dict[str, int]) -> dict[str, Any]:
         llm.text_tokenizer.save_pretrained(tmp)
         for name, count in tokens.items():
             argv = [sys.executable, "-c", PLAIN_COLD, tmp, prompt, str(count)]
-            start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(argv, check=True, capture_output=True, cwd=REPO)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-            results[name] = {
-                "seconds": round(time.perf_counter() - start, 2),
-                "cpu_seconds": round(cpu, 2),
-                "tokens": count,
-            }
+            results[name] = {**timed_process(argv), "tokens": count}
             print(
                 f"  cold plain transformers {name} ({count} tokens): "
                 f"{results[name]['seconds']:.1f} s wall",

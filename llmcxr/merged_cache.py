@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from llmcxr.base_model import llmcxr_cache_dir
 from llmcxr.devices import is_out_of_memory
+from vqgan.atomic import atomic_write
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 """Part of every key: bump it when the way a merged model is built or stored changes."""
 DISABLE_ENV = "LLMCXR_NO_MERGED_CACHE"
+HASHES_FILE = "merged_base_hashes.json"
+"""In the cache folder: each base weight file's sha256 with the size and mtime it was read at."""
 ENTRY_FILE = "entry.json"
 """Written last into an entry: its version and the size of every file in it."""
 MAX_ENTRIES = 3
@@ -49,12 +52,45 @@ def entry_for(
     of their bytes; None when the base has no files to key it by (a tiny or hub model)."""
     if not base_files:
         return None
+    root = (cache_dir or llmcxr_cache_dir()) / "merged"
     key = hashlib.sha256(f"llmcxr-merged-v{CACHE_VERSION}\n".encode())
     for role, files in (("base", base_files), ("model", model_files)):
         for path in files:
-            digest = _sha256(path) if path.is_file() else "missing"
+            digest = _base_digest(root, path) if role == "base" else _digest(path)
             key.update(f"{role} {path.name} {digest}\n".encode())
-    return (cache_dir or llmcxr_cache_dir()) / "merged" / key.hexdigest()
+    return root / key.hexdigest()
+
+
+def _digest(path: Path) -> str:
+    from llmcxr.gpu_kit.parts import sha256_file  # standard library only
+
+    return sha256_file(path) if path.is_file() else "missing"
+
+
+def _base_digest(root: Path, path: Path) -> str:
+    """The sha256 of a base weight file, re-read only when its size or mtime changed: hashing the
+    93 MB SmolLM2 GGUF took 0.4-1.0 s of every load. Adapter files are small and always hashed."""
+    if not path.is_file():
+        return "missing"
+    memo_file = root.parent / HASHES_FILE
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    stat = path.stat()
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    known = memo.get(str(path.resolve())) if isinstance(memo, dict) else None
+    if isinstance(known, dict) and known.get("stamp") == stamp and known.get("sha256"):
+        return str(known["sha256"])
+    digest = _digest(path)
+    memo = memo if isinstance(memo, dict) else {}
+    memo[str(path.resolve())] = {"stamp": stamp, "sha256": digest}
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo_file, lambda tmp: tmp.write_text(json.dumps(memo, indent=1) + "\n"))
+    except OSError:
+        pass  # a read-only cache: hash again next time
+    return digest
 
 
 def load(entry: Path) -> PreTrainedModel | None:
@@ -150,11 +186,3 @@ def _no_init_weights() -> AbstractContextManager[None]:
     except ImportError:
         from transformers.modeling_utils import no_init_weights
     return no_init_weights()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -305,3 +305,22 @@ def test_pruning_keeps_the_most_recently_used_entries(tmp_path: Path) -> None:
     kept = sorted(p.name for p in root.iterdir())
     assert len(kept) - 1 == merged_cache.MAX_ENTRIES  # "partial" is not an entry
     assert kept == ["c", "d", "new", "partial"]
+
+
+def test_a_base_file_is_hashed_again_only_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmcxr.gpu_kit import parts
+
+    reads: list[str] = []
+    real = parts.sha256_file
+    monkeypatch.setattr(parts, "sha256_file", lambda p: reads.append(p.name) or real(p))
+    base, adapter = tmp_path / "base.gguf", tmp_path / "adapter.safetensors"
+    base.write_bytes(b"base weights")
+    adapter.write_bytes(b"adapter")
+    first = merged_cache.entry_for([base], [adapter], tmp_path / "cache")
+    again = merged_cache.entry_for([base], [adapter], tmp_path / "cache")
+    assert again == first and reads == ["base.gguf", "adapter.safetensors", "adapter.safetensors"]
+    base.write_bytes(b"other weights!")  # new size and mtime: read again, a new entry
+    assert merged_cache.entry_for([base], [adapter], tmp_path / "cache") != first
+    assert reads.count("base.gguf") == 2
