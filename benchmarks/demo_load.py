@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrcommon.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGE = REPO / "tests" / "fixtures" / "00000001_000.png"
 TASKS = ("report", "draw", "ask", "mixed")
@@ -147,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "per_request": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(summary, indent=2))
     print(
         f"task={summary['task']} requests={summary['requests']} errors={summary['errors']} "
         f"median={summary['latency_median_s']}s p95={summary['latency_p95_s']}s "

@@ -166,8 +166,8 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
             assert codes.shape == (rows, n)
             results[f"{name}_batch{rows}"] = figures(seconds, rows * n)
             print(
-                f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU "
-                f"({rows * n / seconds:.1f} tok/s)",
+                f"  generate-image codes, {name}, batch {rows}: {seconds:.2f} s wall, "
+                f"{CPU_SECONDS[-1]:.2f} s CPU ({rows * n / seconds:.1f} tok/s)",
                 flush=True,
             )
         full = torch.randint(llm.token_map.codebook_size, (rows, llm.token_map.tokens_per_image))
@@ -210,8 +210,9 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
         generated = counter.lengths[0]
         results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
         print(
-            f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for {generated} "
-            f"new tokens ({rows * generated / seconds:.1f} tok/s, image encoding included)",
+            f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for "
+            f"{generated} new tokens ({rows * generated / seconds:.1f} tok/s, image encoding "
+            "included)",
             flush=True,
         )
         codes = llm.encode_images([image])
@@ -419,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from cxrcommon.files import atomic_write
     from llmcxr.base_model import llmcxr_cache_dir
-    from vqgan.atomic import atomic_write
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -436,8 +437,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
-        "note": "speed depends on the architecture, not on the weights' values; tokens_per_s is from wall "
-        "time, cpu_seconds counts all threads of this process (the machine may be shared)",
+        "note": (
+            "speed depends on the architecture, not on the weights' values; tokens_per_s is from "
+            "wall time, cpu_seconds counts all threads of this process (the machine may be shared)"
+        ),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "devices": {},

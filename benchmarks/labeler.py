@@ -3,9 +3,10 @@
 Reference: each OpenI report's MeSH *major* terms mapped to CheXpert classes
 (``instructions/data/openi_mesh_map.json``); MeSH lists what is present, so unmapped classes are
 negative; "No Finding" follows the CheXpert convention on the mapped classes (no pathology class
-named; MeSH "normal" also counts). Prediction: the labeler on FINDINGS + IMPRESSION (de-identification marks stripped), positive
-when the label is 1 ("strict") or 1/-1 ("uncertain as positive"). Prints per-class precision/recall/F1
-and micro/macro F1 (scikit-learn) and writes them to JSON.
+named; MeSH "normal" also counts). Prediction: the labeler on FINDINGS + IMPRESSION
+(de-identification marks stripped), positive when the label is 1 ("strict") or 1/-1 ("uncertain as
+positive"). Prints per-class precision/recall/F1 and micro/macro F1 (scikit-learn) and writes them
+to JSON.
 
     .venv/bin/python benchmarks/labeler.py [--out benchmarks/results/labeler.json]
 """
@@ -16,13 +17,13 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from cxrcommon.files import atomic_write_text
 from instructions import CHEXPERT_CLASSES, label_report
 from instructions.corpora.openi import read_openi
 from instructions.filters import StripDeidMarks
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         [[p.get(name) in (1, -1) for name in CHEXPERT_CLASSES] for p in predictions], dtype=int
     )
     result = {
-        "data": "OpenI / IU X-ray reports from the torchxrayvision wheel (NLMCXR_reports.tgz), MeSH major terms",
+        "data": (
+            "OpenI / IU X-ray reports from the torchxrayvision wheel (NLMCXR_reports.tgz), "
+            "MeSH major terms"
+        ),
         "reports_evaluated": len(texts),
         "reports_skipped": skipped,
         "strict": evaluate(truth, strict),
@@ -143,21 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'class':28s} {'P':>6s} {'R':>6s} {'F1':>6s} {'support':>8s} {'pred':>6s}   (strict)")
     for name, row in result["strict"]["per_class"].items():  # type: ignore[index]
         print(
-            f"{name:28s} {row['precision']:6.3f} {row['recall']:6.3f} {row['f1']:6.3f} {row['support']:8d} {row['predicted']:6d}"
+            f"{name:28s} {row['precision']:6.3f} {row['recall']:6.3f} {row['f1']:6.3f} "
+            f"{row['support']:8d} {row['predicted']:6d}"
         )
     for key in ("strict", "uncertain_as_positive"):
         print(
             f"{key}: micro F1 {result[key]['micro_f1']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"
         )  # type: ignore[index]
     print(
-        f"speed: {result['speed_reports_per_s']} reports/s wall, {result['speed_reports_per_cpu_s']} per CPU-second "
-        f"(load average {result['load_average_1min']})"
+        f"speed: {result['speed_reports_per_s']} reports/s wall, "
+        f"{result['speed_reports_per_cpu_s']} per CPU-second (load average "
+        f"{result['load_average_1min']})"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Near-duplicate groups of labelled image folders at several Hamming thresholds (choosing MAX_DISTANCE).
+"""Near-duplicate groups of labelled image folders at several Hamming thresholds (choosing
+MAX_DISTANCE).
 
 For each threshold: pairs, groups of two or more images and their largest size (chaining into one
 giant group would mean unrelated films join), pairs across folders, and, for folders with patient
@@ -7,8 +8,10 @@ With ``--dataset``, also how many images of a built dataset change split under p
 how many of its test images have a near-duplicate in train/val. ``--pairs-png`` saves side-by-side
 pairs by distance band, to look at.
 
-    .venv/bin/python benchmarks/near_duplicates.py --labelled ../shared/data/covid_radiography_224 \\
-        --labelled ../shared/data/nih_chestxray14 [--dataset runs/default_model/data] [--pairs-png /tmp/pairs]
+    .venv/bin/python benchmarks/near_duplicates.py \\
+        --labelled ../shared/data/covid_radiography_224 \\
+        --labelled ../shared/data/nih_chestxray14 \\
+        [--dataset runs/default_model/data] [--pairs-png /tmp/pairs]
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxrcommon.files import atomic_write_text
+from cxrcommon.manifest import read_image_list
 from instructions.corpora.csvfiles import iter_csv_rows
 from instructions.near_duplicates import (
     MAX_DISTANCE,
@@ -40,7 +44,8 @@ THRESHOLDS = (8, 16, 24, 32, 36, 40, 44, 48, 52, 56)
 
 
 def _images(folders: list[Path]) -> tuple[list[str], list[Path], list[str]]:
-    """Keys ``folder:stem`` (the paired build's patient id of an image without one), paths, patient ids."""
+    """Keys ``folder:stem`` (the paired build's patient id of an image without one), paths,
+    patient ids."""
     keys, paths, patients = [], [], []
     for folder in folders:
         for row in iter_csv_rows(folder / "labels.csv", ("filename", "labels")):
@@ -78,9 +83,10 @@ def _threshold_rows(
 
 
 def _split_moves(dataset: Path, keys: list[str], hashes: np.ndarray, patients: list[str]) -> dict:
-    """Images of a built dataset whose split changes under pseudo-patients (as the paired build does)."""
-    listing = [json.loads(x) for x in (dataset / "images.jsonl").read_text().splitlines() if x]
-    split_of = {r["image_id"].replace("/", ":").rsplit(".", 1)[0]: r["split"] for r in listing}
+    """Images of a built dataset whose split changes under pseudo-patients (as the paired build
+    does)."""
+    listing = read_image_list(dataset)
+    split_of = {e.image_id.replace("/", ":").rsplit(".", 1)[0]: e.split for e in listing}
     own = [f"{k.split(':')[0]}:{p}" if p else "" for k, p in zip(keys, patients, strict=True)]
     config = SplitConfig()
     new_split = [config.assign(p) for p in assign_patients(keys, own, hashes)]
@@ -101,7 +107,7 @@ def _split_moves(dataset: Path, keys: list[str], hashes: np.ndarray, patients: l
         "test_images_with_near_duplicate_in_train_val": len(leaks),
         "near_pairs_across_splits_with_pseudo_patients": len(crossing),
         "crossing_examples": crossing[:10],
-        "of_test_images": sum(r["split"] == "test" for r in listing),
+        "of_test_images": sum(e.split == "test" for e in listing),
         "examples": leaks[:10],
     }
 
@@ -155,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs_png:
         _save_pairs_png(args.pairs_png, paths, pairs)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2))
     return 0
 
 

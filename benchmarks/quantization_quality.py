@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vqgan.atomic import atomic_write
+from cxrcommon.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 

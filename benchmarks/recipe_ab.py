@@ -55,7 +55,7 @@ def _arm_config(config: dict[str, Any], overrides: dict[str, Any], root: Path, s
     )
     trainer["logger"] = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"save_dir": str(root), "name": "logs"},
+        "init_args": {"name": "logs"},  # save_dir follows default_root_dir
     }
     trainer["callbacks"] = []  # no checkpoints or exports: only the logged losses matter
     return cfg
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         v = arm["val"]
         print(
             f"{name:<16} {v.get('val/loss', float('nan')):9.3f} "
-            f"{v.get('val/loss_image', float('nan')):9.3f} {v.get('val/loss_text', float('nan')):9.3f}"
+            f"{v.get('val/loss_image', float('nan')):9.3f} "
+            f"{v.get('val/loss_text', float('nan')):9.3f}"
         )
     return 0
 

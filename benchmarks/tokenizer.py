@@ -41,6 +41,7 @@ from tqdm import tqdm
 from vqgan import CXRReadError, CXRTokenizer, load_cxr_tensor
 from vqgan.clinical import ClinicalFeatureExtractor
 from vqgan.data import load_records
+from vqgan.module import code_perplexity
 
 logger = logging.getLogger("benchmarks.tokenizer")
 
@@ -141,8 +142,7 @@ def evaluate(
         balance.append(balance_terms(classifier, batch, recon))
     ids = torch.cat(all_ids)
     counts = torch.bincount(ids.flatten(), minlength=tokenizer.codebook_size).float()
-    probs = counts / counts.sum()
-    perplexity = torch.exp(-(probs * probs.clamp_min(1e-10).log()).sum())
+    perplexity = code_perplexity(counts)
 
     def mean(values: list[torch.Tensor]) -> float:
         return float(torch.cat([v.reshape(-1).float().cpu() for v in values]).mean())
@@ -198,7 +198,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--classifier",
         required=True,
-        help="clinical classifier: export folder, .safetensors, .ckpt or torchxrayvision cache name",
+        help=(
+            "clinical classifier: export folder, .safetensors, .ckpt or torchxrayvision cache name"
+        ),
     )
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder or CSV/JSONL manifest of CXRs")
     parser.add_argument(
@@ -208,7 +210,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--split",
         default=None,
-        help="only manifest rows with this split (e.g. test of an instruction build's images.jsonl)",
+        help=(
+            "only manifest rows with this split (e.g. test of an instruction build's images.jsonl)"
+        ),
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -260,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     quality = results["quality"]
     print(
         f"{results['images']} images from {args.data} ({len(skipped)} skipped), "
-        f"tokenizer {tokenizer.fingerprint} ({tokenizer.tokens_per_image} tokens, {tokenizer.codebook_size} codes)"
+        f"tokenizer {tokenizer.fingerprint} ({tokenizer.tokens_per_image} tokens, "
+        f"{tokenizer.codebook_size} codes)"
     )
     print(
         f"PSNR {quality['psnr_db']:.2f} dB  SSIM {quality['ssim']:.4f}  "
@@ -268,19 +273,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print(
         f"label agreement {quality['label_agreement_at_0.5']:.4f}  "
-        f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage {quality['codebook_usage']:.3f} "
-        f"({quality['codes_used']} codes)  perplexity {quality['code_perplexity']:.1f}"
+        f"mean |dp| {quality['mean_abs_prob_diff']:.4f}  codebook usage "
+        f"{quality['codebook_usage']:.3f} ({quality['codes_used']} codes)  perplexity "
+        f"{quality['code_perplexity']:.1f}"
     )
     balance = results["loss_balance"]
     print(
-        f"loss balance: L1 {balance['l1']:.4f}, clinical MSE {balance['clinical_mse_unweighted']:.4g} "
-        f"-> clinical_weight {balance['clinical_weight_equal_value']:.3g} (equal value), "
+        f"loss balance: L1 {balance['l1']:.4f}, clinical MSE "
+        f"{balance['clinical_mse_unweighted']:.4g} -> clinical_weight "
+        f"{balance['clinical_weight_equal_value']:.3g} (equal value), "
         f"{balance['clinical_weight_equal_gradient']:.3g} (equal gradient norm)"
     )
     for name, speed in results["speed"].items():
         print(
-            f"{name}: encode {speed['encode_images_per_s']:.2f} img/s, decode {speed['decode_images_per_s']:.2f} img/s "
-            f"(batch {speed['batch_size']})"
+            f"{name}: encode {speed['encode_images_per_s']:.2f} img/s, decode "
+            f"{speed['decode_images_per_s']:.2f} img/s (batch {speed['batch_size']})"
         )
     print(f"wrote {out}")
     return results

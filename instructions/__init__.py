@@ -1,4 +1,5 @@
-"""Reports, finding labels, VQA and the two-stage LLM-CXR instruction data (no model packages imported)."""
+"""Reports, finding labels, VQA and the two-stage LLM-CXR instruction data (no model packages
+imported)."""
 
 from instructions.labeler import (
     CHEXPERT_CLASSES,

@@ -1,4 +1,5 @@
-"""``python -m instructions build ...`` -> ``instructions.cli.main``; ``near-duplicates DATASET`` -> leak check."""
+"""``python -m instructions build ...`` -> ``instructions.cli.main``; ``near-duplicates DATASET`` ->
+leak check."""
 
 from __future__ import annotations
 

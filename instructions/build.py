@@ -1,23 +1,23 @@
-"""Build the two-stage LLM-CXR instruction dataset from a list of reports and save it (Arrow + card)."""
+"""Build the two-stage LLM-CXR instruction dataset from a list of reports and save it (Arrow +
+card)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from cxrcommon.files import new_folder_beside, replace_folders
+from cxrcommon.manifest import ListedImage, write_image_list
 from instructions.card import write_card
 from instructions.filters import FilterPipeline, FilterRule, stage1_rules, stage2_rules
-from instructions.prompt_format import PromptFormat, atomic_write_text, current_umask
+from instructions.prompt_format import PromptFormat
 from instructions.records import (
     COLUMNS,
     STAGE1_MIX,
@@ -48,7 +48,8 @@ class StageConfig:
     text_sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION")
     frontal_only: bool = False
     keep_unknown_views: bool = True
-    """With ``frontal_only``: keep images whose view is unknown (e.g. OpenI without its metadata CSV)."""
+    """With ``frontal_only``: keep images whose view is unknown (e.g. OpenI without its metadata
+    CSV)."""
     earliest_study_only: bool = False
     certain_qa_only: bool = False
     max_records: int | None = None
@@ -64,7 +65,8 @@ def default_stages(
     stage2_mix: TaskMix = STAGE2_MIX,
     keep_unknown_views: bool = True,
 ) -> tuple[StageConfig, StageConfig]:
-    """LLM-CXR's stages: 1 = all views, findings + impression, all QA; 2 = frontal, earliest study, impression."""
+    """LLM-CXR's stages: 1 = all views, findings + impression, all QA; 2 = frontal, earliest study,
+    impression."""
     stage1 = StageConfig("stage1", stage1_rules(deid_mode), stage1_mix)
     stage2 = StageConfig(
         "stage2",
@@ -99,7 +101,8 @@ class BuildConfig:
 
 @dataclass
 class StageResult:
-    """One built stage: records per split, filter and mix summaries, and the source reports it drew on."""
+    """One built stage: records per split, filter and mix summaries, and the source reports it drew
+    on."""
 
     name: str
     records: dict[str, list[Record]]
@@ -228,31 +231,18 @@ def _save_stage(result: StageResult, out: Path) -> Path:
             for split, records in result.records.items()
         }
     )
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{result.name}.new."))
-    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
+    staging = new_folder_beside(out / result.name)
     dataset.save_to_disk(str(staging))
     if result.report_pools is not None:
         result.report_pools.save(staging)
     return staging
 
 
-def _swap_in(staged: dict[Path, Path]) -> None:
-    """Move each finished staging folder onto its target; old targets are deleted only after
-    every new one is in place."""
-    old = []
-    for target, staging in staged.items():
-        if target.exists():
-            old.append(Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old.")))
-            os.replace(target, old[-1] / target.name)
-        os.replace(staging, target)
-    for folder in old:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def save_dataset(
     results: list[StageResult], reports: list[Report], config: BuildConfig, out: str | Path
 ) -> dict[str, object]:
-    """Write ``stage*/`` (DatasetDict), ``images.jsonl``, ``prompt_format.json``, ``card.json``, ``README.md``.
+    """Write ``stage*/`` (DatasetDict), ``images.jsonl``, ``prompt_format.json``, ``card.json``,
+    ``README.md``.
 
     The new stages are written beside the old ones and swapped in only once all are complete, so
     a failed or interrupted build leaves the previous dataset whole.
@@ -263,21 +253,16 @@ def save_dataset(
     try:
         for result in results:
             staged[out / result.name] = _save_stage(result, out)
-        _swap_in(staged)
+        replace_folders(staged)
     finally:
         for staging in staged.values():
             shutil.rmtree(staging, ignore_errors=True)
-    images: dict[str, dict[str, str]] = {}
+    images: dict[str, ListedImage] = {}
     for report in reports:
         for image in report.images:
             images.setdefault(
                 image.image_id,
-                {
-                    "image_id": image.image_id,
-                    "path": image.path,
-                    "patient_id": report.patient_id,
-                    "view": image.view,
-                },
+                ListedImage(image.image_id, image.path, report.patient_id, image.view),
             )
     # The split travels with each image so image-only training (classifier, tokenizer) can leave
     # out the same test patients as the LLM (``held_out`` of the vqgan data modules).
@@ -289,9 +274,6 @@ def save_dataset(
         if r.image_id
     }
     used = sorted(split_of)
-    atomic_write_text(
-        out / "images.jsonl",
-        "".join(json.dumps({**images[i], "split": split_of[i]}) + "\n" for i in used),
-    )
+    write_image_list(out, [replace(images[i], split=split_of[i]) for i in used])
     PromptFormat().save(out / "prompt_format.json")
     return write_card(out, results, config, n_images=len(used), n_reports=len(reports))

@@ -1,4 +1,5 @@
-"""The dataset card: counts per stage, split and task, filter steps, sources and notes (JSON + README)."""
+"""The dataset card: counts per stage, split and task, filter steps, sources and notes (JSON +
+README)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from instructions.prompt_format import atomic_write_text
+from cxrcommon.files import atomic_write_text
 from instructions.records import COLUMNS, TASKS
 from instructions.report_pool import pool_summary
 from instructions.splits import SPLITS
@@ -17,15 +18,18 @@ if TYPE_CHECKING:
 
 DATASET_NOTES = [
     (
-        "Images are referenced by id (images.jsonl); the LLM side joins ids with cached image tokens and "
-        "reports records dropped for missing images."
+        "Images are referenced by id (images.jsonl); the LLM side joins ids with cached image "
+        "tokens and reports records dropped for missing images."
     ),
     (
         "General instruction data (dolly-15k, as LLM-CXR used) is not available offline; pass "
-        "--general-instructions FILE.jsonl to add your own. Without it the 'text' task holds report-derived "
-        "text tasks only (impression from findings, list of abnormal findings)."
+        "--general-instructions FILE.jsonl to add your own. Without it the 'text' task holds "
+        "report-derived text tasks only (impression from findings, list of abnormal findings)."
     ),
-    "VQA pairs are synthesised by rules from each report's own sentences (LLM-CXR used Llama-2-13b-chat).",
+    (
+        "VQA pairs are synthesised by rules from each report's own sentences (LLM-CXR used "
+        "Llama-2-13b-chat)."
+    ),
 ]
 
 
@@ -107,7 +111,10 @@ def card_markdown(card: dict[str, object]) -> str:
         lines += [f"- {s['name']}: {s['removed']}" for s in stage["filters"]["steps"]]
         lines += [
             f"- images dropped by view: {stage['images_dropped_by_view']}",
-            f"- studies dropped (not the patient's earliest): {stage['studies_dropped_not_earliest']}",
+            (
+                "- studies dropped (not the patient's earliest): "
+                f"{stage['studies_dropped_not_earliest']}"
+            ),
             "",
         ]
         if "report_pools" in stage:

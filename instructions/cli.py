@@ -1,4 +1,5 @@
-"""``python -m instructions build`` (and ``llmcxr data build``): read a corpus, build both stages, save.
+"""``python -m instructions build`` (and ``llmcxr data build``): read a corpus, build both stages,
+save.
 
 Entry point for other CLIs: ``instructions.cli.main(argv)``.
 """
@@ -25,7 +26,10 @@ logger = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m instructions build",
-        description="Build LLM-CXR's two-stage instruction data (Arrow DatasetDicts + card) from a report corpus.",
+        description=(
+            "Build LLM-CXR's two-stage instruction data (Arrow DatasetDicts + card) from a report "
+            "corpus."
+        ),
     )
     parser.add_argument(
         "--source", required=True, choices=("mimic", "openi", "csv", "paired"), help="report corpus"
@@ -185,7 +189,8 @@ def _read_reports(
         reports = list(read_openi(archive, args.openi_metadata, stats, args.limit))
         paths = {"openi_archive": str(archive), "openi_metadata": str(args.openi_metadata)}
         notes.append(
-            "OpenI reports: Indiana University / NLM, CC BY-NC-ND 4.0; images are not available here (paths empty)."
+            "OpenI reports: Indiana University / NLM, CC BY-NC-ND 4.0; images are not available "
+            "here (paths empty)."
         )
     elif args.source == "csv":
         from instructions.corpora.tabular import read_table
@@ -220,7 +225,8 @@ def _read_reports(
 
 
 def _llm_qa(args: argparse.Namespace, sources: dict[str, object]) -> Callable[[str], list[QAPair]]:
-    """QA from a local LM for the first ``--llm-vqa-max-reports`` reports (cached per text); counts in the card."""
+    """QA from a local LM for the first ``--llm-vqa-max-reports`` reports (cached per text); counts
+    in the card."""
     from instructions.vqa_llm import LLMQAStats, llm_qa, load_generator
 
     generate = load_generator(args.llm_vqa, args.llm_vqa_gguf)

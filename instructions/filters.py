@@ -1,8 +1,10 @@
-"""Named, configurable report filter steps; each counts what it removed (printed by the build, kept in the card).
+"""Named, configurable report filter steps; each counts what it removed (printed by the build, kept
+in the card).
 
-Defaults follow XrayGPT's cleaning of MIMIC-CXR reports (used by LLM-CXR-style data): drop reports lacking
-findings or impression, findings under 10 words, impression under 2 words; strip de-identification marks;
-drop sentences that compare with prior studies. Cue lists are data (``data/report_filters.json``).
+Defaults follow XrayGPT's cleaning of MIMIC-CXR reports (used by LLM-CXR-style data): drop reports
+lacking findings or impression, findings under 10 words, impression under 2 words; strip
+de-identification marks; drop sentences that compare with prior studies. Cue lists are data
+(``data/report_filters.json``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def filter_cues(path: str | None = None) -> dict[str, re.Pattern[str]]:
 
 
 class FilterRule(Protocol):
-    """One filter step: returns the (possibly edited) report, or None to drop it, and how much it removed."""
+    """One filter step: returns the (possibly edited) report, or None to drop it, and how much it
+    removed."""
 
     name: str
 
@@ -62,8 +65,9 @@ def _drop_sentences(report: Report, regex: re.Pattern[str]) -> tuple[Report, int
 class StripDeidMarks:
     """Remove de-identification placeholders ("___", "XXXX") from the findings and impression.
 
-    ``mode="strip"`` deletes the mark; ``mode="drop_sentence"`` drops the sentences holding one (better
-    where marks replaced words mid-sentence, as in OpenI's "There are no XXXX of a pleural effusion").
+    ``mode="strip"`` deletes the mark; ``mode="drop_sentence"`` drops the sentences holding one
+    (better where marks replaced words mid-sentence, as in OpenI's "There are no XXXX of a pleural
+    effusion").
     """
 
     name: str = "strip_deid_marks"
@@ -93,7 +97,8 @@ class StripDeidMarks:
 
 @dataclass
 class DropPriorComparisons:
-    """Drop findings/impression sentences that compare with prior studies ("unchanged", "since the prior", ...)."""
+    """Drop findings/impression sentences that compare with prior studies ("unchanged", "since the
+    prior", ...)."""
 
     name: str = "drop_prior_comparison_sentences"
     pattern: str | None = None
@@ -142,7 +147,8 @@ class MinWords:
 
 @dataclass
 class FilterPipeline:
-    """Filter steps applied in order; ``removed`` counts per step (reports dropped or marks/sentences removed)."""
+    """Filter steps applied in order; ``removed`` counts per step (reports dropped or
+    marks/sentences removed)."""
 
     rules: list[FilterRule]
     removed: Counter[str] = field(default_factory=Counter)

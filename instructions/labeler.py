@@ -1,13 +1,13 @@
 """Rule-based CheXpert-style finding labeler: mentions, negation, uncertainty, laterality, severity.
 
-Hand-written on purpose (PyPI checked 2026-11): the CheXpert labeler is not on PyPI; radtext (NegBio)
-needs parser models downloaded; f1chexbert/CheXbert need hub weights; negspacy (NegEx) does negation
-only; medspaCy's ConText could run on a blank spaCy pipeline but brings spaCy and PyRuSH and clinical-
-note rules, not CheXpert's 14 classes, uncertainty conventions or laterality/severity. The rules
-follow the CheXpert labeler's order (uncertainty phrases containing a negation word, then negation,
-then other uncertainty) with a clause-limited scope instead of a dependency parse. Mention phrases and
-cues are data (``instructions/data/*.json``); only pure-Python ``re`` is used, so it labels thousands
-of reports per second on one core and is deterministic.
+Hand-written on purpose (PyPI checked 2026-11): the CheXpert labeler is not on PyPI; radtext
+(NegBio) needs parser models downloaded; f1chexbert/CheXbert need hub weights; negspacy (NegEx) does
+negation only; medspaCy's ConText could run on a blank spaCy pipeline but brings spaCy and PyRuSH
+and clinical-note rules, not CheXpert's 14 classes, uncertainty conventions or laterality/severity.
+The rules follow the CheXpert labeler's order (uncertainty phrases containing a negation word, then
+negation, then other uncertainty) with a clause-limited scope instead of a dependency parse. Mention
+phrases and cues are data (``instructions/data/*.json``); only pure-Python ``re`` is used, so it
+labels thousands of reports per second on one core and is deterministic.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ DATA_DIR = Path(str(resources.files("instructions") / "data"))
 _IGNORE = "_ignore"
 _MENTION_KINDS = ("mentions", "attributes", "hedges")
 """Phrase kinds of the mention table: findings; anatomy labelled only when qualified; and hedges,
-phrases that suggest a class without confirming it (e.g. "infection" for Pneumonia), at most uncertain."""
+phrases that suggest a class without confirming it (e.g. "infection" for Pneumonia), at most
+uncertain."""
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]\.)(?=[A-Z][a-z])|\n+|\s+(?=\d{1,2}[.)]\s)")
 _WORD = re.compile(r"\S+")
 _T = TypeVar("_T")
@@ -55,7 +56,8 @@ class Finding:
 
     ``status`` is 1 positive, 0 negative, -1 uncertain. ``mention`` is the matched phrase (for
     Support Devices: which device), ``sentence`` the report sentence it came from; laterality
-    (left/right/bilateral), location (lobe/zone) and severity are the nearest cue in the same clause.
+    (left/right/bilateral), location (lobe/zone) and severity are the nearest cue in the same
+    clause.
     """
 
     label: str
@@ -107,7 +109,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 class ReportLabeler:
-    """Labels report text over ``CHEXPERT_CLASSES`` from a mention table and cue lists (JSON data)."""
+    """Labels report text over ``CHEXPERT_CLASSES`` from a mention table and cue lists (JSON
+    data)."""
 
     def __init__(
         self, mentions_path: str | Path | None = None, cues_path: str | Path | None = None
@@ -136,7 +139,8 @@ class ReportLabeler:
             _alternation(cues["adjacent_uncertainty"]),
             int(cues["adjacent_window_words"]),
         )
-        # (status, cues before the mention, cues after it, words before, words after), checked in order.
+        # (status, cues before the mention, cues after it, words before, words after), checked in
+        # order.
         self._cue_rules: list[tuple[int, re.Pattern[str], re.Pattern[str], int, int]] = [
             (
                 UNCERTAIN,
@@ -187,7 +191,8 @@ class ReportLabeler:
     def _nearest(
         pattern: re.Pattern[str], clause: str, start: int, end: int
     ) -> tuple[re.Match[str] | None, int]:
-        """The cue match closest to the mention span [start, end) in the clause, and its distance."""
+        """The cue match closest to the mention span [start, end) in the clause, and its
+        distance."""
         best: re.Match[str] | None = None
         best_distance = len(clause) + 1
         for match in pattern.finditer(clause):
@@ -221,7 +226,8 @@ class ReportLabeler:
     def _finding(
         self, label: str, status: int, phrase: str, sentence: str, clause: str, start: int, end: int
     ) -> Finding:
-        """A Finding with its descriptors; a negated mention gets none (there is nothing to describe)."""
+        """A Finding with its descriptors; a negated mention gets none (there is nothing to
+        describe)."""
         if status == NEGATIVE:
             return Finding(label, status, phrase, sentence)
         location, _ = self._nearest(self._location, clause, start, end)
@@ -237,7 +243,8 @@ class ReportLabeler:
         )
 
     def extract(self, text: str) -> list[Finding]:
-        """Every mention of a CheXpert class in ``text``, with status, laterality, location and severity."""
+        """Every mention of a CheXpert class in ``text``, with status, laterality, location and
+        severity."""
         findings: list[Finding] = []
         for sentence in split_sentences(text):
             lowered = sentence.lower()

@@ -1,9 +1,10 @@
-"""Near-duplicate images by perceptual hash: pseudo-patients for sets without patient ids, and leak checks.
+"""Near-duplicate images by perceptual hash: pseudo-patients for sets without patient ids, and leak
+checks.
 
-The COVID-19 Radiography set has no patient ids, so one film (re-exported, cropped or annotated by two
-of its sub-sources) or a close follow-up film could land on both sides of a patient-level split.
-Images whose 256-bit DCT perceptual hashes differ in at most ``max_distance`` bits are joined into one
-group (connected components), and a group is split as one patient.
+The COVID-19 Radiography set has no patient ids, so one film (re-exported, cropped or annotated by
+two of its sub-sources) or a close follow-up film could land on both sides of a patient-level split.
+Images whose 256-bit DCT perceptual hashes differ in at most ``max_distance`` bits are joined into
+one group (connected components), and a group is split as one patient.
 
 The hash is written here with numpy and PIL (about 15 lines) rather than taken from ``imagehash``,
 which needs PyWavelets, a compiled dependency, for hashes we do not use. It is 256 bits (16x16 DCT
@@ -33,8 +34,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cxrcommon.manifest import read_image_list
+
 MAX_DISTANCE = 40
-"""Default Hamming threshold (bits of 256), chosen on covid_radiography_224 (instructions/README.md)."""
+"""Default Hamming threshold (bits of 256), chosen on covid_radiography_224
+(instructions/README.md)."""
 _SIDE, _LOW = 64, 16
 _WORDS = _LOW * _LOW // 64
 _BLOCK = 512
@@ -42,7 +46,8 @@ _BYTE_POPCOUNT = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 def _dct_rows(n: int, rows: int) -> np.ndarray:
-    """The first ``rows`` rows of the DCT-II matrix of size ``n`` (scale is irrelevant to the hash)."""
+    """The first ``rows`` rows of the DCT-II matrix of size ``n`` (scale is irrelevant to the
+    hash)."""
     k = np.arange(rows)[:, None]
     x = np.arange(n)[None, :]
     return np.cos(np.pi * (2 * x + 1) * k / (2 * n))
@@ -53,7 +58,8 @@ _DCT = _dct_rows(_SIDE, _LOW)
 
 def perceptual_hash(image: Image.Image | str | Path) -> np.ndarray:
     """256-bit pHash as 4 uint64 words: grayscale 64x64, the 16x16 lowest DCT frequencies, each bit
-    "above their median". Insensitive to brightness and contrast, resizing, JPEG noise, small shifts.
+    "above their median". Insensitive to brightness and contrast, resizing, JPEG noise, small
+    shifts.
     """
     if not isinstance(image, Image.Image):
         with Image.open(image) as opened:
@@ -91,7 +97,8 @@ def near_pairs(
 ) -> dict[tuple[int, int], int]:
     """``(i, j) -> distance`` for every pair i < j of ``hashes`` within ``max_distance`` bits.
 
-    With ``targets``, every (index into ``hashes``, index into ``targets``) pair within the distance.
+    With ``targets``, every (index into ``hashes``, index into ``targets``) pair within the
+    distance.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     other = hashes if targets is None else np.asarray(targets, dtype=np.uint64)
@@ -107,7 +114,8 @@ def near_pairs(
 
 
 def group_labels(count: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
-    """Connected components of ``count`` items under ``pairs``: each item's smallest member index."""
+    """Connected components of ``count`` items under ``pairs``: each item's smallest member
+    index."""
     parent = list(range(count))
 
     def root(i: int) -> int:
@@ -132,8 +140,8 @@ def assign_patients(
     """The patient of each image: its own id when ``patients`` gives one, else a pseudo-patient.
 
     Images without an id are joined with every near-duplicate (connected components); two images
-    that both have ids are never joined, their ids are trusted. A group takes the smallest patient id
-    among its members with one (the COVID-19 Radiography normals include NIH films), else the
+    that both have ids are never joined, their ids are trusted. A group takes the smallest patient
+    id among its members with one (the COVID-19 Radiography normals include NIH films), else the
     smallest of its ``names``, so a lone image keeps its own name and its split does not change.
     """
     pairs = [
@@ -155,17 +163,13 @@ def cross_split_duplicates(
     One row per such test image: its id and path and its nearest train/val image with the distance,
     so an evaluation on an older split can leave these images out.
     """
-    rows = [
-        json.loads(line)
-        for line in (Path(dataset_dir) / "images.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    rows = [r for r in rows if r.get("path") and Path(r["path"]).is_file()]
-    test = [r for r in rows if r.get("split") == "test"]
-    seen = [r for r in rows if r.get("split") in ("train", "val")]
+    listed = [(e, e.file(dataset_dir)) for e in read_image_list(dataset_dir)]
+    rows = [(entry, str(path)) for entry, path in listed if path is not None and path.is_file()]
+    test = [(e, path) for e, path in rows if e.split == "test"]
+    seen = [(e, path) for e, path in rows if e.split in ("train", "val")]
     if not test or not seen:
         return []
-    hashes = hash_files([r["path"] for r in test + seen])
+    hashes = hash_files([path for _, path in test + seen])
     pairs = near_pairs(hashes[: len(test)], max_distance, targets=hashes[len(test) :])
     nearest: dict[int, tuple[int, int]] = {}
     for (i, j), distance in pairs.items():
@@ -173,10 +177,10 @@ def cross_split_duplicates(
             nearest[i] = (distance, j)
     return [
         {
-            "image_id": test[i]["image_id"],
-            "path": test[i]["path"],
-            "near_image_id": seen[j]["image_id"],
-            "near_split": seen[j]["split"],
+            "image_id": test[i][0].image_id,
+            "path": test[i][1],
+            "near_image_id": seen[j][0].image_id,
+            "near_split": seen[j][0].split,
             "distance": distance,
         }
         for i, (distance, j) in sorted(nearest.items())
@@ -187,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: print (or write as JSON) the test images with a near-duplicate in train/val."""
     parser = argparse.ArgumentParser(
         prog="python -m instructions near-duplicates",
-        description="List test images of a built dataset folder that have a near-duplicate in train or val.",
+        description=(
+            "List test images of a built dataset folder that have a near-duplicate in train or val."
+        ),
     )
     parser.add_argument("dataset", type=Path, help="built dataset folder (holds images.jsonl)")
     parser.add_argument("--max-distance", type=int, default=MAX_DISTANCE, help="Hamming bits")

@@ -1,13 +1,14 @@
-"""Synthetic image-report pairs: each labelled image matched with a real OpenI report whose labels agree.
+"""Synthetic image-report pairs: each labelled image matched with a real OpenI report whose labels
+agree.
 
-Paired CXR image-report data is scarce offline (MIMIC-CXR needs credentials; the OpenI images are not
-here). This pairs every image of local labelled folders (``labels.csv`` + ``images/``, e.g. NIH
-ChestX-ray14, the COVID-19 sets) with an OpenI report whose labeler positives fit the image's labels.
-The pairs are synthetic matches, not real paired data; the card says so. Splits stay consistent: OpenI
-reports are split by their own hashed id with the same fractions, and an image only gets a report from
-its patient's split, so no report text crosses splits. Each study also carries its whole label-matched
-pool (``Report.pool``, shared by all images with the same labels in a split) so training can draw
-another report of the pool each epoch instead of the one frozen pick.
+Paired CXR image-report data is scarce offline (MIMIC-CXR needs credentials; the OpenI images are
+not here). This pairs every image of local labelled folders (``labels.csv`` + ``images/``, e.g. NIH
+ChestX-ray14, the COVID-19 sets) with an OpenI report whose labeler positives fit the image's
+labels. The pairs are synthetic matches, not real paired data; the card says so. Splits stay
+consistent: OpenI reports are split by their own hashed id with the same fractions, and an image
+only gets a report from its patient's split, so no report text crosses splits. Each study also
+carries its whole label-matched pool (``Report.pool``, shared by all images with the same labels in
+a split) so training can draw another report of the pool each epoch instead of the one frozen pick.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from instructions.reports import ImageRef, ReadStats, Report, ReportPool
 from instructions.splits import SplitConfig
 
 PAIRED_NOTE = (
-    "SYNTHETIC PAIRS: each image comes from a labelled image set and its report is a real OpenI report "
-    "chosen because the rule-based labeler's findings match the image's labels. Image and report are "
-    "NOT from the same patient or study; use these pairs for bootstrapping, not as paired ground truth. "
-    "Each image's direction records name its whole label-matched pool (report_pool); training may "
-    "draw a report from it each epoch."
+    "SYNTHETIC PAIRS: each image comes from a labelled image set and its report is a real OpenI "
+    "report chosen because the rule-based labeler's findings match the image's labels. Image and "
+    "report are NOT from the same patient or study; use these pairs for bootstrapping, not as "
+    "paired ground truth. Each image's direction records name its whole label-matched pool "
+    "(report_pool); training may draw a report from it each epoch."
 )
 _IGNORED_FOR_MATCH = ("No Finding", "Support Devices")
 
@@ -47,13 +48,14 @@ def load_label_map(path: str | Path | None = None) -> dict[str, list[str]]:
 
 
 def parse_image_labels(cell: str) -> list[str]:
-    """``"Effusion|Mass"`` / ``"COVID-19 (folder covid19)"`` -> ``["effusion", "mass"]`` / ``["covid-19"]``."""
+    """``"Effusion|Mass"`` / ``"COVID-19 (folder covid19)"`` -> ``["effusion", "mass"]`` /
+    ``["covid-19"]``."""
     return [part.split(" (")[0].strip().lower() for part in cell.split("|") if part.strip()]
 
 
 def report_matches(positives: frozenset[str], normal: bool, wanted: list[list[str]]) -> bool:
-    """True when a report's positives fit the image: normal with normal, else every image label met by
-    an acceptable class and no positive outside the acceptable ones."""
+    """True when a report's positives fit the image: normal with normal, else every image label met
+    by an acceptable class and no positive outside the acceptable ones."""
     if not wanted or all(not classes for classes in wanted):
         return normal and not positives
     allowed = {c for classes in wanted for c in classes}
@@ -82,7 +84,8 @@ def _view(raw: str) -> str:
 def _openi_pool(
     reports: Iterable[Report], split: SplitConfig
 ) -> dict[str, dict[frozenset[str], list[Report]]]:
-    """OpenI reports with findings or impression, by split and by set of definite positive classes."""
+    """OpenI reports with findings or impression, by split and by set of definite positive
+    classes."""
     pool: dict[str, dict[frozenset[str], list[Report]]] = defaultdict(lambda: defaultdict(list))
     strip = StripDeidMarks()
     for report in reports:
@@ -104,7 +107,8 @@ def _openi_pool(
 
 @dataclass
 class _Candidate:
-    """An image that passed the file, duplicate and label checks, waiting for its patient and report."""
+    """An image that passed the file, duplicate and label checks, waiting for its patient and
+    report."""
 
     folder: Path
     row: dict[str, str]
@@ -150,7 +154,8 @@ def _candidates(
 
 
 def _assign_patients(candidates: list[_Candidate], max_distance: int | None) -> int:
-    """Set each candidate's patient: its folder's id, else its near-duplicate group (None: its name).
+    """Set each candidate's patient: its folder's id, else its near-duplicate group (None: its
+    name).
 
     Returns how many images without an id joined a group of two or more.
     """

@@ -1,22 +1,27 @@
-"""The Alpaca/Dolly prompt as one object, shared by training and inference and saved in model folders."""
+"""The Alpaca/Dolly prompt as one object, shared by training and inference and saved in model
+folders."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from cxrcommon.files import atomic_write_text
 
 IMAGE_PLACEHOLDER = "<image>"
 """Marks where an image's tokens go in an instruction record (input or response)."""
 
 _DEFAULT_PREAMBLE = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request."
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request."
 )
-_DEFAULT_PREAMBLE_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+_DEFAULT_PREAMBLE_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request."
+)
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,8 @@ class PromptFormat:
     """Alpaca/Dolly prompt layout as LLM-CXR uses it.
 
     ``render`` gives the prompt up to and including the response header and its newline; the model's
-    answer follows and ends with ``end``. Saved next to the weights so decoding never relies on constants.
+    answer follows and ends with ``end``. Saved next to the weights so decoding never relies on
+    constants.
     """
 
     preamble: str = _DEFAULT_PREAMBLE
@@ -40,7 +46,8 @@ class PromptFormat:
         return self.end_marker
 
     def render(self, instruction: str, input: str = "") -> str:
-        """Prompt text for one record; the input block is left out when ``input`` is empty (Alpaca style)."""
+        """Prompt text for one record; the input block is left out when ``input`` is empty (Alpaca
+        style)."""
         if not instruction.strip():
             raise ValueError("PromptFormat.render: instruction is empty")
         if input:
@@ -48,11 +55,26 @@ class PromptFormat:
                 f"{self.preamble}\n\n{self.instruction_header}\n{instruction}\n\n"
                 f"{self.input_header}\n{input}\n\n{self.response_header}\n"
             )
-        return f"{self.preamble_no_input}\n\n{self.instruction_header}\n{instruction}\n\n{self.response_header}\n"
+        return (
+            f"{self.preamble_no_input}\n\n{self.instruction_header}\n{instruction}\n\n"
+            f"{self.response_header}\n"
+        )
+
+    def render_response(self, response: str) -> str:
+        """What follows ``render``: the response and the end marker that closes it."""
+        return f"{response}\n\n{self.end_marker}"
 
     def render_full(self, instruction: str, input: str, response: str) -> str:
         """Prompt plus response plus end marker: the whole training text of one record."""
-        return f"{self.render(instruction, input)}{response}\n\n{self.end_marker}"
+        return self.render(instruction, input) + self.render_response(response)
+
+    def render_chat(
+        self, turns: Sequence[tuple[str, str, str]], instruction: str, input: str = ""
+    ) -> str:
+        """Earlier ``(instruction, input, response)`` records in full, each followed by a blank
+        line, then the prompt of the new ``instruction``: a conversation as one prompt."""
+        done = "".join(f"{self.render_full(*turn)}\n\n" for turn in turns)
+        return done + self.render(instruction, input)
 
     def to_dict(self) -> dict[str, str]:
         """Plain dict for JSON."""
@@ -78,25 +100,3 @@ class PromptFormat:
         if not path.is_file():
             raise FileNotFoundError(f"prompt format file not found: {path}")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then ``os.replace`` it into place, with
-    the permissions a plain ``open()`` would give (``mkstemp`` makes files 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

@@ -1,4 +1,5 @@
-"""Turn labelled reports into Alpaca instruction records (the contract columns) and mix tasks per stage."""
+"""Turn labelled reports into Alpaca instruction records (the contract columns) and mix tasks per
+stage."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ COLUMNS = (
 
 @dataclass(frozen=True)
 class TaskMix:
-    """Share of each task in a stage (normalised; LLM-CXR: stage 1 30/30/20/20, stage 2 21/21/63/5)."""
+    """Share of each task in a stage (normalised; LLM-CXR: stage 1 30/30/20/20, stage 2
+    21/21/63/5)."""
 
     cxr_to_report: float
     report_to_cxr: float
@@ -79,7 +81,8 @@ STAGE2_MIX = TaskMix(21, 21, 63, 5)
 
 @dataclass(frozen=True)
 class Record:
-    """One instruction record with the contract's string columns, plus its split and source report."""
+    """One instruction record with the contract's string columns, plus its split and source
+    report."""
 
     id: str
     task: str
@@ -108,7 +111,8 @@ class RecordOptions:
     text_sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION")
     """Sections forming the report text (stage 1: findings + impression; stage 2: impression)."""
     alternate_directions: bool = True
-    """Use each image for one direction only (cxr_to_report or report_to_cxr) by a stable hash of its id."""
+    """Use each image for one direction only (cxr_to_report or report_to_cxr) by a stable hash of
+    its id."""
     certain_qa_only: bool = False
     max_qa_per_report: int = 8
     seed: int = 0
@@ -153,7 +157,8 @@ def report_records(
     templates: InstructionTemplates,
     options: RecordOptions,
 ) -> ReportRecords:
-    """All candidate records of a report: both image directions (or the hashed one), VQA, text tasks."""
+    """All candidate records of a report: both image directions (or the hashed one), VQA, text
+    tasks."""
     text = report.text(options.text_sections)
     findings = extract_findings(text)
     labels = (
@@ -203,8 +208,8 @@ def report_records(
             else:
                 add(direction, image.image_id, instruction, text, IMAGE_PLACEHOLDER, image.image_id)
     if images:
-        # QA always draws on findings + impression of the (filtered) report: stage 2's impression-only
-        # text would leave too few questions for its VQA-heavy mix.
+        # QA always draws on findings + impression of the (filtered) report: stage 2's
+        # impression-only text would leave too few questions for its VQA-heavy mix.
         full_text = report.text()
         qa_findings = findings if full_text == text else extract_findings(full_text)
         pairs = synthesize_vqa(qa_findings, report.impression, rng, options.max_qa_per_report)
@@ -243,7 +248,8 @@ def report_records(
 def general_records(
     rows: Iterable[dict[str, object]], split_for: Callable[[str], str], source: str
 ) -> list[Record]:
-    """Plain-text Alpaca/Dolly records (instruction, input/context, output/response) given by the user."""
+    """Plain-text Alpaca/Dolly records (instruction, input/context, output/response) given by the
+    user."""
     records = []
     for number, row in enumerate(rows):
         instruction = str(row.get("instruction", "")).strip()

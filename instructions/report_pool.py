@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrcommon.files import atomic_write_text
 from instructions.filters import FilterPipeline, FilterRule
-from instructions.prompt_format import atomic_write_text
 from instructions.records import Record
 from instructions.reports import ReportPool
 
@@ -38,7 +38,8 @@ class ReportPools:
 
     @classmethod
     def load(cls, stage_dir: str | Path) -> ReportPools:
-        """Read a stage folder's ``report_pool.json``; a pool naming an unknown report is an error."""
+        """Read a stage folder's ``report_pool.json``; a pool naming an unknown report is an
+        error."""
         path = Path(stage_dir) / REPORT_POOL_FILE
         if not path.is_file():
             raise FileNotFoundError(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 FRONTAL_VIEWS = frozenset(
     {"PA", "AP", "FRONTAL", "AP SUPINE", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD"}
 )
-"""View positions counted as frontal (MIMIC-CXR-JPG ViewPosition / DICOM values; FRONTAL: projection unknown)."""
+"""View positions counted as frontal (MIMIC-CXR-JPG ViewPosition / DICOM values; FRONTAL: projection
+unknown)."""
 
 # Header spellings seen in MIMIC-CXR / OpenI reports -> canonical section name.
 SECTION_ALIASES: dict[str, str] = {
@@ -50,7 +51,8 @@ def normalize_text(text: str) -> str:
 
 
 def parse_sections(text: str) -> dict[str, str]:
-    """Split a free-text report into canonical sections (``FINDINGS``, ``IMPRESSION``, ...), one line each.
+    """Split a free-text report into canonical sections (``FINDINGS``, ``IMPRESSION``, ...), one
+    line each.
 
     Headers are upper-case words at a line start followed by a colon (MIMIC-CXR style). Text before
     the first known header goes to ``PREAMBLE``; unknown upper-case headers stay inside the section
@@ -117,7 +119,8 @@ class Report:
         return self.sections.get("IMPRESSION", "")
 
     def text(self, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION")) -> str:
-        """The named sections joined on one line (e.g. findings + impression, as LLM-CXR's stage 1)."""
+        """The named sections joined on one line (e.g. findings + impression, as LLM-CXR's stage
+        1)."""
         return normalize_text(" ".join(self.sections.get(name, "") for name in sections))
 
 
@@ -134,7 +137,8 @@ class ReportPool:
 
 @dataclass
 class ReadStats:
-    """What a corpus reader read, and what it skipped and why (printed by the build, kept in the card)."""
+    """What a corpus reader read, and what it skipped and why (printed by the build, kept in the
+    card)."""
 
     read: int = 0
     skipped: Counter[str] = field(default_factory=Counter)

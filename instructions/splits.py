@@ -1,4 +1,5 @@
-"""Patient-level train/val/test assignment: official splits when the corpus has them, else a stable hash."""
+"""Patient-level train/val/test assignment: official splits when the corpus has them, else a stable
+hash."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ SPLITS = ("train", "val", "test")
 
 
 def stable_fraction(key: str, salt: str = "") -> float:
-    """A number in [0, 1) fixed by ``key`` (SHA-1; unlike ``hash()`` it does not change between runs)."""
+    """A number in [0, 1) fixed by ``key`` (SHA-1; unlike ``hash()`` it does not change between
+    runs)."""
     digest = hashlib.sha1(f"{salt}{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -27,11 +29,13 @@ class SplitConfig:
             raise ValueError("split fractions must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
-                f"val_fraction + test_fraction must be < 1, got {self.val_fraction + self.test_fraction}"
+                "val_fraction + test_fraction must be < 1, got "
+                f"{self.val_fraction + self.test_fraction}"
             )
 
     def assign(self, patient_id: str, official: str = "") -> str:
-        """The split of a patient: ``official`` when given (``train``/``val``/``test``), else by hash."""
+        """The split of a patient: ``official`` when given (``train``/``val``/``test``), else by
+        hash."""
         if official:
             if official not in SPLITS:
                 raise ValueError(f"unknown split {official!r} for patient {patient_id}")
@@ -45,8 +49,8 @@ class SplitConfig:
 
 
 def patient_splits(patient_official: dict[str, set[str]], config: SplitConfig) -> dict[str, str]:
-    """One split per patient. A patient whose studies carry different official splits (should not happen in
-    MIMIC) goes to the first of test, val, train it has, so it never spans two splits."""
+    """One split per patient. A patient whose studies carry different official splits (should not
+    happen in MIMIC) goes to the first of test, val, train it has, so it never spans two splits."""
     result: dict[str, str] = {}
     for patient, officials in patient_official.items():
         chosen = next((s for s in ("test", "val", "train") if s in officials), "")

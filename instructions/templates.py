@@ -1,4 +1,5 @@
-"""Paraphrased task instructions, kept as JSON data in ``instructions/templates/`` and sampled per record."""
+"""Paraphrased task instructions, kept as JSON data in ``instructions/templates/`` and sampled per
+record."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class InstructionTemplates:
 
 
 def default_instruction(task: str) -> str:
-    """The shipped fixed inference instruction for ``task`` (e.g. ``cxr_to_report``), used by the CLI."""
+    """The shipped fixed inference instruction for ``task`` (e.g. ``cxr_to_report``), used by the
+    CLI."""
     return _shipped().default(task)
 
 

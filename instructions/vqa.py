@@ -1,9 +1,10 @@
-"""Rule-based visual-question-answer synthesis from a labelled report, answered in the report's own words.
+"""Rule-based visual-question-answer synthesis from a labelled report, answered in the report's own
+words.
 
 LLM-CXR generated its VQA data with Llama-2-13b-chat and never released it; this is the offline,
 deterministic counterpart: presence (yes/no; negatives only where the report states them), location,
-severity, devices and an open "what is abnormal" question. Sentences about prior studies or plans are
-never used. ``instructions.vqa_llm`` offers the LLM-based variant.
+severity, devices and an open "what is abnormal" question. Sentences about prior studies or plans
+are never used. ``instructions.vqa_llm`` offers the LLM-based variant.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ QA_KINDS = ("presence", "location", "severity", "devices", "open")
 
 @dataclass(frozen=True)
 class QAPair:
-    """One question and its answer; ``kind`` is one of ``QA_KINDS``, ``label`` the CheXpert class asked about."""
+    """One question and its answer; ``kind`` is one of ``QA_KINDS``, ``label`` the CheXpert class
+    asked about."""
 
     question: str
     answer: str
     kind: str
     label: str = ""
     certain: bool = True
-    """False when the answer relays the report's uncertainty ("Possibly ..."); stage 2 drops these."""
+    """False when the answer relays the report's uncertainty ("Possibly ..."); stage 2 drops
+    these."""
 
 
 @cache
@@ -59,9 +62,9 @@ def synthesize_vqa(
 ) -> list[QAPair]:
     """QA pairs for one report from its labelled ``findings`` (see ``extract_findings``).
 
-    Presence questions are balanced: at most as many "no" questions as "yes" ones (at least two for a
-    normal report), and a "no" is only asked when the report states the negative. Deterministic for a
-    given ``rng`` state.
+    Presence questions are balanced: at most as many "no" questions as "yes" ones (at least two for
+    a normal report), and a "no" is only asked when the report states the negative. Deterministic
+    for a given ``rng`` state.
     """
     wording = _wording()
     phrases: dict[str, str] = wording["finding_phrases"]  # type: ignore[assignment]
@@ -134,7 +137,8 @@ def synthesize_vqa(
 
 
 def _cap(pairs: list[QAPair], max_pairs: int, rng: random.Random) -> list[QAPair]:
-    """At most ``max_pairs`` pairs, keeping "no" answers no more numerous than "yes"/"possibly" (or 2)."""
+    """At most ``max_pairs`` pairs, keeping "no" answers no more numerous than "yes"/"possibly" (or
+    2)."""
     if len(pairs) <= max_pairs:
         return pairs
     affirmed = [p for p in pairs if p.kind == "presence" and not p.answer.startswith("No.")]

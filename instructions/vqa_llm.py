@@ -1,4 +1,5 @@
-"""Optional VQA synthesis with a local instruction-tuned causal LM (as LLM-CXR did with Llama-2-13b-chat).
+"""Optional VQA synthesis with a local instruction-tuned causal LM (as LLM-CXR did with
+Llama-2-13b-chat).
 
 The model is given by path only (nothing is downloaded: ``local_files_only``); ``transformers`` is
 imported inside ``load_generator`` so ``instructions`` needs no model package at import. The model's
@@ -28,9 +29,10 @@ Generator = Callable[[str], str]
 
 PROMPT = (
     "You are an experienced radiologist. Read the chest X-ray report below and write up to {n} "
-    "question-answer pairs that a person looking at the same X-ray could answer: whether a finding is "
-    "present, where it is, how large or severe it is, which devices are visible. Answer only from the "
-    "report. Do not ask about earlier studies, changes over time, or recommendations. Reply with a JSON "
+    "question-answer pairs that a person looking at the same X-ray could answer: whether a finding "
+    "is present, where it is, how large or severe it is, which devices are visible. Answer only "
+    "from the report. Do not ask about earlier studies, changes over time, or recommendations. "
+    "Reply with a JSON "
     'list only, like [{{"question": "...", "answer": "..."}}].\n\nReport:\n{report}\n'
 )
 _ON_TOPIC = re.compile(
@@ -114,7 +116,8 @@ def load_generator(
     path = Path(model_path)
     if not path.exists():
         raise FileNotFoundError(
-            f"LLM for VQA not found at {path}: pass a local model folder (e.g. an instruction-tuned causal LM)"
+            f"LLM for VQA not found at {path}: pass a local model folder (e.g. an "
+            "instruction-tuned causal LM)"
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: optional dependency path
 

@@ -6,8 +6,9 @@ Lightning or peft; the training stack lives in ``llmcxr.lit_module`` / ``llmcxr.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxrcommon.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from llmcxr.base_model import BaseModelSpec, TinyLMConfig, load_base_model
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
         load_model_folder,
         save_model_folder,
     )
+    from llmcxr.pipeline import LLMCXR
 
 _EXPORTS = {
     "BaseModelSpec": "llmcxr.base_model",
@@ -29,9 +31,11 @@ _EXPORTS = {
     "LLMCXRComponents": "llmcxr.model_folder",
     "load_model_folder": "llmcxr.model_folder",
     "save_model_folder": "llmcxr.model_folder",
+    "LLMCXR": "llmcxr.pipeline",
 }
 
 __all__ = [
+    "LLMCXR",
     "BaseModelSpec",
     "GenerationDefaults",
     "ImageTokenMap",
@@ -44,10 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import an exported name from its module on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llmcxr' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -230,7 +230,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(gguf_model.state_dict())
     tok = AutoTokenizer.from_pretrained(gguf.parent, **src)
-    from llmcxr.model_folder import atomic_folder
+    from cxrcommon.files import atomic_folder
 
     with atomic_folder(target) as tmp:
         plain.save_pretrained(tmp)

@@ -1,4 +1,6 @@
-"""The `llmcxr` command: report, generate-image, ask, chat, and the data / evaluate / demo jobs.
+"""The `llmcxr` command, one for every job: report, generate-image, ask, chat, and the
+data / train / export / evaluate / demo jobs (`python -m vqgan`, `python -m vqgan.classifier`,
+`python -m llmcxr.train` and `python -m vqgan.export` stay as aliases).
 
 Heavy imports (torch, transformers, the model) happen inside the handlers so `llmcxr --help`
 answers at once. Expected failures print one line, ``llmcxr: error: ...``, on stderr and exit 2
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cxrcommon.batching import chunks
+from cxrcommon.dtypes import DTYPE_NAMES
+from cxrcommon.files import write_png
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,9 +36,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROG = "llmcxr"
-IMAGE_COLUMNS = ("image", "path", "image_path", "file")
-"""CSV columns accepted as the image path column, first match wins."""
 EXIT_RUNTIME, EXIT_INPUT = 1, 2
+QUANTIZE_CHOICES = ("auto", "none", "int8")
+"""`--quantize` values (`llmcxr.devices.QUANTIZE_MODES`, named here without importing torch)."""
 
 
 class InputError(ValueError):
@@ -49,14 +56,21 @@ class CommandUnavailableError(ValueError):
 
 
 # ----------------------------------------------------------------------------- dispatching jobs
+def _job_usage(command: str, jobs: dict[str, str], rest: str = "...") -> str:
+    """The help of a job group that parses its own arguments (`llmcxr data`, `llmcxr train`)."""
+    width = max(map(len, jobs))
+    lines = [f"  {name:<{width}}  {text}" for name, text in jobs.items()]
+    return f"usage: {PROG} {command} {{{','.join(jobs)}}} {rest}\n\n" + "\n".join(lines)
+
+
 def _run_data(argv: list[str]) -> int:
     """`llmcxr data build ...` / `llmcxr data tokenize ...`."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            f"usage: {PROG} data {{build,tokenize}} ...\n\n"
-            "  build     build an instruction dataset (instructions' build command)\n"
-            "  tokenize  tokenise a built dataset's images once into the token cache"
-        )
+        jobs = {
+            "build": "build an instruction dataset (instructions' build command)",
+            "tokenize": "tokenise a built dataset's images once into the token cache",
+        }
+        print(_job_usage("data", jobs))
         return 0 if argv else 2
     job, rest = argv[0], argv[1:]
     if job == "build":
@@ -72,12 +86,53 @@ def _run_data(argv: list[str]) -> int:
     raise ValueError(f"unknown data command {job!r}: use build or tokenize")
 
 
+TRAIN_JOBS: dict[str, tuple[str, str]] = {
+    "tokenizer": ("vqgan.__main__:main", "the VQ-GAN image tokenizer (configs/vqgan/)"),
+    "classifier": (
+        "vqgan.classifier_train:cli_main",
+        "the DenseNet of the tokenizer's clinical loss (configs/classifier/)",
+    ),
+    "llm": ("llmcxr.train:cli_main", "the LLM, stage 1 or stage 2 (configs/llmcxr/)"),
+}
+"""`llmcxr train JOB`: the LightningCLI entry point (module:function) of each job, and its help."""
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _run_train(argv: list[str]) -> int:
+    """`llmcxr train JOB [fit|validate|...] ARGS`: the job's own LightningCLI, unchanged (the
+    same as its `python -m` alias); `fit` is the subcommand when none is given."""
+    if not argv or argv[0] in ("-h", "--help"):
+        jobs = {name: text for name, (_, text) in TRAIN_JOBS.items()}
+        rest = "[fit|validate|test] -c CONFIG.yaml [--ckpt_path last.ckpt] ..."
+        print(_job_usage("train", jobs, rest))
+        print(f"\n`{PROG} train JOB --help` shows the job's LightningCLI options.")
+        return 0 if argv else 2
+    job, rest = argv[0], argv[1:]
+    if job not in TRAIN_JOBS:
+        raise InputError(f"unknown train job {job!r}: use {', '.join(TRAIN_JOBS)}")
+    if rest and rest[0] not in (*LIGHTNING_SUBCOMMANDS, "-h", "--help"):
+        rest = ["fit", *rest]
+    module_name, function = TRAIN_JOBS[job][0].split(":")
+    try:
+        entry = getattr(importlib.import_module(module_name), function)
+    except ModuleNotFoundError as err:
+        raise CommandUnavailableError(f"train {job}", err) from err
+    prog = f"{PROG} train {job}"
+    with warnings.catch_warnings():  # our argv is not LightningCLI's: its `args` are the job's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        try:
+            entry(rest, parser_kwargs={"prog": prog, "exit_on_error": False})
+        except argparse.ArgumentError as err:  # LightningCLI's parser, in our error convention
+            raise InputError(f"{err} (see {prog} --help)") from err
+    return 0
+
+
 def _run_evaluate(argv: list[str]) -> int:
     try:
-        from llmcxr.evaluation.cli import main as evaluate_main
+        from llmcxr.evaluation.cli import run as evaluate
     except ModuleNotFoundError as err:
         raise CommandUnavailableError("evaluate", err, extra="eval") from err
-    return evaluate_main(argv) or 0
+    return evaluate(argv)
 
 
 def _run_demo(argv: list[str]) -> int:
@@ -92,6 +147,10 @@ PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "data": (
         _run_data,
         "build an instruction dataset or its image token cache (data build|tokenize ...)",
+    ),
+    "train": (
+        _run_train,
+        "train the tokenizer, classifier or LLM with LightningCLI (train tokenizer|classifier|llm)",
     ),
     "evaluate": (_run_evaluate, "evaluate a model on a built dataset (see llmcxr evaluate --help)"),
     "demo": (_run_demo, "start the local web demo (see llmcxr demo --help)"),
@@ -121,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the model commands (jobs in PASSTHROUGH parse their own)."""
     parser = ArgumentParser(
         prog=PROG,
-        description="LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions.",
+        description=(
+            "LLM-CXR: read chest X-rays into reports, draw them from reports, answer questions."
+        ),
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     parser.add_argument(
@@ -149,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     model.add_argument(
         "--quantize",
-        choices=("auto", "none", "int8"),
+        choices=QUANTIZE_CHOICES,
         default="auto",
         help="int8: quantise the LLM's linear layers (CPU only, faster decoding); "
         "auto (default): the CPU default, today none",
@@ -235,7 +296,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (_, help_text) in PASSTHROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
+        if name == "train":  # listed in the order of the work: data, train, export, evaluate
+            _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """`llmcxr export tokenizer|classifier|llm`: one option name per thing across the three."""
+    export = sub.add_parser(
+        "export",
+        help="write a training checkpoint as a folder to load or ship "
+        "(export tokenizer|classifier|llm)",
+        description="Write a training checkpoint as the folder its loaders take.",
+    )
+    jobs = export.add_subparsers(dest="job", required=True, metavar="JOB")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help=".ckpt written by `llmcxr train`"
+    )
+    common.add_argument("--out", required=True, metavar="FOLDER", help="folder to write")
+    texts = {
+        "tokenizer": "VQ-GAN checkpoint -> tokenizer folder (config.json + model.safetensors)",
+        "classifier": "classifier checkpoint -> classifier.safetensors + classifier.json",
+        "llm": "LLM checkpoint -> model folder (LoRA merged)",
+    }
+    tokenizer, _, llm = (
+        jobs.add_parser(name, parents=[common], help=text, description=text)
+        for name, text in texts.items()
+    )
+    tokenizer.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="stored weights (float32)"
+    )
+    llm.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default=None, help="cast weights (default: as trained)"
+    )
+    llm.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -293,7 +388,7 @@ def _cmd_generate_image(args: argparse.Namespace) -> int:
         )[0]
     paths = image_output_paths(output, len(images))
     for image, path in zip(images, paths):
-        write_png(image, path)
+        write_png(path, image)
         print(path)
     return 0
 
@@ -303,17 +398,6 @@ def image_output_paths(output: Path, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(count)]
-
-
-def write_png(image: np.ndarray, path: Path) -> None:
-    """Save a [H, W] array in [0, 1] as an 8-bit grayscale PNG (atomically, mode from the umask)."""
-    import numpy as np
-    from PIL import Image
-
-    from vqgan.atomic import atomic_write
-
-    pixels = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    atomic_write(path, lambda tmp: Image.fromarray(pixels, mode="L").save(tmp, format="PNG"))
 
 
 def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
@@ -334,8 +418,9 @@ def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
 
 
 def list_images(source: str | Path) -> list[Path]:
-    """The images named by `source`: one file, every image file under a folder, or a CSV's
-    image/path column (relative paths are relative to the CSV's folder)."""
+    """The images named by `source`: one file, every image file under a folder, or the image
+    paths of a CSV manifest (any column of `cxrcommon.manifest.IMAGE_PATH_COLUMNS`; relative
+    paths are relative to the CSV's folder)."""
     from vqgan.image_io import IMAGE_SUFFIXES
 
     source = Path(source)
@@ -354,21 +439,16 @@ def list_images(source: str | Path) -> list[Path]:
 
 
 def _csv_images(path: Path) -> list[Path]:
+    """The image paths of a CSV manifest, read as training reads it (`cxrcommon.manifest`)."""
+    from cxrcommon.manifest import read_image_manifest
+
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            column = next((c for c in IMAGE_COLUMNS if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise InputError(f"{path}: needs a column named one of {', '.join(IMAGE_COLUMNS)}")
-            values = [row[column].strip() for row in reader if row[column] and row[column].strip()]
-    except (
-        csv.Error,
-        UnicodeDecodeError,
-    ) as err:  # a binary file, a field over csv's 128 KiB limit
-        raise InputError(f"{path}: not a readable CSV table of image paths ({err})") from err
-    if not values:
-        raise InputError(f"{path}: the {column} column is empty")
-    return [Path(v) if Path(v).is_absolute() else path.parent / v for v in values]
+        images = read_image_manifest(path)
+    except ValueError as err:  # a binary file, a field over csv's 128 KiB limit, no path column
+        raise InputError(str(err)) from err
+    if not images:
+        raise InputError(f"{path}: no row names an image")
+    return [image.path for image in images]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -392,7 +472,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         todo = [image for image in images if str(image.resolve()) not in done]
         if len(todo) < len(images):
             print(
-                f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}"
+                f"resuming: {len(images) - len(todo)} of {len(images)} images are already in "
+                f"{args.output}"
             )
         images = todo
     if single and images:
@@ -409,7 +490,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         file=sys.stderr,
         disable=None if several_batches else True,
     ) as bar:
-        for batch in _batches(images, args.batch_size):
+        for _, batch in chunks(images, args.batch_size):
             for row in _report_batch(llm, batch, args):
                 written, failed = written + 1, failed + bool(row.get("error"))
                 if writer is not None:
@@ -435,11 +516,6 @@ def _read(path: Path) -> np.ndarray:
     from vqgan import read_cxr
 
     return read_cxr(path)
-
-
-def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _report_batch(
@@ -504,8 +580,9 @@ class RowWriter:
                 reader = csv.DictReader(io.StringIO(text, newline=""))
                 if text and reader.fieldnames != self.fields:
                     raise InputError(
-                        f"-o {self.path} has columns {reader.fieldnames}, this run writes {self.fields}; "
-                        "use a new output file (or the same --json setting) to resume"
+                        f"-o {self.path} has columns {reader.fieldnames}, this run writes "
+                        f"{self.fields}; use a new output file (or the same --json setting) to "
+                        "resume"
                     )
                 rows = list(reader)
         except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
@@ -572,7 +649,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(
-            f"Chatting about {args.image}. Ask a question; /reset forgets the conversation; Ctrl-D quits."
+            f"Chatting about {args.image}. Ask a question; /reset forgets the conversation; "
+            "Ctrl-D quits."
         )
     history: list[tuple[str, str]] = []
     generation = _text_generation(args)
@@ -601,32 +679,58 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         print(answer, flush=True)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Call the job's exporter (`vqgan.export.export_tokenizer`,
+    `vqgan.classifier_train.export_checkpoint`, `llmcxr.train.export`) and print what it wrote."""
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        raise InputError(f"--checkpoint {checkpoint}: no such file or folder")
+    if args.job == "tokenizer":
+        from vqgan.export import export_tokenizer
+
+        print(export_tokenizer(checkpoint, args.out, args.dtype))
+    elif args.job == "classifier":
+        from vqgan.classifier_train import export_checkpoint
+
+        print(f"classifier exported to {export_checkpoint(checkpoint, args.out)}")
+    else:
+        if Path(args.out).exists() and not args.overwrite:
+            raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")
+        from llmcxr.train import export
+
+        print(export(str(checkpoint), args.out, args.dtype, args.overwrite))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate-image": _cmd_generate_image,
     "report": _cmd_report,
     "ask": _cmd_ask,
     "chat": _cmd_chat,
+    "export": _cmd_export,
 }
 
 
 # ----------------------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed while running, 2 bad input)."""
+    """Run one `llmcxr` command; returns the exit status (0 ok, 1 failed while running, 2 bad
+    input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[: _command_index(argv)]
+    index = _command_index(argv)
+    command = argv[index] if index < len(argv) else None
+    debug = "--debug" in argv[:index]
     verbose = debug or "--verbose" in argv
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
     def run() -> int:
-        index = _command_index(argv)
-        if index < len(argv) and argv[index] in PASSTHROUGH:
-            return PASSTHROUGH[argv[index]][0](argv[index + 1 :])
+        if command in PASSTHROUGH:
+            return PASSTHROUGH[command][0](argv[index + 1 :])
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
 
     with warnings.catch_warnings():
-        if not verbose:  # libraries' deprecation notes (peft, transformers, torch): not for users
+        if not verbose and command != "train":  # libraries' deprecation notes: not for users
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
         return run_reporting_errors(run, debug)

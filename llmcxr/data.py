@@ -91,22 +91,25 @@ class RecordEncoder:
                 f"record {record.get('id')!r}: expected one {self.placeholder} when an image is "
                 f"given and none otherwise (input has {images_in_input}, response {response!r:.40})"
             )
-        prompt = self.prompt_format.render(instruction, inp)
+        # The same text and encoding as inference (`LLMCXR.encode_prompt`): one prompt layout.
         prompt_ids = encode_text_with_images(
-            prompt,
+            self.prompt_format.render(instruction, inp),
             [codes] if images_in_input else [],
             self.text_tokenizer,
             self.token_map,
             self.placeholder,
         )
-        tail = f"\n\n{self.prompt_format.end}"
+        # The response continues the prompt, so no special tokens (BOS) start it; an image
+        # response is its marker-wrapped codes, then the rest of the rendered response.
+        answer = self.prompt_format.render_response(
+            self.placeholder if image_is_response else response
+        )
         if image_is_response:
             response_ids = self.token_map.image_to_text_span(codes)
-            response_ids += self.text_tokenizer(tail, add_special_tokens=False)["input_ids"]
+            answer = answer.removeprefix(self.placeholder)
         else:
-            response_ids = self.text_tokenizer(response + tail, add_special_tokens=False)[
-                "input_ids"
-            ]
+            response_ids = []
+        response_ids += self.text_tokenizer(answer, add_special_tokens=False)["input_ids"]
         response_ids.append(self.text_tokenizer.eos_token_id)
         return EncodedExample(
             input_ids=prompt_ids + response_ids,
@@ -310,7 +313,6 @@ class InstructionDataModule(L.LightningDataModule):
         task_weights: dict[str, float] | None = None,
         build_cache: bool = True,
         cache_batch_size: int = 16,
-        build_from_csv: str | None = None,
         cfg_drop: float = 0.0,
         seed: int = 0,
         redraw_paired_reports: bool = True,
@@ -327,9 +329,6 @@ class InstructionDataModule(L.LightningDataModule):
                 the mix already in the data; unnamed tasks weigh 1.
             build_cache: build or refresh the token cache when missing or stale.
             cache_batch_size: images per batch when building the token cache.
-            build_from_csv: when ``dataset_dir`` holds no built dataset yet, build it first from
-                this CSV (image path + report per row) with ``python -m instructions build
-                --source csv``; used by the tiny configs.
             cfg_drop: share of report->CXR training examples served without their report (the
                 pipeline's unconditional prompt), redrawn every epoch, so classifier-free
                 guidance (``guidance_scale`` > 1) has a learnt unconditional branch; LLM-CXR-style
@@ -355,7 +354,6 @@ class InstructionDataModule(L.LightningDataModule):
         self.task_weights = dict(task_weights or {})
         self.build_cache = build_cache
         self.cache_batch_size = cache_batch_size
-        self.build_from_csv = build_from_csv
         if not 0.0 <= cfg_drop < 1.0:
             raise ValueError(f"data.cfg_drop must lie in [0, 1), got {cfg_drop}")
         self.cfg_drop = cfg_drop
@@ -388,8 +386,6 @@ class InstructionDataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        if self.build_from_csv and not (self.dataset_dir / self.stage).is_dir():
-            _build_from_csv(Path(self.build_from_csv), self.dataset_dir)
         if not (self.dataset_dir / self.stage).is_dir():
             raise FileNotFoundError(
                 f"{self.dataset_dir / self.stage} not found: build the dataset with "
@@ -507,14 +503,3 @@ def _fingerprint_of(image_tokenizer_path: str | None) -> str | None:
     from vqgan import CXRTokenizer
 
     return CXRTokenizer.from_pretrained(image_tokenizer_path).fingerprint
-
-
-def _build_from_csv(table: Path, out: Path) -> None:
-    """Build an instruction dataset from a report table with the instructions package's CLI."""
-    from instructions.cli import main as build_instructions
-
-    if not table.is_file():
-        raise FileNotFoundError(f"data.build_from_csv: {table} not found")
-    argv = ["--source", "csv", "--table", str(table.resolve()), "--out", str(out)]
-    if build_instructions(argv) != 0:
-        raise ValueError(f"building an instruction dataset from {table} failed (see above)")

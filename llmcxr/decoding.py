@@ -48,17 +48,31 @@ class ImageTokenLayout(Protocol):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is chosen: greedy, or sampled with temperature and nucleus (top-p)."""
+    """How the next token is chosen: greedy, or sampled with temperature and nucleus (top-p);
+    ``seed`` fixes the draw (None: a fresh one). The defaults are LLM-CXR's, the same as a model
+    folder's `llmcxr.model_folder.GenerationDefaults` (top-p 0.92, temperature 1)."""
 
     do_sample: bool = True
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = 0.92
+    seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.temperature > 0:
+            raise ValueError(f"Temperature must be above 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"Top-p must be in (0, 1], got {self.top_p}.")
+        if self.seed is not None and (int(self.seed) != self.seed or self.seed < 0):
+            raise ValueError(f"Seed must be a whole number >= 0, got {self.seed}.")
+
+    def as_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of `LLMCXR.generate_report`, `ask` and `generate_images`."""
+        return {
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": None if self.seed is None else int(self.seed),
+        }
 
 
 def image_token_ids(layout: ImageTokenLayout) -> list[int]:
@@ -75,7 +89,8 @@ def ban_image_tokens(layout: ImageTokenLayout, device: torch.device | str) -> Lo
 class ImageTokenConstraint(LogitsProcessor):
     """Allow only code ids for the first `tokens_per_image` new tokens, then only the end marker.
 
-    `prompt_length` is the (padded) prompt width, so the step is `input_ids.shape[1] - prompt_length`.
+    `prompt_length` is the (padded) prompt width, so the step is
+    `input_ids.shape[1] - prompt_length`.
     """
 
     def __init__(self, layout: ImageTokenLayout, prompt_length: int) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from cxrcommon.dtypes import torch_dtype
+
 logger = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("auto", "none", "int8")
@@ -30,15 +32,6 @@ CPU_AUTO_QUANTIZE = "none"
 instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1.5 s of quantising at load and
 +0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`); until
 `llmcxr evaluate` shows that within its confidence interval, the default stays unquantised."""
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -111,9 +104,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None and dtype != "auto":
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(sorted(_DTYPES))}")
-        chosen = _DTYPES[dtype]
+        chosen = torch_dtype(dtype)
         if chosen == torch.bfloat16:
             _check_bf16(device)
         return chosen

@@ -82,7 +82,8 @@ class ImageTokenMap:
         if bad.any():
             raise ValueError(
                 f"token id {int(ids_t[bad][0])} is not an image code token "
-                f"(image codes are ids {self.first_code_id}..{self.first_code_id + self.codebook_size - 1})"
+                "(image codes are ids "
+                f"{self.first_code_id}..{self.first_code_id + self.codebook_size - 1})"
             )
         return ids_t - self.first_code_id
 
@@ -228,7 +229,8 @@ def encode_text_with_images(
     pieces = text.split(placeholder)
     if len(pieces) - 1 != len(image_codes):
         raise ValueError(
-            f"text has {len(pieces) - 1} {placeholder} placeholder(s) but {len(image_codes)} image(s)"
+            f"text has {len(pieces) - 1} {placeholder} placeholder(s) but {len(image_codes)} "
+            "image(s)"
         )
     ids: list[int] = []
     for i, piece in enumerate(pieces):

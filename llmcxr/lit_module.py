@@ -8,7 +8,6 @@ LoRA the new token rows (input and output embeddings, tied or not) are trained t
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,6 @@ from llmcxr.model_folder import (
     load_model_folder,
     save_model_folder,
 )
-from vqgan.config import VQGANConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +95,6 @@ class LLMCXRModule(L.LightningModule):
         optimizer: OptimizerSettings | None = None,
         init_from: str | None = None,
         generation: GenerationDefaults | None = None,
-        create_image_tokenizer: VQGANConfig | None = None,
     ) -> None:
         """
         Args:
@@ -109,68 +104,20 @@ class LLMCXRModule(L.LightningModule):
             optimizer: learning rate schedule and AdamW settings.
             init_from: start from this model folder or llmcxr ``.ckpt`` (stage 2 from stage 1).
             generation: sampling defaults written into exported model folders.
-            create_image_tokenizer: if ``image_tokenizer`` does not exist yet, first write a
-                randomly initialised CXRTokenizer of this config there (tiny runs, tests).
         """
         super().__init__()
-        from instructions.prompt_format import PromptFormat
-        from vqgan import CXRTokenizer
-
         self.settings = model or ModelSettings()
         self.optim = optimizer or OptimizerSettings()
         self.generation = generation or GenerationDefaults()
         self.init_from = init_from
         self.lora_kwargs: dict[str, Any] | None = None
-        if (
-            create_image_tokenizer is not None
-            and image_tokenizer
-            and not Path(image_tokenizer).exists()
-        ):
-            _write_random_image_tokenizer(create_image_tokenizer, Path(image_tokenizer))
-        continued_adapter = False
+        self.continued_adapter = False
         if init_from:
-            # With LoRA, a LoRA model folder's adapter keeps training on the same base (not
-            # merged), so the stage-2 export is still adapter + base reference: small to ship.
-            parts = load_model_folder(init_from, merge_adapter=self.settings.lora is None)
-            continued_adapter = hasattr(parts.model, "peft_config")
-            if continued_adapter:
-                self._check_same_lora(parts.model, init_from)
-                self.settings.base = BaseModelSpec.from_dict(parts.manifest["base_model"])
-            tokenizer_path = image_tokenizer or _image_tokenizer_source(init_from, parts.manifest)
-            if image_tokenizer and (
-                CXRTokenizer.from_pretrained(image_tokenizer).fingerprint
-                != parts.image_tokenizer.fingerprint
-            ):
-                raise ValueError(
-                    f"image_tokenizer {image_tokenizer} differs from the one {init_from} was "
-                    "trained with; leave image_tokenizer unset to reuse it"
-                )
-            llm, self.text_tokenizer, self.token_map = (
-                parts.model,
-                parts.text_tokenizer,
-                parts.token_map,
-            )
-            self.prompt_format = parts.prompt_format
-            self.image_tokenizer_fingerprint = parts.image_tokenizer.fingerprint
+            llm, tokenizer_path = self._continue(init_from, image_tokenizer)
+        elif image_tokenizer:
+            llm, tokenizer_path = self._new_llm(image_tokenizer), image_tokenizer
         else:
-            if not image_tokenizer:
-                raise ValueError("model.image_tokenizer is required unless init_from is set")
-            cxr = CXRTokenizer.from_pretrained(image_tokenizer)
-            llm, self.text_tokenizer = load_base_model(self.settings.base)
-            self.token_map = add_image_tokens(
-                llm,
-                self.text_tokenizer,
-                cxr.codebook_size,
-                cxr.tokens_per_image,
-                noise_std=self.settings.new_token_noise_std,
-            )
-            if self.settings.new_token_init == "codebook":
-                init_rows_from_codebook(
-                    llm, self.token_map, cxr.codebook_vectors(), self.settings.new_token_init_scale
-                )
-            self.prompt_format = PromptFormat()
-            self.image_tokenizer_fingerprint = cxr.fingerprint
-            tokenizer_path = image_tokenizer
+            raise ValueError("model.image_tokenizer is required unless init_from is set")
         self.image_tokenizer_path = str(Path(tokenizer_path).resolve())
         llm.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         if self.settings.gradient_checkpointing:
@@ -185,13 +132,60 @@ class LLMCXRModule(L.LightningModule):
                 self.token_map.end_id,
             ]
             self.lora_kwargs = self.settings.lora.to_peft_kwargs(new_ids)
-            if not continued_adapter:
+            if not self.continued_adapter:
                 llm = apply_lora(llm, self.lora_kwargs)
-        self.continued_adapter = continued_adapter
         self.model = llm
         self.val_loss_image = MeanMetric(nan_strategy="ignore")
         self.val_loss_text = MeanMetric(nan_strategy="ignore")
         self._batch_start = 0.0
+
+    def _continue(self, init_from: str, image_tokenizer: str | None) -> tuple[Any, str]:
+        """The LLM of a model folder or checkpoint (stage 2), and its image tokenizer's path.
+
+        With LoRA, a LoRA model folder's adapter keeps training on the same base (not merged),
+        so the stage-2 export is still adapter + base reference: small to ship.
+        """
+        from vqgan import CXRTokenizer
+
+        parts = load_model_folder(init_from, merge_adapter=self.settings.lora is None)
+        self.continued_adapter = hasattr(parts.model, "peft_config")
+        if self.continued_adapter:
+            self._check_same_lora(parts.model, init_from)
+            self.settings.base = BaseModelSpec.from_dict(parts.manifest["base_model"])
+        if image_tokenizer and (
+            CXRTokenizer.from_pretrained(image_tokenizer).fingerprint
+            != parts.image_tokenizer.fingerprint
+        ):
+            raise ValueError(
+                f"image_tokenizer {image_tokenizer} differs from the one {init_from} was "
+                "trained with; leave image_tokenizer unset to reuse it"
+            )
+        self.text_tokenizer, self.token_map = parts.text_tokenizer, parts.token_map
+        self.prompt_format = parts.prompt_format
+        self.image_tokenizer_fingerprint = parts.image_tokenizer.fingerprint
+        return parts.model, image_tokenizer or _image_tokenizer_source(init_from, parts.manifest)
+
+    def _new_llm(self, image_tokenizer: str) -> Any:
+        """The base LLM with rows for the image tokens of `image_tokenizer` (stage 1)."""
+        from instructions.prompt_format import PromptFormat
+        from vqgan import CXRTokenizer
+
+        cxr = CXRTokenizer.from_pretrained(image_tokenizer)
+        llm, self.text_tokenizer = load_base_model(self.settings.base)
+        self.token_map = add_image_tokens(
+            llm,
+            self.text_tokenizer,
+            cxr.codebook_size,
+            cxr.tokens_per_image,
+            noise_std=self.settings.new_token_noise_std,
+        )
+        if self.settings.new_token_init == "codebook":
+            init_rows_from_codebook(
+                llm, self.token_map, cxr.codebook_vectors(), self.settings.new_token_init_scale
+            )
+        self.prompt_format = PromptFormat()
+        self.image_tokenizer_fingerprint = cxr.fingerprint
+        return llm
 
     def _check_same_lora(self, model: Any, init_from: str) -> None:
         """A continued adapter keeps its shape: this run's LoRA settings must match it."""
@@ -357,17 +351,6 @@ def split_token_losses(
         out[f"loss{name}"] = (per_token * mask).sum() / count.clamp(min=1)
         out[f"{name.lstrip('_') or 'all'}_tokens"] = count
     return out
-
-
-def _write_random_image_tokenizer(config: VQGANConfig, path: Path) -> None:
-    """A seeded random CXRTokenizer at `path`: lets tiny configs run with no trained weights."""
-    from vqgan import CXRTokenizer
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        tokenizer = CXRTokenizer(config)
-    tokenizer.save_pretrained(path)
-    log.warning("wrote a RANDOM image tokenizer to %s (tiny runs only)", path)
 
 
 def _image_tokenizer_source(init_from: str, manifest: dict[str, Any]) -> str:

@@ -20,9 +20,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxrcommon.files import atomic_folder, atomic_write
 from llmcxr.base_model import llmcxr_cache_dir
 from llmcxr.devices import is_out_of_memory
-from vqgan.atomic import atomic_write
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -116,7 +116,6 @@ def load(entry: Path) -> PreTrainedModel | None:
 def store(entry: Path, model: PreTrainedModel) -> bool:
     """Write `model` (merged, full) to `entry` atomically; False, with a warning, when the cache
     cannot be written (read-only, full): the caller keeps the model merged in memory."""
-    from llmcxr.model_folder import atomic_folder
 
     log.info("building the merged-model cache %s (once per model)", entry)
     try:

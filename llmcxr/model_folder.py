@@ -3,7 +3,8 @@
 Layout (all written atomically: into a temporary folder, then ``os.replace``)::
 
     llmcxr.json          manifest: format version, weights kind, base model reference, training info
-    llm/                 full model (safetensors shards), or llm/adapter/ (peft LoRA + new token rows)
+    llm/                 full model (safetensors shards), or llm/adapter/ (peft LoRA + new token
+                         rows)
     tokenizer/           text tokenizer files, image tokens included
     image_tokenizer/     vqgan.CXRTokenizer.save_pretrained
     prompt_format.json   instructions.PromptFormat
@@ -24,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cxrcommon.files import atomic_folder
 from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
 from llmcxr.devices import is_out_of_memory
 from llmcxr.image_tokens import IMAGE_TOKENS_FILE, ImageTokenMap, add_image_tokens
@@ -175,7 +176,7 @@ def load_model_folder(
     trust_manifest_base: bool = True,
     cache: bool = True,
 ) -> LLMCXRComponents:
-    """Load a model folder, or a ``.ckpt`` written by ``python -m llmcxr.train fit``.
+    """Load a model folder, or a ``.ckpt`` written by ``llmcxr train llm``.
 
     ``merge_adapter=False`` keeps a folder's LoRA adapter as a trainable peft model (stage 2 goes
     on training the stage-1 adapter, so the shipped model stays adapter-only). ``base_model``
@@ -241,7 +242,8 @@ def build_llm_from_config(config_dict: dict[str, Any]) -> PreTrainedModel:
 
 
 def apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
-    """Wrap `model` with a peft LoRA adapter described by the plain dict `lora` (LoraConfig kwargs)."""
+    """Wrap `model` with a peft LoRA adapter described by the plain dict `lora` (LoraConfig
+    kwargs)."""
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
@@ -330,44 +332,6 @@ def _joined_adapter(adapter: Path, into: Path) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-@contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside `target` to write into: it replaces `target` when the block ends
-    without an error and is removed otherwise, so `target` is whole or absent. Modes come from
-    the umask (mkdtemp makes folders private, safetensors writes files 0600)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tmp.chmod(0o777 & ~_umask())
-        yield tmp
-        file_mode = 0o666 & ~_umask()
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                file.chmod(file_mode)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished `tmp` folder to `target`, replacing an old one (kept until then)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -583,7 +547,7 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
             f"{path} is not an llmcxr training checkpoint (no {CHECKPOINT_KEY!r} entry); "
-            "give a model folder or a .ckpt from `python -m llmcxr.train fit`"
+            "give a model folder or a .ckpt from `llmcxr train llm`"
         )
     info = ckpt[CHECKPOINT_KEY]
     tok_files = _checked_tokenizer_files(path, info)

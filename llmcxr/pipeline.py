@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrcommon.batching import chunks
 from instructions import IMAGE_PLACEHOLDER, default_instruction
-from llmcxr.decoding import Sampling, ban_image_tokens, generate_image_codes
+from llmcxr.decoding import ProgressCallback, Sampling, ban_image_tokens, generate_image_codes
 from llmcxr.devices import (
     is_int8_quantized,
     quantize_int8,
@@ -46,11 +47,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 NO_DEFAULT_MODEL = (
     "no default model ships with llmcxr yet: pass --model PATH (a model folder or a training .ckpt "
-    "from `python -m llmcxr.train fit -c configs/llmcxr/<name>.yaml`)"
+    "from `llmcxr train llm -c configs/llmcxr/<name>.yaml`)"
 )
 
 ImageInput = str | Path | np.ndarray | torch.Tensor
-Progress = Callable[[int, int], None]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -176,8 +176,8 @@ class LLMCXR:
     def _check_fits(self, prompt: EncodedPrompt, new_tokens: int) -> None:
         if self.context_length is not None and len(prompt.ids) + new_tokens > self.context_length:
             raise PromptTooLongError(
-                f"prompt is too long: {len(prompt.ids)} tokens + {new_tokens} new tokens exceed the "
-                f"model's context of {self.context_length} tokens"
+                f"prompt is too long: {len(prompt.ids)} tokens + {new_tokens} new tokens exceed "
+                f"the model's context of {self.context_length} tokens"
             )
 
     def _pad(self, prompts: Sequence[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +237,7 @@ class LLMCXR:
         sampling = self._sampling(do_sample, temperature, top_p)
         reports: list[str] = []
         with _seeded(seed, self.device):
-            for chunk in _chunks(list(images), batch_size):
+            for _, chunk in chunks(list(images), batch_size):
                 codes = self.encode_images(chunk)
                 prompts = [self.encode_prompt(text, [c]) for c in codes]
                 reports += self._generate_text(prompts, max_new, sampling)
@@ -263,11 +263,9 @@ class LLMCXR:
         """
         if not question.strip():
             raise ValueError("the question is empty")
-        text = ""
-        for i, (asked, answer) in enumerate([*history, (question, None)]):
-            text += self.prompt_format.render(asked.strip(), IMAGE_PLACEHOLDER if i == 0 else "")
-            if answer is not None:
-                text += f"{answer}\n\n{self.prompt_format.end}\n\n"
+        inputs = [IMAGE_PLACEHOLDER, *[""] * len(history)]  # the image goes in the first turn
+        turns = [(q.strip(), x, a) for (q, a), x in zip(history, inputs[:-1], strict=True)]
+        text = self.prompt_format.render_chat(turns, question.strip(), inputs[-1])
         prompt = self.encode_prompt(text, [self.encode_images([image])[0]])
         max_new = max_new_tokens or self.generation_defaults.answer_max_new_tokens
         with _seeded(seed, self.device):
@@ -329,7 +327,7 @@ class LLMCXR:
         top_p: float | None = None,
         guidance_scale: float | None = None,
         batch_size: int = 8,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         instruction: str | None = None,
     ) -> list[list[np.ndarray]]:
         """`num_images` images per report: float32 [H, W] in [0, 1] at the model's image size.
@@ -365,7 +363,7 @@ class LLMCXR:
             generator.manual_seed(seed)
         total = len(prompts) * n_tokens
         codes = []
-        for start, chunk in zip(range(0, len(prompts), batch_size), _chunks(prompts, batch_size)):
+        for start, chunk in chunks(prompts, batch_size):
             ids, mask = self._pad(chunk)
             uncond_ids, uncond_mask = self._pad([uncond] * len(chunk)) if guided else (None, None)
             step_progress = (
@@ -414,7 +412,7 @@ class LLMCXR:
 class _BatchProgress:
     """Turns one batch's per-step callback into whole-call progress (tokens done, tokens total)."""
 
-    report: Progress
+    report: ProgressCallback
     first_row: int
     rows: int
     total: int
@@ -431,13 +429,6 @@ def _context_length(model: torch.nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @contextlib.contextmanager

@@ -17,9 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrcommon import manifest
+from cxrcommon.files import atomic_folder, atomic_write_text
+
 if TYPE_CHECKING:
     from vqgan import CXRTokenizer
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 CACHE_META_FILE = "cache.json"
 SHARDS_DIR = "shards"
-IMAGES_FILE = "images.jsonl"
 DEFAULT_CACHE_NAME = "image_tokens"
 
 
@@ -55,22 +55,13 @@ class ImageEntry:
 
 def read_image_list(dataset_dir: str | Path) -> tuple[list[ImageEntry], int]:
     """Entries with a path from ``images.jsonl`` (sorted by id) and the count without one."""
-    dataset_dir = Path(dataset_dir)
-    listing = dataset_dir / IMAGES_FILE
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing} not found: not a built instruction dataset")
     entries, unavailable = [], 0
-    for line in listing.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if not row.get("path"):
+    for listed in manifest.read_image_list(dataset_dir):
+        path = listed.file(dataset_dir)
+        if path is None:
             unavailable += 1
-            continue
-        path = Path(row["path"])
-        entries.append(
-            ImageEntry(str(row["image_id"]), path if path.is_absolute() else dataset_dir / path)
-        )
+        else:
+            entries.append(ImageEntry(listed.image_id, path))
     entries.sort(key=lambda e: e.image_id)
     return entries, unavailable
 
@@ -233,10 +224,8 @@ class ShardWriter(L.Callback):
         table = ArrowDataset.from_dict(
             {"image_id": buf["ids"], "codes": [c.tolist() for c in buf["codes"]]}, features=features
         )
-        target = self.shards_dir / f"{shard:05d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{shard:05d}.", dir=self.shards_dir))
-        table.save_to_disk(str(tmp))
-        os.replace(tmp, target)
+        with atomic_folder(self.shards_dir / f"{shard:05d}") as tmp:
+            table.save_to_disk(str(tmp))
 
 
 def build_token_cache(
@@ -345,11 +334,7 @@ def _read_meta(cache_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".cache.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(meta, handle, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, cache_dir / CACHE_META_FILE)
+    atomic_write_text(cache_dir / CACHE_META_FILE, json.dumps(meta, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,32 +1,35 @@
 """Two-stage LLM-CXR instruction tuning with LightningCLI.
 
-    python -m llmcxr.train fit -c configs/llmcxr/tiny.yaml          # stage 1
-    python -m llmcxr.train fit -c configs/llmcxr/tiny_stage2.yaml   # stage 2 (init_from stage 1)
-    python -m llmcxr.train export --checkpoint RUN/checkpoints/last.ckpt --out MODEL_DIR
+    llmcxr train llm -c configs/llmcxr/tiny.yaml          # stage 1
+    llmcxr train llm -c configs/llmcxr/tiny_stage2.yaml   # stage 2 (init_from stage 1)
+    llmcxr export llm --checkpoint RUN/checkpoints/last.ckpt --out MODEL_DIR
 
-``fit`` writes atomic checkpoints (``vqgan.checkpointing.AtomicModelCheckpoint``) and, through
-`ExportModelFolder`, a model folder at the end. Single device, DDP, FSDP or DeepSpeed are chosen
-with ``trainer.strategy`` (see configs/llmcxr/paper_gpu.yaml).
+(``python -m llmcxr.train fit|export ...`` stay as aliases.)
+
+``fit`` writes atomic checkpoints (``cxrcommon.checkpointing.AtomicModelCheckpoint``) and, through
+`ExportModelFolder`, a model folder at the end, all under ``trainer.default_root_dir``. Single
+device, DDP, FSDP or DeepSpeed are chosen with ``trainer.strategy`` (see
+configs/llmcxr/paper_gpu.yaml).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from cxrcommon.checkpointing import link_run_folder
+from cxrcommon.dtypes import torch_dtype
 from llmcxr.data import InstructionDataModule
 from llmcxr.lit_module import LLMCXRModule
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ExportModelFolder(L.Callback):
@@ -38,8 +41,8 @@ class ExportModelFolder(L.Callback):
             dirpath: target folder; default ``<trainer.default_root_dir>/model``.
             dtype: cast the stored LLM weights (``float16`` for a model to ship); None keeps them.
         """
-        if dtype is not None and dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype is not None:
+            torch_dtype(dtype)  # refuse a bad name before training, not at the export
         self.dirpath = dirpath
         self.dtype = dtype
 
@@ -48,15 +51,14 @@ class ExportModelFolder(L.Callback):
             raise TypeError("ExportModelFolder works with LLMCXRModule only")
         if trainer.strategy.__class__.__name__.startswith(("DeepSpeed", "FSDP")):
             log.warning(
-                "sharded strategy: export from the last checkpoint with "
-                "`python -m llmcxr.train export` instead"
+                "sharded strategy: export from the last checkpoint with `llmcxr export llm` instead"
             )
             return
         if trainer.is_global_zero:
             target = Path(self.dirpath or Path(trainer.default_root_dir) / "model")
             pl_module.export(
                 target,
-                dtype=_DTYPES[self.dtype] if self.dtype else None,
+                dtype=torch_dtype(self.dtype) if self.dtype else None,
                 global_step=trainer.global_step,
             )
             log.info("exported model folder %s", target)
@@ -77,30 +79,17 @@ def export(checkpoint: str, out: str, dtype: str | None = None, overwrite: bool 
         prompt_format=parts.prompt_format,
         generation_defaults=parts.generation_defaults,
         training_info={"exported_from": str(checkpoint)},
-        dtype=_DTYPES[dtype] if dtype else None,
+        dtype=torch_dtype(dtype) if dtype else None,
         overwrite=overwrite,
     )
 
 
-def _export_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcxr.train export")
-    parser.add_argument("--checkpoint", required=True, help=".ckpt written by `fit`")
-    parser.add_argument("--out", required=True, help="model folder to write")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="cast weights")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        print(export(args.checkpoint, args.out, args.dtype, args.overwrite))
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
 class LLMCXRCLI(LightningCLI):
     """LightningCLI that refuses to resume (``--ckpt_path``) a checkpoint trained with another
-    image tokenizer than the one this run's config loads."""
+    image tokenizer than the one this run's config loads; its logs follow the run folder."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        link_run_folder(parser)
 
     def before_fit(self) -> None:
         self._check_resumed_tokenizer()
@@ -126,21 +115,28 @@ class LLMCXRCLI(LightningCLI):
         )
 
 
-def cli_main(args: Sequence[str] | None = None) -> LightningCLI:
-    """Run LightningCLI (``fit``/``validate``/``test``) on LLMCXRModule + InstructionDataModule."""
+def cli_main(
+    args: Sequence[str] | None = None, parser_kwargs: dict[str, Any] | None = None
+) -> LightningCLI:
+    """Run LightningCLI (``fit``/``validate``/``test``) on LLMCXRModule + InstructionDataModule;
+    ``parser_kwargs`` go to its parser (name, error mode)."""
     return LLMCXRCLI(
         LLMCXRModule,
         InstructionDataModule,
         args=list(args) if args is not None else None,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``export`` is ours, every other subcommand goes to LightningCLI."""
+    """``python -m llmcxr.train``: ``export`` is ``llmcxr export llm`` (same options, errors and
+    exit status), every other subcommand goes to LightningCLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["export"]:
-        return _export_main(args[1:])
+        from llmcxr.cli import main as llmcxr_main
+
+        return llmcxr_main(["export", "llm", *args[1:]])
     cli_main(argv)  # None: LightningCLI reads sys.argv itself
     return 0
 

@@ -17,19 +17,20 @@ llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
   --labelled "$data/covid_radiography_224" --out "$out/data"
 
 step "2/6 CXR classifier for the clinical loss (test patients left out)"
-python -m vqgan.classifier fit -c configs/classifier/default_model.yaml \
+llmcxr train classifier -c configs/classifier/default_model.yaml \
   --data.sources "[$data/nih_chestxray14]"
 
 step "3/6 VQ-GAN tokenizer: pixel pre-training, then fine-tuning with the clinical loss"
-python -m vqgan fit -c configs/vqgan/default_model_pretrain.yaml
-python -m vqgan fit -c configs/vqgan/default_model.yaml
-python -m vqgan.export "$out/vqgan/checkpoints/last.ckpt" "$out/tokenizer" --fp16
+llmcxr train tokenizer -c configs/vqgan/default_model_pretrain.yaml
+llmcxr train tokenizer -c configs/vqgan/default_model.yaml
+llmcxr export tokenizer --checkpoint "$out/vqgan/checkpoints/last.ckpt" --out "$out/tokenizer" \
+  --dtype float16
 
 step "4/6 LLM stage 1"
-python -m llmcxr.train fit -c configs/llmcxr/default_model_stage1.yaml
+llmcxr train llm -c configs/llmcxr/default_model_stage1.yaml
 
 step "5/6 LLM stage 2 (continues the stage-1 adapter; exports fp16)"
-python -m llmcxr.train fit -c configs/llmcxr/default_model_stage2.yaml
+llmcxr train llm -c configs/llmcxr/default_model_stage2.yaml
 
 step "6/6 ship the model folder"
 rm -rf llmcxr/default_model

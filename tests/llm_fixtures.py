@@ -46,3 +46,38 @@ def make_tiny_model_folder(path: Path) -> Path:
         base_model=spec,
         training_info={"note": "random tiny model for tests"},
     )
+
+
+TINY_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "llmcxr"
+
+
+def make_tiny_run_inputs(root: Path) -> None:
+    """What the tiny configs read, made under `root` when missing: the instruction dataset built
+    from ``configs/llmcxr/tiny_reports.csv`` (``root/data``) and a seeded random image tokenizer
+    (``root/image_tokenizer``, `tiny_vqgan_config`: 16 tokens per image)."""
+    import torch
+
+    from instructions.cli import main as build_instructions
+
+    table = TINY_CONFIGS / "tiny_reports.csv"
+    if not (root / "data").is_dir():
+        argv = ["--source", "csv", "--table", str(table), "--out", str(root / "data")]
+        assert build_instructions(argv) == 0, f"building the tiny dataset from {table} failed"
+    if not (root / "image_tokenizer").is_dir():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            CXRTokenizer(tiny_vqgan_config()).save_pretrained(root / "image_tokenizer")
+
+
+def tiny_run_args(root: Path, stage: int = 1) -> list[str]:
+    """``-c`` and overrides that run the shipped tiny config of `stage` with its run folder at
+    ``root/stage<N>`` (one override: logs, checkpoints and model follow it) and its inputs (the
+    data build, the random image tokenizer, stage 1's model) under `root` too; the data and the
+    tokenizer are made first (`make_tiny_run_inputs`)."""
+    make_tiny_run_inputs(root)
+    name = "tiny.yaml" if stage == 1 else "tiny_stage2.yaml"
+    args = ["-c", str(TINY_CONFIGS / name), f"--trainer.default_root_dir={root / f'stage{stage}'}"]
+    args += [f"--data.dataset_dir={root / 'data'}"]
+    if stage == 1:
+        return [*args, f"--model.image_tokenizer={root / 'image_tokenizer'}"]
+    return [*args, f"--model.init_from={root / 'stage1' / 'model'}"]

@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vqgan.checkpointing import AtomicModelCheckpoint
 from vqgan.classifier import CXRClassifierModule, masked_bce, operating_thresholds
 from vqgan.classifier_data import (
     DEFAULT_LABELS,
@@ -115,42 +113,12 @@ def test_validation_logs_auroc_for_labels_with_both_classes(synthetic_images) ->
     assert math.isnan(float(trainer.callback_metrics["val/auroc_macro"]))
 
 
-def _fake_trainer(write) -> SimpleNamespace:
-    return SimpleNamespace(
-        save_checkpoint=write,
-        is_global_zero=True,
-        global_step=1,
-        loggers=[],
-        strategy=SimpleNamespace(barrier=lambda name=None: None),
-    )
-
-
-def test_atomic_checkpoint_never_leaves_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "epoch=0.ckpt"
-
-    def crash(path: str, weights_only: bool = False) -> None:
-        Path(path).write_bytes(b"half a checkpoint")
-        raise RuntimeError("killed mid-write")
-
-    callback = AtomicModelCheckpoint(dirpath=tmp_path)
-    with pytest.raises(RuntimeError, match="mid-write"):
-        callback._save_checkpoint(_fake_trainer(crash), str(target))
-    assert not target.exists()
-
-    def write(path: str, weights_only: bool = False) -> None:
-        Path(path).write_bytes(b"whole")
-
-    callback._save_checkpoint(_fake_trainer(write), str(target))
-    assert target.read_bytes() == b"whole" and not list(tmp_path.glob(".*.partial"))
-    assert callback._last_checkpoint_saved == str(target)
-
-
 def _fit_tiny(tmp_path: Path, *overrides: str) -> None:
-    """One step of configs/classifier/tiny.yaml with its logs and checkpoints under tmp_path."""
+    """One step of configs/classifier/tiny.yaml with its run folder (logs, checkpoints, export)
+    moved to tmp_path."""
     main(
         ["fit", "-c", "configs/classifier/tiny.yaml", "--trainer.max_steps", "1"]
-        + ["--trainer.default_root_dir", str(tmp_path)]
-        + ["--trainer.logger.init_args.save_dir", str(tmp_path), *overrides]
+        + ["--trainer.default_root_dir", str(tmp_path), *overrides]
     )
 
 

@@ -114,7 +114,7 @@ def test_missing_weights_give_clear_errors(tmp_path: Path, monkeypatch) -> None:
     assert str(expected).startswith(str(tmp_path / ".torchxrayvision" / "models_data"))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded") as info:
         ClinicalFeatureExtractor.from_weights("densenet121-res224-all")
-    assert str(expected) in str(info.value) and "vqgan.classifier" in str(info.value)
+    assert str(expected) in str(info.value) and "llmcxr train classifier" in str(info.value)
     assert not expected.exists()
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         ClinicalFeatureExtractor.from_weights(tmp_path / "no_such_dir")

@@ -15,7 +15,7 @@ require(missing_modules("gradio"))
 
 from demo_fake_model import FakeLLMCXR
 
-from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling
+from llmcxr.demo.actions import DemoActions, DemoLimits
 from llmcxr.demo.app import DemoCallbacks, build_demo, chat_messages, gr
 from llmcxr.demo.findings import highlight_findings, label_rows, split_sentences
 
@@ -168,17 +168,6 @@ def test_model_calls_never_overlap(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert SlowModel.most_active == 1
-
-
-def test_sampling_kwargs_round_trip() -> None:
-    assert Sampling(False, 0.5, 0.8, None).as_kwargs() == {
-        "do_sample": False,
-        "temperature": 0.5,
-        "top_p": 0.8,
-        "seed": None,
-    }
-    with pytest.raises(DemoInputError):
-        Sampling(True, -1.0, 0.8, 0)
 
 
 def test_sentences_split_and_rejoin() -> None:

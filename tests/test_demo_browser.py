@@ -3,7 +3,8 @@
 Uses Debian's ``chromium`` through Playwright's ``executable_path`` (``playwright install``
 would download a browser). Without chromium the test skips locally and fails under ``CI``.
 Run as a script to refresh the README screenshot:
-``.venv/bin/python tests/test_demo_browser.py --out docs/demo.png [--model DIR]``.
+``.venv/bin/python tests/test_demo_browser.py --out docs/demo.png`` (the shipped default model;
+``--model DIR`` for another).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def load_model(folder: Path | None, scratch: Path):
         folder = scratch / "tiny-model"
         make_tiny_model_folder(folder)
     return LLMCXR.from_pretrained(folder, device="cpu")
+
+
+def default_model_folder() -> Path:
+    """The model folder `llmcxr` ships (what `llmcxr demo` serves without --model)."""
+    from llmcxr.pipeline import default_model_path
+
+    return default_model_path()
 
 
 @contextmanager
@@ -131,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     """Refresh the README screenshot (``docs/demo.png``) from a real browser session."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/demo.png"))
-    parser.add_argument("--model", type=Path, default=None, help="model folder (default: tiny)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model folder (default: the shipped default model)"
+    )
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium")
     if chromium is None:
         print("chromium not found: apt-get install chromium", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as scratch:
-        model = load_model(args.model, Path(scratch))
+        model = load_model(args.model or default_model_folder(), Path(scratch))
         with running_demo(model, Path(scratch) / "generated") as url:
             seen = drive_report_page(url, chromium, args.out)
     print(f"wrote {args.out}; report: {seen['report'][:80]!r}; outside requests: {seen['outside']}")

@@ -187,6 +187,23 @@ def test_frechet_distance_matches_scipy_sqrtm(n_a: int, n_b: int) -> None:
     assert metrics.frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
 
 
+def test_ssim_is_the_gaussian_window_definition_the_tokenizer_benchmark_uses() -> None:
+    # Flat images: no variance, so SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1), C1 = 0.01^2.
+    a, b = np.full((32, 32), 0.2), np.full((32, 32), 0.6)
+    c1 = 0.01**2
+    assert metrics.ssim(a, b) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1))
+    # A textured pair: the value benchmarks/tokenizer.py computes with torchmetrics' defaults.
+    torch = pytest.importorskip("torch")
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    rng = np.random.default_rng(1)
+    x = rng.random((48, 48))
+    y = np.clip(x + 0.1 * rng.standard_normal((48, 48)), 0, 1)
+    batch = [torch.tensor(v, dtype=torch.float32)[None, None] for v in (y, x)]
+    expected = float(structural_similarity_index_measure(*batch, data_range=1.0))
+    assert metrics.ssim(x, y) == pytest.approx(expected, abs=1e-5)
+
+
 def test_image_similarity_metrics() -> None:
     zeros = np.zeros((32, 32))
     assert metrics.psnr(zeros, zeros + 0.1) == pytest.approx(20.0)

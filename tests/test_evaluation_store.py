@@ -76,7 +76,7 @@ def test_written_results_follow_the_umask(tmp_path) -> None:
     import os
     import stat
 
-    from llmcxr.evaluation.store import atomic_write_text
+    from cxrcommon.files import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -1,4 +1,5 @@
-"""VQA consistency, task mix, patient splits, the two stages, pairing and the CLI end to end (shipped OpenI)."""
+"""VQA consistency, task mix, patient splits, the two stages, pairing and the CLI end to end
+(shipped OpenI)."""
 
 from __future__ import annotations
 
@@ -232,10 +233,11 @@ def test_llm_vqa_output_is_parsed_and_validated() -> None:
     from instructions.vqa_llm import LLMQAStats, llm_qa, load_generator, parse_qa_output
 
     answer = (
-        'Here you go: [{"question": "Is there a pleural effusion?", "answer": "Yes, a small one on the left."},'
-        ' {"question": "What is the capital of France?", "answer": "Paris"},'
-        ' {"question": "Is the effusion larger than on the prior study?", "answer": "Yes"},'
-        ' {"question": "", "answer": "Cardiomegaly."}, "stray"]'
+        "Here you go: "
+        '[{"question": "Is there a pleural effusion?", "answer": "Yes, a small one on the left."}, '
+        '{"question": "What is the capital of France?", "answer": "Paris"}, '
+        '{"question": "Is the effusion larger than on the prior study?", "answer": "Yes"}, '
+        '{"question": "", "answer": "Cardiomegaly."}, "stray"]'
     )
     prompts: list[str] = []
 

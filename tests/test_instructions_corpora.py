@@ -1,4 +1,5 @@
-"""Section parsing, filter rules and the MIMIC / OpenI / table readers (synthetic files + shipped OpenI)."""
+"""Section parsing, filter rules and the MIMIC / OpenI / table readers (synthetic files + shipped
+OpenI)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def test_strip_deid_marks_both_modes() -> None:
 
 def test_drop_prior_comparison_sentences() -> None:
     report = _report(
-        "Small left effusion. Compared to the prior study, the heart is unchanged. Opacity is again seen.",
+        "Small left effusion. Compared to the prior study, the heart is unchanged. Opacity is "
+        "again seen.",
         "Interval improvement of edema. No pneumothorax.",
     )
     kept, removed = DropPriorComparisons().apply(report)
@@ -139,7 +141,8 @@ def test_openi_reader_on_shipped_reports(openi_reports: list[Report]) -> None:
 
 def test_openi_reader_counts_malformed_documents(tmp_path: Path) -> None:
     good = (
-        b'<eCitation><uId id="CXR7"/><Abstract><AbstractText Label="FINDINGS">No effusion.</AbstractText>'
+        b'<eCitation><uId id="CXR7"/><Abstract><AbstractText Label="FINDINGS">No '
+        b"effusion.</AbstractText>"
         b'</Abstract><MeSH><major>normal</major></MeSH><parentImage id="CXR7_IM-1"/></eCitation>'
     )
     archive = tmp_path / "reports.tgz"

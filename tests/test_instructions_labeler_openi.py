@@ -1,5 +1,6 @@
 """Labeler rules added from the OpenI MeSH benchmark (benchmarks/labeler.py): hedged Pneumonia
-mentions, clinical-correlation hedges, heart size at the upper limit of normal, nodular opacities."""
+mentions, clinical-correlation hedges, heart size at the upper limit of normal, nodular
+opacities."""
 
 from __future__ import annotations
 

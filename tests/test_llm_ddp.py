@@ -1,6 +1,6 @@
 """The tiny LLM config under DDP on 2 CPU processes (gloo): scaling out is a config change.
 
-One rank builds the instruction data and the token cache, one writes the checkpoint, the CSV log
+One rank builds the token cache, one writes the checkpoint, the CSV log
 and the exported model folder; the time-fitted schedule (`FitScheduleToTime`) gives every rank
 the same step count, so the run ends instead of hanging in a collective.
 """
@@ -13,29 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llm_fixtures import tiny_run_args
+
 from llmcxr.gpu_kit.driver import run_group
 from llmcxr.model_folder import load_model_folder
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "llmcxr" / "tiny.yaml"
-FIT_TO_TIME = """    - class_path: llmcxr.gpu_kit.schedule.FitScheduleToTime
-      init_args:
-        measure_from: 1
-        measure_steps: 2
-"""
-
-
-def _ddp_config(root: Path) -> Path:
-    """tiny.yaml with its run folder in `root`, the CSV by absolute path, the time-fitted
-    schedule of the GPU configs and a time cap."""
-    text = CONFIG.read_text().replace("runs/llmcxr_tiny", str(root))
-    text = text.replace(
-        "configs/llmcxr/tiny_reports.csv", str(REPO / "configs/llmcxr/tiny_reports.csv")
-    )
-    text = text.replace("  callbacks:\n", "  callbacks:\n" + FIT_TO_TIME, 1)
-    path = root / "tiny_ddp.yaml"
-    path.write_text(text)
-    return path
+# The time-fitted schedule of the GPU configs, added to tiny.yaml's callbacks.
+FIT_TO_TIME = json.dumps(
+    {
+        "class_path": "llmcxr.gpu_kit.schedule.FitScheduleToTime",
+        "init_args": {"measure_from": 1, "measure_steps": 2},
+    }
+)
 
 
 def _stray(folder: Path) -> list[str]:
@@ -44,12 +33,12 @@ def _stray(folder: Path) -> list[str]:
 
 
 def test_tiny_config_trains_under_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
-    config = _ddp_config(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "ddp.log"
     with log.open("w") as sink:  # own process group: a timeout also ends the launched rank
         code = run_group(
-            [sys.executable, "-m", "llmcxr.train", "fit", "-c", str(config)]
+            [sys.executable, "-m", "llmcxr.train", "fit", *tiny_run_args(tmp_path)]
+            + [f"--trainer.callbacks+={FIT_TO_TIME}"]
             + ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
             + ["--trainer.max_steps=8", "--trainer.max_time=00:00:10:00"]
             # Validation on both ranks: on this tiny set some batches hold no image targets, which

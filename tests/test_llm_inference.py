@@ -1,4 +1,5 @@
-"""Inference on the tiny model: constrained image decoding, reports without image tokens, the API."""
+"""Inference on the tiny model: constrained image decoding, reports without image tokens, the
+API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Token cache: images tokenised once, unreadable/missing ones skipped, rebuilt on a new tokenizer."""
+"""Token cache: images tokenised once, unreadable/missing ones skipped, rebuilt on a new
+tokenizer."""
 
 from __future__ import annotations
 

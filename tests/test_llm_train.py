@@ -1,4 +1,5 @@
-"""The tiny two-stage config through the real entry point: loss falls, stage 2 starts from stage 1."""
+"""The tiny two-stage config through the real entry point: loss falls, stage 2 starts from stage
+1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from llm_fixtures import tiny_run_args
 
 from llmcxr.base_model import BaseModelSpec, TinyLMConfig
 from llmcxr.data import InstructionDataModule
@@ -19,22 +21,10 @@ CONFIGS = REPO / "configs" / "llmcxr"
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.check_val_every_n_epoch=1000"]
 
 
-def _config(name: str, root: Path) -> str:
-    """The shipped YAML with its run folder and CSV pointed into `root` / the repository."""
-    text = (CONFIGS / name).read_text()
-    text = text.replace("runs/llmcxr_tiny", str(root)).replace(
-        "configs/llmcxr/tiny_reports.csv", str(CONFIGS / "tiny_reports.csv")
-    )
-    out = root / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
-    assert main(["fit", "-c", _config("tiny.yaml", root), "--trainer.max_steps=12", *FAST]) == 0
+    assert main(["fit", *tiny_run_args(root), "--trainer.max_steps=12", *FAST]) == 0
     return root
 
 
@@ -48,10 +38,13 @@ def _mean_loss(model: torch.nn.Module, module: LLMCXRModule, root: Path) -> floa
 
 
 def test_stage1_writes_checkpoint_and_model_and_loss_falls(stage1: Path) -> None:
-    folder = stage1 / "stage1" / "model"
-    assert (folder / "llmcxr.json").is_file() and (
-        stage1 / "stage1" / "checkpoints" / "last.ckpt"
-    ).is_file()
+    # --trainer.default_root_dir alone moved logs, checkpoints and the model folder.
+    run = stage1 / "stage1"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "logs", "model"]
+    assert (run / "logs" / "version_0" / "metrics.csv").is_file()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    folder = run / "model"
+    assert (folder / "llmcxr.json").is_file()
     start = LLMCXRModule(  # the same seeded initialisation as the run's first step
         image_tokenizer=str(stage1 / "image_tokenizer"),
         model=ModelSettings(base=BaseModelSpec(tiny=TinyLMConfig())),
@@ -80,10 +73,7 @@ def test_stage2_starts_from_stage1_weights_and_trains(stage1: Path) -> None:
     start = LLMCXRModule(init_from=str(stage1 / "stage1" / "model"))
     for (name, a), (_, b) in zip(stage1_model.named_parameters(), start.model.named_parameters()):
         assert torch.equal(a, b), name
-    assert (
-        main(["fit", "-c", _config("tiny_stage2.yaml", stage1), "--trainer.max_steps=2", *FAST])
-        == 0
-    )
+    assert main(["fit", *tiny_run_args(stage1, stage=2), "--trainer.max_steps=2", *FAST]) == 0
     stage2 = load_model_folder(stage1 / "stage2" / "model")
     assert stage2.manifest["training"]["init_from"].endswith("stage1/model")
     emb1 = stage1_model.get_input_embeddings().weight
@@ -129,9 +119,10 @@ def test_export_command_rejects_a_foreign_checkpoint(
 ) -> None:
     foreign = tmp_path / "vqgan.ckpt"
     torch.save({"state_dict": {}, "vqgan_config": {}}, foreign)
-    assert main(["export", "--checkpoint", str(foreign), "--out", str(tmp_path / "m")]) == 1
+    assert main(["export", "--checkpoint", str(foreign), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not an llmcxr training checkpoint" in err[0]
+    assert len(err) == 1 and err[0].startswith("llmcxr: error:")
+    assert "not an llmcxr training checkpoint" in err[0]
 
 
 @pytest.mark.parametrize("name", ["../escaped.pth", "ABSOLUTE", "sub/tokenizer.json", "x.pth"])
@@ -170,10 +161,8 @@ def test_fit_resumes_from_ckpt_path_after_a_kill(stage1: Path, tmp_path: Path) -
     (last.parent / ".last.ckpt.partial").write_bytes(last.read_bytes()[:1000])
     killed = torch.load(last, map_location="cpu", weights_only=True)
     assert killed["global_step"] == 12
-    config = _config("tiny.yaml", root)
-    assert (
-        main(["fit", "-c", config, "--trainer.max_steps=15", *FAST, "--ckpt_path", str(last)]) == 0
-    )
+    resume = ["fit", *tiny_run_args(root), "--trainer.max_steps=15", *FAST]
+    assert main([*resume, "--ckpt_path", str(last)]) == 0
     # The copied run lives in another folder than the checkpoint's, so Lightning versions the name.
     resumed = torch.load(last.with_name("last-v1.ckpt"), map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 15
@@ -196,6 +185,6 @@ def test_a_checkpoint_with_another_image_tokenizer_is_refused(stage1: Path, tmp_
     both = f"fingerprint {found}, but the model was trained with 0123456789abcdef"
     with pytest.raises(ValueError, match=both):
         load_model_folder(other)
-    config = _config("tiny.yaml", tmp_path / "resume")
+    args = ["fit", *tiny_run_args(tmp_path / "resume"), "--trainer.max_steps=14", *FAST]
     with pytest.raises(ValueError, match=both):
-        main(["fit", "-c", config, "--trainer.max_steps=14", *FAST, "--ckpt_path", str(other)])
+        main([*args, "--ckpt_path", str(other)])

@@ -1,4 +1,5 @@
-"""VQ-GAN loss functions: clinical loss gradients, adaptive GAN weight, hinge loss, config checks."""
+"""VQ-GAN loss functions: clinical loss gradients, adaptive GAN weight, hinge loss, config
+checks."""
 
 from __future__ import annotations
 

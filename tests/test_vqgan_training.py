@@ -38,12 +38,8 @@ def _fit_args(out: Path, *extra: str, command: str = "fit") -> list[str]:
         str(TINY_YAML),
         "--data.data",
         str(REPO / "tests" / "fixtures"),
-        "--trainer.default_root_dir",
+        "--trainer.default_root_dir",  # moves logs and checkpoints too
         str(out),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.callbacks.init_args.dirpath",
-        str(out / "checkpoints"),
         *extra,
     ]
 

@@ -1,18 +1,28 @@
 """vqgan: the chest X-ray image tokenizer (VQ-GAN) of llmcxr.
 
-Public API: ``CXRTokenizer``, ``VQGANConfig``, and the image readers ``read_cxr``,
-``prepare_image``, ``load_cxr_tensor``, ``CXRReadError``. Names are imported lazily so that
-``import vqgan`` stays cheap and the inference path never loads the training stack.
+Public API: ``CXRTokenizer``, ``VQGANConfig``, the image readers ``read_cxr``,
+``prepare_image``, ``load_cxr_tensor``, ``CXRReadError``, ``IMAGE_SUFFIXES``, and the CXR
+classifier ``ClinicalFeatureExtractor`` (the clinical loss; the image metrics of
+``llmcxr evaluate``). Names are imported lazily so that ``import vqgan`` stays cheap and the
+inference path never loads the training stack.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cxrcommon.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from vqgan.clinical import ClinicalFeatureExtractor
     from vqgan.config import VQGANConfig
-    from vqgan.image_io import CXRReadError, load_cxr_tensor, prepare_image, read_cxr
+    from vqgan.image_io import (
+        IMAGE_SUFFIXES,
+        CXRReadError,
+        load_cxr_tensor,
+        prepare_image,
+        read_cxr,
+    )
     from vqgan.tokenizer import CXRTokenizer
 
 _EXPORTS = {
@@ -22,11 +32,15 @@ _EXPORTS = {
     "prepare_image": "vqgan.image_io",
     "load_cxr_tensor": "vqgan.image_io",
     "CXRReadError": "vqgan.image_io",
+    "IMAGE_SUFFIXES": "vqgan.image_io",
+    "ClinicalFeatureExtractor": "vqgan.clinical",
 }
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "CXRReadError",
     "CXRTokenizer",
+    "ClinicalFeatureExtractor",
     "VQGANConfig",
     "load_cxr_tensor",
     "prepare_image",
@@ -34,10 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import an exported name from its module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vqgan' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

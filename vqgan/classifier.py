@@ -10,8 +10,8 @@ Each validation pass also chooses a decision threshold per label (torchxrayvisio
 them to ``classifier.json``, so a loaded classifier's probabilities have 0.5 as each label's
 operating point.
 
-Run: ``python -m vqgan.classifier fit -c configs/classifier/tiny.yaml`` and
-``python -m vqgan.classifier export --ckpt <file.ckpt> --out <folder>``.
+Run: ``llmcxr train classifier -c configs/classifier/tiny.yaml`` and
+``llmcxr export classifier --checkpoint <file.ckpt> --out <folder>``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from cxrcommon.manifest import find_manifest
 from vqgan.data import (
     CXRImageDataset,
     ImageRecord,
@@ -60,7 +61,6 @@ DEFAULT_LABEL_MAP = {"normal": NO_FINDING}
 
 IGNORED_RAW_LABELS = frozenset({"", "unknown", "todo"})
 LABEL_COLUMNS = ("labels", "finding")
-MANIFEST_NAMES = ("labels.csv", "manifest.jsonl", "manifest.csv")
 _SUFFIX = re.compile(r"\s*[(;].*$")  # "PNEUMONIA (viral)" -> "PNEUMONIA"
 _PATIENT_IN_TEXT = re.compile(r"patient_id=([^;\s]+)")
 
@@ -90,7 +90,8 @@ class LabelEncoder:
         self.unmatched: set[str] = set()
 
     def match(self, raw: str) -> str | None:
-        """The label for one raw name, or ``None`` (ignored or unknown; unknown names remembered)."""
+        """The label for one raw name, or ``None`` (ignored or unknown; unknown names
+        remembered)."""
         key = raw.strip().lower()
         if key in IGNORED_RAW_LABELS:
             return None
@@ -103,7 +104,8 @@ class LabelEncoder:
         return None
 
     def encode_source(self, records: Sequence[ImageRecord], source: str) -> list[LabelledRecord]:
-        """Targets and masks for every record of one source; rows with no usable label are dropped."""
+        """Targets and masks for every record of one source; rows with no usable label are
+        dropped."""
         positives: list[set[str]] = []
         for record in records:
             column = next((c for c in LABEL_COLUMNS if c in record.fields), None)
@@ -127,19 +129,6 @@ class LabelEncoder:
                 "%s: %d of %d rows have no label in the label set", source, dropped, len(records)
             )
         return encoded
-
-
-def source_manifest(source: str | Path) -> Path:
-    """The manifest for a source given as a file or as a folder holding ``labels.csv``/``manifest.jsonl``."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for name in MANIFEST_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path}: no {' or '.join(MANIFEST_NAMES)} in this folder")
-    raise FileNotFoundError(f"labelled source not found: {path}")
 
 
 def with_patient_ids(records: Sequence[ImageRecord], source: str) -> list[ImageRecord]:
@@ -249,7 +238,7 @@ class LabelledCXRDataModule(L.LightningDataModule):
         hp = self.hparams
         items: list[LabelledRecord] = []
         for source in hp.sources:
-            manifest = source_manifest(source)
+            manifest = find_manifest(source)
             name = manifest.parent.name
             records, n_held_out = drop_held_out(
                 with_patient_ids(read_manifest(manifest), name), hp.held_out

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vqgan.atomic import atomic_write
+from cxrcommon.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ _XRV_PICKLE_ALLOWED_PREFIXES = (
 _XRV_PICKLE_ALLOWED_NAMES = {"collections.OrderedDict"}
 
 _TRAIN_HINT = (
-    "train one with `python -m vqgan.classifier fit -c configs/classifier/nih_cpu.yaml` (it "
-    "exports to <log_dir>/classifier_export; `python -m vqgan.classifier export --ckpt <file.ckpt> "
+    "train one with `llmcxr train classifier -c configs/classifier/nih_cpu.yaml` (it "
+    "exports to <log_dir>/classifier_export; `llmcxr export classifier --checkpoint <file.ckpt> "
     "--out <dir>` exports any checkpoint) and pass that folder"
 )
 _COPY_HINT = (
@@ -60,7 +60,8 @@ _COPY_HINT = (
 
 
 def import_torchxrayvision() -> ModuleType:
-    """Import torchxrayvision without keeping its process-wide ``warnings.filterwarnings("ignore")``."""
+    """Import torchxrayvision without keeping its process-wide
+    ``warnings.filterwarnings("ignore")``."""
     with warnings.catch_warnings():  # restores the global filter list on exit
         import torchxrayvision
 
@@ -68,7 +69,8 @@ def import_torchxrayvision() -> ModuleType:
 
 
 def build_densenet(num_classes: int) -> nn.Module:
-    """A randomly initialised torchxrayvision DenseNet-121 (res224 layout) with ``num_classes`` outputs."""
+    """A randomly initialised torchxrayvision DenseNet-121 (res224 layout) with ``num_classes``
+    outputs."""
     xrv = import_torchxrayvision()
     return xrv.models.DenseNet(weights=None, num_classes=num_classes, op_threshs=None)
 
@@ -81,7 +83,8 @@ def xrv_weight_names() -> list[str]:
 
 
 def xrv_weights_path(name: str) -> Path:
-    """Where torchxrayvision keeps the file for weight name ``name`` (e.g. ``densenet121-res224-all``)."""
+    """Where torchxrayvision keeps the file for weight name ``name`` (e.g.
+    ``densenet121-res224-all``)."""
     if name not in xrv_weight_names():
         raise ValueError(
             f"unknown torchxrayvision DenseNet weights {name!r}; known: {xrv_weight_names()}"
@@ -135,7 +138,8 @@ class ClinicalFeatureExtractor(nn.Module):
         self.labels = list(labels)
         if len(self.labels) != densenet.classifier.out_features:
             raise ValueError(
-                f"{len(self.labels)} labels for a classifier with {densenet.classifier.out_features} outputs"
+                f"{len(self.labels)} labels for a classifier with "
+                f"{densenet.classifier.out_features} outputs"
             )
         thresholds = (
             None if op_threshs is None else torch.tensor(list(op_threshs), dtype=torch.float32)
@@ -172,8 +176,8 @@ class ClinicalFeatureExtractor(nn.Module):
 
     @classmethod
     def from_weights(cls, weights: str | Path) -> ClinicalFeatureExtractor:
-        """Load from our export folder / ``.safetensors`` / Lightning ``.ckpt``, or a torchxrayvision
-        weight name looked up in its cache folder only (never downloaded).
+        """Load from our export folder / ``.safetensors`` / Lightning ``.ckpt``, or a
+        torchxrayvision weight name looked up in its cache folder only (never downloaded).
 
         Raises ``FileNotFoundError`` naming the expected path when nothing is there.
         """
@@ -186,7 +190,8 @@ class ClinicalFeatureExtractor(nn.Module):
             return _load_lightning_checkpoint(path)
         if path.is_file():
             raise ValueError(
-                f"{path}: unsupported classifier weights (use an export folder, .safetensors or .ckpt)"
+                f"{path}: unsupported classifier weights (use an export folder, .safetensors or "
+                ".ckpt)"
             )
         known = xrv_weight_names()
         if isinstance(weights, str) and weights in known:
@@ -228,7 +233,8 @@ def _load_lightning_checkpoint(path: Path) -> ClinicalFeatureExtractor:
     labels = checkpoint.get("hyper_parameters", {}).get("labels")
     if not labels:
         raise ValueError(
-            f"{path}: no 'labels' in the checkpoint's hyper_parameters (not a classifier checkpoint)"
+            f"{path}: no 'labels' in the checkpoint's hyper_parameters (not a classifier "
+            "checkpoint)"
         )
     prefix = "model."
     state = {
@@ -270,7 +276,8 @@ def _load_pickled_xrv_state(path: Path) -> dict[str, torch.Tensor]:
             _XRV_PICKLE_ALLOWED_PREFIXES
         ):
             raise ValueError(
-                f"{path}: refusing to unpickle {qualified!r} (not a torch/torchxrayvision model class)"
+                f"{path}: refusing to unpickle {qualified!r} (not a torch/torchxrayvision model "
+                "class)"
             )
         module_name, _, attr = qualified.rpartition(".")
         allowed.append(getattr(importlib.import_module(module_name), attr))
@@ -287,7 +294,8 @@ def _load_pickled_xrv_state(path: Path) -> dict[str, torch.Tensor]:
 def save_classifier_export(
     densenet: nn.Module, labels: Sequence[str], out_dir: str | Path, **extra: object
 ) -> Path:
-    """Write ``classifier.safetensors`` + ``classifier.json`` into ``out_dir`` atomically per file."""
+    """Write ``classifier.safetensors`` + ``classifier.json`` into ``out_dir`` atomically per
+    file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {

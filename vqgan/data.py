@@ -8,8 +8,6 @@ is logged by path and replaced by the next readable one.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 import re
@@ -24,13 +22,10 @@ from sklearn.model_selection import GroupShuffleSplit
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from cxrcommon.manifest import read_image_manifest
 from vqgan.image_io import IMAGE_SUFFIXES, CXRReadError, is_dicom, load_cxr_tensor
 
 logger = logging.getLogger(__name__)
-
-PATH_COLUMNS = ("image", "path", "filename")
-"""Manifest columns holding the image path, in order of preference (``filename`` is the column
-of the ``labels.csv`` tables under ``shared/data``)."""
 
 PATIENT_COLUMN = "patient_id"
 
@@ -59,45 +54,15 @@ def find_images(folder: str | Path, patient_id_pattern: str | None = None) -> li
 
 
 def read_manifest(manifest: str | Path) -> list[ImageRecord]:
-    """Rows of a CSV or JSONL manifest as records; paths are relative to the manifest's folder
-    (or to its ``images/`` subfolder, the layout of the labelled sets under ``shared/data``)."""
-    manifest = Path(manifest)
-    rows = _manifest_rows(manifest)
-    if not rows:
-        raise ValueError(f"{manifest}: manifest has no rows")
-    column = next((c for c in PATH_COLUMNS if c in rows[0]), None)
-    if column is None:
-        raise ValueError(f"{manifest}: no image path column (expected one of {PATH_COLUMNS})")
+    """Rows of a CSV or JSONL manifest that name an image, as records (the format and the
+    accepted path columns are those of `cxrcommon.manifest.read_image_manifest`)."""
     records = []
-    for row in rows:
-        value = str(row.get(column) or "")
-        if not value:
-            continue
-        path = _resolve(manifest.parent, value)
-        patient = row.get(PATIENT_COLUMN)
+    for image in read_image_manifest(manifest):
+        patient = image.row.get(PATIENT_COLUMN)
         patient = None if patient in (None, "") else str(patient)
-        fields = {k: "" if v is None else str(v) for k, v in row.items()}
-        records.append(ImageRecord(str(path), patient, fields))
+        fields = {k: "" if v is None else str(v) for k, v in image.row.items()}
+        records.append(ImageRecord(str(image.path), patient, fields))
     return records
-
-
-def _manifest_rows(manifest: Path) -> list[dict]:
-    if manifest.suffix.lower() == ".csv":
-        with manifest.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    if manifest.suffix.lower() in (".jsonl", ".ndjson"):
-        with manifest.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    raise ValueError(f"{manifest}: unsupported manifest type (use .csv or .jsonl)")
-
-
-def _resolve(root: Path, value: str) -> Path:
-    path = Path(value)
-    if path.is_absolute():
-        return path
-    direct = root / path
-    nested = root / "images" / path
-    return nested if not direct.exists() and nested.exists() else direct
 
 
 def held_out_keys(manifest: str | Path) -> tuple[set[str], set[str]]:
@@ -121,7 +86,8 @@ def held_out_keys(manifest: str | Path) -> tuple[set[str], set[str]]:
 def drop_held_out(
     records: Sequence[ImageRecord], manifest: str | Path | None
 ) -> tuple[list[ImageRecord], int]:
-    """``records`` without the images and patients of :func:`held_out_keys`; returns the count dropped."""
+    """``records`` without the images and patients of :func:`held_out_keys`; returns the count
+    dropped."""
     if manifest is None:
         return list(records), 0
     paths, patients = held_out_keys(manifest)

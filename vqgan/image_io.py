@@ -88,7 +88,8 @@ DEFAULT_BUDGET = PixelBudget()
 
 
 class CXRReadError(ValueError):
-    """An image file that cannot be used as a chest X-ray; ``str(err)`` is ``"<path>: <reason>"``."""
+    """An image file that cannot be used as a chest X-ray; ``str(err)`` is
+    ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         reason = " ".join(reason.split())  # one line, even when a decoder's message has several
@@ -306,7 +307,8 @@ def _validate(path: Path, array: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(array: np.ndarray, size: int) -> torch.Tensor:
-    """Centre-crop to a square, then resize it to ``size`` (antialiased bilinear): ``[1, size, size]``.
+    """Centre-crop to a square, then resize it to ``size`` (antialiased bilinear):
+    ``[1, size, size]``.
 
     Input is ``[H, W]`` in ``[0, 1]`` (as from :func:`read_cxr`); output stays in ``[0, 1]``.
     Cropping first keeps the work and memory at ``min(H, W)**2`` pixels: scaling the shorter side

@@ -40,7 +40,8 @@ class VQGANLossConfig:
     """Read ``clinical_weight`` as the clinical term's size relative to the pixel term, re-measured
     each batch (detached values): the feature MSE's scale depends on the classifier (with the
     project's all-sources classifier a weight of 100 makes it ~40x L1 on the shipped tokenizer;
-    ``benchmarks/tokenizer.py`` loss balance), so a fixed weight does not carry across classifiers."""
+    ``benchmarks/tokenizer.py`` loss balance), so a fixed weight does not carry across
+    classifiers."""
     clinical_weights: str | None = None
     """Classifier for the clinical loss: our export folder / .safetensors / .ckpt, or a
     torchxrayvision weight name found in its cache folder (never downloaded)."""
@@ -70,13 +71,14 @@ class VQGANLossConfig:
             )
         if self.clinical_weight > 0 and not self.clinical_weights:
             raise ValueError(
-                "VQGANLossConfig.clinical_weight > 0 needs clinical_weights (a classifier export, .ckpt, "
-                "or torchxrayvision cache name); train one with a configs/classifier/ config, "
-                "or set clinical_weight: 0"
+                "VQGANLossConfig.clinical_weight > 0 needs clinical_weights (a classifier export, "
+                ".ckpt, or torchxrayvision cache name); train one with a configs/classifier/ "
+                "config, or set clinical_weight: 0"
             )
         if self.perceptual_weight > 0 and not self.perceptual_weights:
             raise ValueError(
-                "VQGANLossConfig.perceptual_weight > 0 needs perceptual_weights (a TorchScript file)"
+                "VQGANLossConfig.perceptual_weight > 0 needs perceptual_weights (a TorchScript "
+                "file)"
             )
 
 
@@ -145,9 +147,9 @@ def generator_loss(
 ) -> tuple[torch.Tensor, Terms]:
     """Total generator loss and its terms.
 
-    ``logits_fake`` (discriminator on ``recon``) switches the GAN term on; ``last_layer`` enables the
-    adaptive weight (training only; without it the GAN term is weighted by ``disc_weight`` alone).
-    ``extractor`` is needed when ``config.clinical_weight > 0``, ``perceptual`` when
+    ``logits_fake`` (discriminator on ``recon``) switches the GAN term on; ``last_layer`` enables
+    the adaptive weight (training only; without it the GAN term is weighted by ``disc_weight``
+    alone). ``extractor`` is needed when ``config.clinical_weight > 0``, ``perceptual`` when
     ``config.perceptual_weight > 0``.
     """
     rec, terms = pixel_loss(inputs, recon, config.l1_weight, config.l2_weight)

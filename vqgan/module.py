@@ -50,13 +50,15 @@ class VQGANModule(L.LightningModule):
             config: Architecture of the tokenizer.
             loss: Loss weights, discriminator start, clinical/perceptual model paths.
             learning_rate: Adam learning rate of the generator (LLM-CXR: 4.5e-6 at batch 2).
-            disc_learning_rate: Adam learning rate of the discriminator (default: ``learning_rate``).
+            disc_learning_rate: Adam learning rate of the discriminator (default:
+                ``learning_rate``).
             adam_betas: Adam betas of both optimisers (taming: 0.5, 0.9).
             disc_channels: Width of the PatchGAN discriminator's first layer.
             disc_layers: Strided conv layers of the PatchGAN discriminator.
             log_images_every_n_steps: Training batches between reconstruction grids (0: never).
             num_logged_images: Images per reconstruction grid.
-            init_from: Optional tokenizer folder or ``.ckpt`` whose generator weights start training.
+            init_from: Optional tokenizer folder or ``.ckpt`` whose generator weights start
+                training.
             dead_code_restart_every: Every this many training batches, codes no batch chose in
                 that window are moved onto random encoder outputs of the current batch (0: off).
                 Small-batch training otherwise collapses onto a handful of codes.
@@ -84,7 +86,8 @@ class VQGANModule(L.LightningModule):
                     f"init_from={init_from}: its VQGANConfig differs from this run's config"
                 )
             self.generator.load_state_dict(source.model.state_dict())
-        # Training batches seen: drives disc_start independently of Lightning's optimizer-step count.
+        # Training batches seen: drives disc_start independently of Lightning's optimizer-step
+        # count.
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer(
             "train_code_counts", torch.zeros(config.n_embed, dtype=torch.long), persistent=False
@@ -195,7 +198,7 @@ class VQGANModule(L.LightningModule):
             self.window_code_counts += batch_counts
             if int(self.batches_seen) % self.dead_code_restart_every == 0:
                 terms["restarted_codes"] = self._restart_dead_codes(latents.detach())
-        terms["batch_perplexity"] = _perplexity(
+        terms["batch_perplexity"] = code_perplexity(
             torch.bincount(ids.flatten(), minlength=self.config.n_embed)
         )
         self.log_dict(
@@ -257,7 +260,7 @@ class VQGANModule(L.LightningModule):
         total = self.trainer.strategy.reduce(counts.float(), reduce_op="sum")
         if total.sum() > 0:
             self.log(f"{stage}/codebook_usage", (total > 0).float().mean(), rank_zero_only=True)
-            self.log(f"{stage}/perplexity", _perplexity(total), rank_zero_only=True)
+            self.log(f"{stage}/perplexity", code_perplexity(total), rank_zero_only=True)
         counts.zero_()
 
     # ---------------------------------------------------------------- images and checkpoints
@@ -283,7 +286,7 @@ class VQGANModule(L.LightningModule):
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.config.to_dict()
 
 
-def _perplexity(counts: torch.Tensor) -> torch.Tensor:
+def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of the code histogram: how many codes are effectively in use."""
     probs = counts.float() / counts.sum().clamp_min(1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()

@@ -51,7 +51,8 @@ class VQGAN(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images [B, C, S, S] in [-1, 1] -> (quantised latents [B, D, h, w], codebook loss, ids [B, h*w])."""
+        """Images [B, C, S, S] in [-1, 1] -> (quantised latents [B, D, h, w], codebook loss, ids
+        [B, h*w])."""
         return self.quantize_latents(self.pre_quant(x))
 
     def pre_quant(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,8 @@ class VQGAN(nn.Module):
 
     def quantize_latents(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Continuous latents [B, D, h, w] -> (quantised latents, codebook loss, ids [B, h*w])."""
-        # Nearest-code search in fp32 even under bf16 autocast, so token ids do not depend on precision.
+        # Nearest-code search in fp32 even under bf16 autocast, so token ids do not depend on
+        # precision.
         with torch.autocast(device_type=h.device.type, enabled=False):
             z_q, codebook_loss, (_, _, indices) = self.quantize(h.float())
         ids = rearrange(indices, "b h w -> b (h w)")  # row-major raster order

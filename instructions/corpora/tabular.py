@@ -1,24 +1,20 @@
 """A generic corpus: a CSV or JSONL file with one row per image (image path + report text).
 
-Columns: ``image`` (or ``image_path``/``path``), ``report`` (or ``text``); optional ``image_id``,
-``patient_id``, ``study_id``, ``view``, ``study_date``, ``split``. Rows sharing a ``study_id`` (or, without
-one, the same report text and patient) form one study. Relative image paths resolve against the file's folder.
+Columns: an image path (any of `cxrcommon.manifest.IMAGE_PATH_COLUMNS`), ``report`` (or
+``text``); optional ``image_id``, ``patient_id``, ``study_id``, ``view``, ``study_date``,
+``split``. Rows sharing a ``study_id`` (or, without one, the same report text and patient) form
+one study. Relative image paths resolve against the file's folder (`cxrcommon.manifest`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from instructions.corpora.csvfiles import iter_csv_rows
+from cxrcommon.manifest import image_value, read_rows, resolve_image_path
 from instructions.reports import ImageRef, ReadStats, Report, parse_sections
 
-logger = logging.getLogger(__name__)
-
-_IMAGE_KEYS = ("image", "image_path", "path")
 _TEXT_KEYS = ("report", "text")
 _SPLITS = {"train": "train", "val": "val", "validate": "val", "valid": "val", "test": "test"}
 
@@ -31,41 +27,23 @@ def _first(row: dict[str, object], keys: tuple[str, ...]) -> str:
     return ""
 
 
-def _rows(path: Path, stats: ReadStats) -> Iterator[dict[str, object]]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    logger.warning("%s:%d: not JSON, skipped", path, number)
-                    stats.skip("malformed JSON line")
-                    continue
-                if isinstance(row, dict):
-                    yield row
-                else:
-                    stats.skip("JSON line is not an object")
-    else:
-        yield from iter_csv_rows(path)
-
-
 def read_table(
     path: str | Path, source: str = "csv", stats: ReadStats | None = None
 ) -> Iterator[Report]:
-    """Yield one ``Report`` per study of a CSV/JSONL table; rows without report text are counted and skipped."""
+    """Yield one ``Report`` per study of a CSV/JSONL table; rows without report text are counted and
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"report table not found: {path}")
     stats = stats if stats is not None else ReadStats()
     studies: dict[str, Report] = {}
-    for number, row in enumerate(_rows(path, stats)):
+    rows = read_rows(path, on_bad_line=stats.skip, encoding_errors="replace")
+    for number, row in enumerate(rows):
         text = _first(row, _TEXT_KEYS)
         if not text.strip():
             stats.skip("no report text")
             continue
-        image = _first(row, _IMAGE_KEYS)
+        image = image_value(row)
         image_id = _first(row, ("image_id",)) or (Path(image).stem if image else "")
         patient = _first(row, ("patient_id", "subject_id")) or image_id or f"row{number}"
         study = _first(row, ("study_id",)) or f"{patient}|{hash_text(text)}"
@@ -83,7 +61,7 @@ def read_table(
             stats.read += 1
         if image:
             # Absolute, so images.jsonl stays valid wherever the dataset folder is read from.
-            resolved = (path.parent / image).resolve()
+            resolved = resolve_image_path(path.parent, image).resolve()
             report.images.append(
                 ImageRef(image_id, str(resolved), _first(row, ("view", "ViewPosition")).upper())
             )

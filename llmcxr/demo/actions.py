@@ -15,14 +15,15 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
+from cxrcommon.files import write_png
+from llmcxr.decoding import ProgressCallback, Sampling
 from vqgan import CXRReadError, read_cxr
 
 if TYPE_CHECKING:
@@ -30,39 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
-
 
 class DemoInputError(ValueError):
     """A request the demo cannot serve; the message is one line meant for the user."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one request, checked once so each action can trust them."""
-
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_p: float = 0.92
-    seed: int | None = 0
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise DemoInputError(f"Temperature must be above 0, got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise DemoInputError(f"Top-p must be in (0, 1], got {self.top_p}.")
-        if self.seed is not None and (int(self.seed) != self.seed or self.seed < 0):
-            raise DemoInputError(f"Seed must be a whole number >= 0, got {self.seed}.")
-
-    def as_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for the model's generate calls."""
-        seed = None if self.seed is None else int(self.seed)
-        return {
-            "do_sample": self.do_sample,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": seed,
-        }
 
 
 @dataclass(frozen=True)
@@ -167,18 +138,10 @@ class DemoActions:
         paths = []
         for index, image in enumerate(images, start=1):
             path = folder / f"llmcxr-seed{seed if seed is not None else 'random'}-{index}.png"
-            Image.fromarray(to_uint8(image)).save(path)
+            write_png(path, image)
             paths.append(path)
         log.info("saved %d generated images to %s", len(paths), folder)
         return paths
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in ``[0, 1]`` as 8-bit gray (values outside the range are clipped)."""
-    array = np.asarray(image, dtype=np.float32).squeeze()
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {array.shape}")
-    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def _require_image(image: np.ndarray | None) -> np.ndarray:

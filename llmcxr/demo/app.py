@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling, to_uint8
+from cxrcommon.files import to_uint8
+from llmcxr.demo.actions import DemoActions, DemoInputError, DemoLimits, Sampling
 from llmcxr.demo.findings import highlight_findings, label_rows
 from llmcxr.demo.offline_gradio import import_gradio, offline_theme
 

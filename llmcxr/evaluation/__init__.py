@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-EVAL_MODULES = ("matplotlib", "nltk", "rouge_score", "scipy", "skimage")
+EVAL_MODULES = ("matplotlib", "nltk", "rouge_score", "scipy")
 """Import names of the `[eval]` extra's packages (pyproject.toml); nothing outside this package
 imports them, so inference and training do not need them."""
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from cxrcommon.batching import chunks
 from llmcxr.evaluation.labelling import NIH_TO_CHEXPERT
-from vqgan.clinical import ClinicalFeatureExtractor
+from vqgan import ClinicalFeatureExtractor
 
 
 def _key(name: str) -> str:
@@ -62,8 +63,8 @@ class ImageClassifier:
         ``[H, W]`` in ``[0, 1]`` (square, as the tokenizer produces them)."""
         device = next(self.extractor.parameters()).device
         probs, feats = [], []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.from_numpy(np.stack(images[start : start + self.batch_size]))[:, None]
+        for _, part in chunks(images, self.batch_size):
+            batch = torch.from_numpy(np.stack(part))[:, None]
             batch = batch.to(device=device, dtype=torch.float32)
             features = self.extractor(batch)
             batch_probs = self.extractor.proba_from_features(features)  # no second forward

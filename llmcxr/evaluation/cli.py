@@ -11,159 +11,110 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from dataclasses import fields
-from pathlib import Path
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
 
-from llmcxr.evaluation.config import TASKS, EvaluationConfig
+from llmcxr.cli import QUANTIZE_CHOICES, ArgumentParser, run_reporting_errors
+from llmcxr.evaluation.config import REPORT_SECTIONS, TASKS, EvaluationConfig
 
 logger = logging.getLogger(__name__)
 
-_DEFAULTS = {f.name: f.default for f in fields(EvaluationConfig) if f.name != "data"}
+HELP: dict[str, str] = {
+    "data": "built dataset folder (llmcxr data build)",
+    "model": "model folder or training .ckpt (default: the embedded model)",
+    "out": "results folder",
+    "stage": "dataset stage: 1 = findings+impression, 2 = impression only",
+    "split": "dataset split",
+    "tasks": f"comma-separated subset of {','.join(TASKS)} (default: all; "
+    "without --classifier all but image and roundtrip)",
+    "classifier": "CXR classifier weights: export folder, .safetensors, .ckpt, "
+    "or a torchxrayvision cache name such as densenet121-res224-all (never downloaded)",
+    "limit": "a seeded random subset of N records per task (quick runs; "
+    "a larger N contains a smaller one's records; default: the whole split)",
+    "report_section": "score the whole report or its IMPRESSION section",
+    "samples_per_image": "sampled reports per image; > 1 gives AUROC from label frequencies",
+    "images_per_report": "generated images per report; >= 2 for diversity",
+    "uncertain_as_positive": "count the labeler's uncertain (-1) as positive (default: negative)",
+    "batch_size": "images or reports per model call",
+    "seed": "random seed of the sampling and the bootstrap",
+    "max_new_tokens": "report / answer length cap (default: the model's)",
+    "bootstrap": "bootstrap resamples for 95%% intervals, 0 = none",
+    "device": "auto, cpu, cuda, mps",
+    "quantize": "the model's speed mode, as on the other commands",
+    "inception_weights": "torchvision inception_v3 state dict for Inception FID",
+    "nih_labels": "NIH ChestX-ray14 labels.csv for the nih task (default: the "
+    "labels.csv beside the NIH images, <folder>/images/../labels.csv)",
+    "min_positives": "headline macro AUROC / F1 average classes with at least this many positives",
+}
+"""The help of each `EvaluationConfig` field's flag; names, types and defaults come from the
+dataclass itself, so the command and the config cannot drift apart."""
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "stage": (1, 2),
+    "report_section": REPORT_SECTIONS,
+    "quantize": QUANTIZE_CHOICES,
+}
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    """`--tasks a,b`: the names, blanks dropped."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _flag_type(hint: Any) -> Any:
+    """The argparse type of a field's type hint (``X | None`` -> X; a tuple -> comma list)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    return _comma_list if typing.get_origin(hint) is tuple else hint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """One flag per `EvaluationConfig` field (``--batch-size`` for ``batch_size``)."""
+    p = ArgumentParser(
         prog="llmcxr evaluate",
         description="Evaluate a model like LLM-CXR's Tables 1 and 4 (resumable: rerun the same "
         "command to continue an interrupted run).",
     )
-    p.add_argument(
-        "--data", type=Path, required=True, help="built dataset folder (llmcxr data build)"
-    )
-    p.add_argument("--model", help="model folder or training .ckpt (default: the embedded model)")
-    p.add_argument(
-        "--out", type=Path, default=_DEFAULTS["out"], help="results folder (default %(default)s)"
-    )
-    p.add_argument(
-        "--stage",
-        type=int,
-        choices=(1, 2),
-        default=_DEFAULTS["stage"],
-        help="dataset stage: 1 = findings+impression, 2 = impression only (default %(default)s)",
-    )
-    p.add_argument(
-        "--split", default=_DEFAULTS["split"], help="dataset split (default %(default)s)"
-    )
-    p.add_argument(
-        "--tasks",
-        help=f"comma-separated subset of {','.join(TASKS)} (default: all; "
-        "without --classifier all but image and roundtrip)",
-    )
-    p.add_argument(
-        "--classifier",
-        help="CXR classifier weights: export folder, .safetensors, .ckpt, "
-        "or a torchxrayvision cache name such as densenet121-res224-all (never downloaded)",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        help="a seeded random subset of N records per task (quick runs; "
-        "a larger N contains a smaller one's records; default: the whole split)",
-    )
-    p.add_argument(
-        "--report-section",
-        choices=("full", "impression"),
-        default=_DEFAULTS["report_section"],
-        help="score the whole report or its IMPRESSION section (default %(default)s)",
-    )
-    p.add_argument(
-        "--samples-per-image",
-        type=int,
-        default=_DEFAULTS["samples_per_image"],
-        help="sampled reports per image; > 1 gives AUROC from label frequencies (default %(default)s)",
-    )
-    p.add_argument(
-        "--images-per-report",
-        type=int,
-        default=_DEFAULTS["images_per_report"],
-        help="generated images per report; >= 2 for diversity (default %(default)s)",
-    )
-    p.add_argument(
-        "--uncertain-as-positive",
-        action="store_true",
-        help="count the labeler's uncertain (-1) as positive (default: negative)",
-    )
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
-    p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
-    p.add_argument(
-        "--max-new-tokens", type=int, help="report / answer length cap (default: the model's)"
-    )
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=_DEFAULTS["bootstrap"],
-        help="bootstrap resamples for 95%% intervals, 0 = none (default %(default)s)",
-    )
-    p.add_argument(
-        "--device", default=_DEFAULTS["device"], help="auto, cpu, cuda, mps (default %(default)s)"
-    )
-    p.add_argument(
-        "--quantize",
-        choices=("auto", "none", "int8"),
-        default=_DEFAULTS["quantize"],
-        help="the model's speed mode, as on the other commands (default %(default)s)",
-    )
-    p.add_argument(
-        "--inception-weights", help="torchvision inception_v3 state dict for Inception FID"
-    )
-    p.add_argument(
-        "--nih-labels",
-        help="NIH ChestX-ray14 labels.csv for the nih task (default: the "
-        "labels.csv beside the NIH images, <folder>/images/../labels.csv)",
-    )
-    p.add_argument(
-        "--min-positives",
-        type=int,
-        default=_DEFAULTS["min_positives"],
-        help="headline macro AUROC / F1 average classes with at least this many positives "
-        "(default %(default)s)",
-    )
+    hints = typing.get_type_hints(EvaluationConfig)
+    for field in fields(EvaluationConfig):
+        flag, kind = f"--{field.name.replace('_', '-')}", _flag_type(hints[field.name])
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=HELP[field.name])
+            continue
+        shown = field.default not in (MISSING, None)
+        p.add_argument(
+            flag,
+            type=kind,
+            choices=CHOICES.get(field.name),
+            required=field.default is MISSING,
+            default=None if field.default is MISSING else field.default,
+            help=HELP[field.name] + (" (default %(default)s)" if shown else ""),
+        )
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, run the evaluation, print where the results are; 0 on success, 2 on bad input."""
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the evaluation, print where the results are; errors are raised
+    (``llmcxr evaluate`` reports them, see `llmcxr.cli.run_reporting_errors`)."""
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from llmcxr.evaluation.runner import evaluate
 
-    try:
-        config = EvaluationConfig(
-            data=args.data,
-            model=args.model,
-            out=args.out,
-            stage=args.stage,
-            split=args.split,
-            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-            if args.tasks
-            else None,
-            classifier=args.classifier,
-            limit=args.limit,
-            report_section=args.report_section,
-            samples_per_image=args.samples_per_image,
-            images_per_report=args.images_per_report,
-            uncertain_as_positive=args.uncertain_as_positive,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
-            bootstrap=args.bootstrap,
-            device=args.device,
-            quantize=args.quantize,
-            inception_weights=args.inception_weights,
-            nih_labels=args.nih_labels,
-            min_positives=args.min_positives,
-        )
-        evaluate(config)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"llmcxr evaluate: error: {err}", file=sys.stderr)
-        return 2
+    config = EvaluationConfig(**vars(args))
+    evaluate(config)
     print(
-        f"wrote {config.out / 'metrics.json'}, {config.out / 'table.md'} and plots in {config.out / 'plots'}"
+        f"wrote {config.out / 'metrics.json'}, {config.out / 'table.md'} "
+        f"and plots in {config.out / 'plots'}"
     )
     print((config.out / "table.md").read_text())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`run` with its errors as one ``llmcxr: error: ...`` line: 0 on success, 2 on bad input."""
+    return run_reporting_errors(lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
-from llmcxr.evaluation.store import ResultStore, atomic_write_text
+from cxrcommon.files import atomic_write_text, write_png
+from llmcxr.evaluation.store import ResultStore
 
 if TYPE_CHECKING:
     from llmcxr.evaluation.classifier import ImageClassifier
@@ -101,7 +101,7 @@ class EvaluationConfig:
         if needs_classifier and not self.classifier:
             raise ValueError(
                 f"--tasks {','.join(sorted(needs_classifier))} needs --classifier (torchxrayvision "
-                "DenseNet weights or a classifier exported by `python -m vqgan.classifier export`)"
+                "DenseNet weights or a classifier exported by `llmcxr export classifier`)"
             )
 
     def identity(self) -> dict[str, Any]:
@@ -157,12 +157,7 @@ class RunContext:
 
     def save_png(self, image: np.ndarray, relative: str) -> str:
         """Write a float image [H, W] in [0, 1] as 8-bit PNG under the output folder."""
-        path = self.config.out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255), 0, 255).astype(
-            np.uint8
-        )
-        Image.fromarray(pixels).save(path)
+        write_png(self.config.out / relative, image)
         return relative
 
     def save_features(self, features: np.ndarray, relative: str) -> str:

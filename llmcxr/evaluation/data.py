@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrcommon.manifest import IMAGES_FILE, read_image_list
+
 logger = logging.getLogger(__name__)
 
 TASKS_WITH_IMAGE_INPUT = ("cxr_to_report", "vqa")
@@ -66,7 +68,8 @@ class EvalSplit:
         )
 
     def records(self, task: str, *, need_image: bool = False) -> list[EvalRecord]:
-        """Records of ``task`` in dataset order; with ``need_image`` only those whose image exists."""
+        """Records of ``task`` in dataset order; with ``need_image`` only those whose image
+        exists."""
         rows = [r for r in self._records if r.task == task]
         if need_image:
             kept = [r for r in rows if r.image_path is not None]
@@ -116,27 +119,19 @@ class EvalSplit:
 def _read_image_list(data_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """``image_id -> absolute path`` for the images of ``images.jsonl`` that exist on disk, and
     ``image_id -> split`` for those that name one."""
-    listing = data_dir / "images.jsonl"
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing} not found: the dataset folder lacks its image list")
     paths: dict[str, Path] = {}
     splits: dict[str, str] = {}
     missing = 0
-    with listing.open() as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            entry = json.loads(line)
-            if entry.get("split"):
-                splits[entry["image_id"]] = entry["split"]
-            if not entry.get("path"):
-                continue
-            path = Path(entry["path"])
-            path = path if path.is_absolute() else data_dir / path
-            if path.is_file():
-                paths[entry["image_id"]] = path
-            else:
-                missing += 1
+    for entry in read_image_list(data_dir):
+        if entry.split:
+            splits[entry.image_id] = entry.split
+        path = entry.file(data_dir)
+        if path is None:
+            continue
+        if path.is_file():
+            paths[entry.image_id] = path
+        else:
+            missing += 1
     if missing:
-        logger.warning("%s: %d listed image files do not exist", listing, missing)
+        logger.warning("%s: %d listed image files do not exist", data_dir / IMAGES_FILE, missing)
     return paths, splits

@@ -52,7 +52,8 @@ def at_size(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_real(record: EvalRecord, size: int) -> np.ndarray | None:
-    """The record's real image prepared like the tokenizer's input ([size, size] in [0, 1]), if any."""
+    """The record's real image prepared like the tokenizer's input ([size, size] in [0, 1]), if
+    any."""
     if record.image_path is None:
         return None
     from vqgan import read_cxr
@@ -62,7 +63,8 @@ def read_real(record: EvalRecord, size: int) -> np.ndarray | None:
 
 @torch.no_grad()
 def reconstruct(tokenizer: Any, images: Sequence[np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
-    """decode(encode(images)) at the tokenizer's size: reconstructions [B, S, S] and codes [B, N]."""
+    """decode(encode(images)) at the tokenizer's size: reconstructions [B, S, S] and codes
+    [B, N]."""
     pixels = torch.from_numpy(np.stack(images))[:, None].to(tokenizer.device)
     codes = tokenizer.encode(pixels)
     return tokenizer.decode(codes)[:, 0].float().cpu().numpy(), codes
@@ -215,7 +217,8 @@ def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _inception_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float | None:
-    """Inception FID when ``--inception-weights`` is given, else None (weights are never fetched)."""
+    """Inception FID when ``--inception-weights`` is given, else None (weights are never
+    fetched)."""
     if not ctx.config.inception_weights:
         return None
     from llmcxr.evaluation.inception import InceptionFeatures

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrcommon.batching import chunks
+
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -29,7 +31,8 @@ class InceptionFeatures:
 
     @classmethod
     def from_weights(cls, path: str | Path) -> InceptionFeatures:
-        """Load a torchvision ``inception_v3`` state dict (.safetensors, or .pth read weights-only)."""
+        """Load a torchvision ``inception_v3`` state dict (.safetensors, or .pth read
+        weights-only)."""
         from torchvision.models import inception_v3
 
         path = Path(path).expanduser()
@@ -57,10 +60,8 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         feats = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.from_numpy(
-                np.stack(images[start : start + self.batch_size]).astype(np.float32)
-            )
+        for _, part in chunks(images, self.batch_size):
+            batch = torch.from_numpy(np.stack(part).astype(np.float32))
             batch = F.interpolate(batch[:, None], size=(299, 299), mode="bilinear", antialias=True)
             batch = (batch.expand(-1, 3, -1, -1) - _MEAN) / _STD
             feats.append(self.network(batch).numpy())

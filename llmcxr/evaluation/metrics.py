@@ -1,4 +1,4 @@
-"""Pure metric functions for the evaluation protocols (numpy / scikit-learn / scipy / skimage).
+"""Pure metric functions for the evaluation protocols (numpy / scikit-learn / scipy / torchmetrics).
 
 Label conventions (shared by every protocol, and written into ``metrics.json``):
 
@@ -25,12 +25,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import linalg
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score, roc_auc_score
+
+if TYPE_CHECKING:
+    import torch
 
 LABEL_CONVENTIONS = {
     "positive": "label 1 (from instructions.label_report)",
@@ -40,7 +42,9 @@ LABEL_CONVENTIONS = {
         "fraction of sampled reports that label the class positive when samples_per_image > 1, "
         "else the binary label itself (AUROC = balanced accuracy)"
     ),
-    "auroc_undefined": "NaN when the truth has one value only; excluded from macro/weighted, counted",
+    "auroc_undefined": (
+        "NaN when the truth has one value only; excluded from macro/weighted, counted"
+    ),
     "f1_zero_division": "F1 is 0 for a class with no positives in truth and prediction",
     "headline_macro": (
         "macro AUROC / F1 over the classes with >= min_positives positives in the truth; "
@@ -155,7 +159,8 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with replacement.
+    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with
+    replacement.
 
     Resamples where the statistic is undefined (NaN) are dropped; (NaN, NaN) when none is left.
     """
@@ -203,13 +208,26 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 
 def ssim(image_a: np.ndarray, image_b: np.ndarray) -> float:
-    """SSIM of two float images [H, W] in [0, 1]."""
-    return float(structural_similarity(image_a, image_b, data_range=1.0))
+    """SSIM of two float images [H, W] in [0, 1]: torchmetrics' Gaussian-window SSIM (11 x 11,
+    sigma 1.5, Wang et al. 2004), the same one `benchmarks/tokenizer.py` reports."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _as_batch(image_a), _as_batch(image_b)
+    return float(structural_similarity_index_measure(a, b, data_range=1.0))
 
 
 def psnr(reference: np.ndarray, image: np.ndarray) -> float:
-    """PSNR in dB of a float image [H, W] in [0, 1] against its reference."""
-    return float(peak_signal_noise_ratio(reference, image, data_range=1.0))
+    """PSNR in dB of a float image [H, W] in [0, 1] against its reference (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(_as_batch(image), _as_batch(reference), data_range=1.0))
+
+
+def _as_batch(image: np.ndarray) -> torch.Tensor:
+    """[H, W] float image -> float64 tensor [1, 1, H, W] (float64: SSIM of near-equal images)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float64))[None, None]
 
 
 def mean_pairwise_ssim(images: Sequence[np.ndarray]) -> float:
@@ -357,7 +375,8 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray) -> float:
     estimator is written out because torchmetrics' (``maximum_mean_discrepancy``) assumes both
     sets have the same size and its ``KernelInceptionDistance`` averages random equal-size
     subsets, while here every generated image (several per report) is compared with every real
-    one: ``sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / n(n-1) - 2 sum k(x_i, y_j) / mn``.
+    one:
+    ``sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / n(n-1) - 2 sum k(x_i, y_j) / mn``.
     """
     import torch
     from torchmetrics.image.kid import poly_kernel

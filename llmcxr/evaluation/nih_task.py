@@ -64,7 +64,8 @@ def labels_csv_for(records: Sequence[EvalRecord], given: str | Path | None) -> P
 
 
 def read_findings(labels_csv: Path) -> dict[str, list[str]]:
-    """``file name -> NIH findings`` from a ``labels.csv`` (``filename``, ``labels`` split on '|')."""
+    """``file name -> NIH findings`` from a ``labels.csv`` (``filename``, ``labels`` split on
+    '|')."""
     if not labels_csv.is_file():
         raise FileNotFoundError(
             f"{labels_csv} not found: pass the NIH labels.csv with --nih-labels"

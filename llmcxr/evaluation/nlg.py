@@ -21,7 +21,9 @@ from rouge_score import rouge_scorer
 from llmcxr.evaluation.metrics import answer_tokens
 
 NLG_NOTES = {
-    "tokenisation": "lower-cased alphanumeric words; punctuation dropped (like coco-caption's PTB tokenizer)",
+    "tokenisation": (
+        "lower-cased alphanumeric words; punctuation dropped (like coco-caption's PTB tokenizer)"
+    ),
     "references": (
         "every reference report of the split whose labels equal the item's reference labels "
         "(its own reference included), not one random pick: the pairs are label-matched"
@@ -29,8 +31,8 @@ NLG_NOTES = {
     "bleu": "nltk corpus_bleu over all references, uniform weights over 1..n-grams, no smoothing",
     "rouge_l": "rouge_score ROUGE-L F-measure, best reference per report, mean over reports",
     "cider_d": (
-        "CIDEr-D (sigma 6, clipped, x10) as coco-caption computes it, but with document frequencies "
-        "over the distinct reference texts (label-matched items share reference pools)"
+        "CIDEr-D (sigma 6, clipped, x10) as coco-caption computes it, but with document "
+        "frequencies over the distinct reference texts (label-matched items share reference pools)"
     ),
     "meteor": "omitted: needs WordNet data or Java, not available offline",
 }

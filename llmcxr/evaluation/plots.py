@@ -53,7 +53,8 @@ def per_label_bars(per_label: Mapping[str, Mapping[str, float]], path: Path, tit
 def real_vs_generated_grid(
     examples: Sequence[tuple[str, np.ndarray | None, Sequence[np.ndarray]]], path: Path
 ) -> Path:
-    """One row per finding: the real image of a report with it, then the images generated from it."""
+    """One row per finding: the real image of a report with it, then the images generated from
+    it."""
     n_cols = 1 + max((len(g) for _, _, g in examples), default=1)
     fig = Figure(figsize=(1.8 * n_cols, 1.9 * max(1, len(examples))))
     for row, (finding, real, generated) in enumerate(examples):

@@ -1,4 +1,5 @@
-"""CXR -> report protocol: generate a report per test image, label both sides, score labels and text.
+"""CXR -> report protocol: generate a report per test image, label both sides, score labels and
+text.
 
 LLM-CXR's protocol (Table 1): the CheXpert labeler on the reference and the generated report,
 per-label / micro / macro / weighted AUROC and F1 over 14 classes, plus NLG metrics. Our pairs

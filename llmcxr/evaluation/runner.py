@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cxrcommon.files import atomic_write_text
 from llmcxr.evaluation import (
     image_task,
     nih_task,
@@ -25,7 +26,6 @@ from llmcxr.evaluation.config import EvaluationConfig, RunContext, check_run_ide
 from llmcxr.evaluation.data import EvalSplit
 from llmcxr.evaluation.labelling import chexpert_classes, label_matrix
 from llmcxr.evaluation.metrics import LABEL_CONVENTIONS
-from llmcxr.evaluation.store import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,19 @@
-"""Append-only JSONL of finished evaluation items, so an interrupted run resumes where it stopped."""
+"""Append-only JSONL of finished evaluation items, so an interrupted run resumes where it
+stopped."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
+
+from cxrcommon.batching import chunks
+from cxrcommon.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +73,6 @@ class ResultStore:
     def select(self, keys: Iterable[str]) -> list[dict[str, Any]]:
         """Stored rows for ``keys`` in that order (keys without a result are skipped)."""
         return [self.rows[k] for k in keys if k in self.rows]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, mode from the umask (`vqgan.atomic.atomic_write`)."""
-    from vqgan.atomic import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
-    """``(start index, slice)`` pairs of at most ``size`` items."""
-    for start in range(0, len(items), max(1, size)):
-        yield start, items[start : start + size]
 
 
 def map_chunk(

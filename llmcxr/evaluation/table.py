@@ -216,8 +216,8 @@ def render(metrics: Mapping[str, Any]) -> str:
         "# llmcxr evaluation",
         "",
         (
-            f"Model `{run['model'] or 'embedded default'}`, data `{run['data']}` stage {run['stage']} "
-            f"split `{run['split']}`; "
+            f"Model `{run['model'] or 'embedded default'}`, data `{run['data']}` stage "
+            f"{run['stage']} split `{run['split']}`; "
             + (
                 f"a seeded random {run['limit']} records per task. "
                 if run["limit"]
@@ -240,12 +240,12 @@ def render(metrics: Mapping[str, Any]) -> str:
         lines += [
             (
                 f"AUROC / F1 macro over the {len(r['headline_classes'])} classes with >= "
-                f"{r['min_positives']} positives (marked * below); 'all classes' averages every class "
-                f"(AUROC: the {len(r['per_label']) - r['auroc']['n_undefined']} whose labels take both "
-                "values), as the published rows do. NLG scores use the first sampled report per image "
-                f"against every label-matched reference of the split ({fmt(r.get('nlg_references_per_item'), digits=1)} "
-                "per image on average); METEOR is omitted (it needs WordNet data or Java, not available "
-                "offline)."
+                f"{r['min_positives']} positives (marked * below); 'all classes' averages every "
+                f"class (AUROC: the {len(r['per_label']) - r['auroc']['n_undefined']} whose labels "
+                "take both values), as the published rows do. NLG scores use the first sampled "
+                "report per image against every label-matched reference of the split "
+                f"({fmt(r.get('nlg_references_per_item'), digits=1)} per image on average); METEOR "
+                "is omitted (it needs WordNet data or Java, not available offline)."
             ),
             "",
         ]
@@ -267,8 +267,8 @@ def render(metrics: Mapping[str, Any]) -> str:
         lines += [
             (
                 f"Macro over the {len(n['headline_classes'])} classes with >= {n['min_positives']} "
-                "positives (marked *); NIH findings mapped to CheXpert classes (Effusion -> Pleural "
-                "Effusion, Infiltration -> Lung Opacity, Mass / Nodule -> Lung Lesion, "
+                "positives (marked *); NIH findings mapped to CheXpert classes (Effusion -> "
+                "Pleural Effusion, Infiltration -> Lung Opacity, Mass / Nodule -> Lung Lesion, "
                 "Pleural_Thickening -> Pleural Other)."
             ),
             "",
@@ -278,29 +278,30 @@ def render(metrics: Mapping[str, Any]) -> str:
         im = metrics["image"]
         lines += [
             (
-                f"## Report -> CXR ({im['generated']['n_items']} reports, {im['images_per_report']} "
-                f"image(s) each; classes: {', '.join(im['classes'])})"
+                f"## Report -> CXR ({im['generated']['n_items']} reports, "
+                f"{im['images_per_report']} image(s) each; classes: {', '.join(im['classes'])})"
             ),
             "",
         ]
         lines += image_table(im) + [""]
         lines += [
             (
-                f"AUROC / F1 macro over the {len(im['generated']['headline_classes'])} classes with >= "
-                f"{im['generated']['min_positives']} positives in the reports' labels; 'all classes' over "
-                f"the {len(im['classes']) - im['generated']['auroc']['n_undefined']} with both values. "
-                f"Images compared at the tokenizer's {im['resolution']} px. FID XRV on the classifier's "
-                "pooled features; Inception FID only with --inception-weights (torchvision Inception-v3). "
-                + _micro_footnote([("generated", im["generated"])])
+                f"AUROC / F1 macro over the {len(im['generated']['headline_classes'])} classes "
+                f"with >= {im['generated']['min_positives']} positives in the reports' labels; "
+                "'all classes' over the "
+                f"{len(im['classes']) - im['generated']['auroc']['n_undefined']} with both values. "
+                f"Images compared at the tokenizer's {im['resolution']} px. FID XRV on the "
+                "classifier's pooled features; Inception FID only with --inception-weights "
+                "(torchvision Inception-v3). " + _micro_footnote([("generated", im["generated"])])
             ),
             "",
         ]
         if "realism" in im:
             lines += [
                 (
-                    f"Realism against the {im['realism']['n_real']} real test images (classifier features; "
-                    f"precision / recall: Kynkäänniemi et al. 2019, k = {im['realism']['k']}; KID: "
-                    "unbiased polynomial-kernel MMD):"
+                    f"Realism against the {im['realism']['n_real']} real test images (classifier "
+                    "features; precision / recall: Kynkäänniemi et al. 2019, k = "
+                    f"{im['realism']['k']}; KID: unbiased polynomial-kernel MMD):"
                 ),
                 "",
             ]

@@ -40,6 +40,14 @@ log = logging.getLogger("llmcxr.gpu_kit")
 PROJECT = Path(__file__).resolve().parents[2]
 KIT_FILE = "kit.json"
 RUNS = "runs"
+RUN_FOLDERS = {
+    "llm_stage1": f"{RUNS}/stage1",
+    "llm_stage2": f"{RUNS}/stage2",
+    "classifier": f"{RUNS}/classifier",
+    "tokenizer": f"{RUNS}/vqgan",
+}
+"""Each training phase's run folder in the work folder (also its config's ``default_root_dir``):
+the driver passes it and reads the phase's logs, checkpoints and exports from it."""
 
 
 @dataclass(frozen=True)
@@ -248,8 +256,8 @@ class Driver:
         return ()
 
     def fit(self, module: str, phase: str, grant: int, *extra: str) -> list[str]:
-        """``python -m <module> fit`` with the phase's config, `extra` arguments, its granted
-        ``max_time`` and the kit's overrides for it."""
+        """``python -m <module> fit`` with the phase's config and run folder, `extra` arguments,
+        its granted ``max_time`` and the kit's overrides for it."""
         return [
             *(
                 sys.executable,
@@ -259,6 +267,7 @@ class Driver:
                 "-c",
                 str(self.project / self.kit["configs"][phase]),
             ),
+            f"--trainer.default_root_dir={self.work / RUN_FOLDERS[phase]}",
             *extra,
             f"--trainer.max_time={max_time_arg(grant)}",
             *self.kit.get("overrides", {}).get(phase, []),
@@ -270,11 +279,11 @@ class Driver:
         if self.run_phase(
             "llm_stage1", lambda t: [self.fit("llmcxr.train", "llm_stage1", t, tokenizer)]
         ):
-            model = self.work / RUNS / "stage1" / "model"
+            model = self.work / RUN_FOLDERS["llm_stage1"] / "model"
             self.deliver("llm_stage1", "stage1_model", model, exclude=self.same_tokenizer(model))
             self.write_logs()
             if self.run_phase("llm_stage2", lambda t: [self.fit("llmcxr.train", "llm_stage2", t)]):
-                model = self.work / RUNS / "stage2" / "model"
+                model = self.work / RUN_FOLDERS["llm_stage2"] / "model"
                 self.deliver(
                     "llm_stage2", "model", model, ("stage1_model",), self.same_tokenizer(model)
                 )
@@ -298,7 +307,8 @@ class Driver:
             self.write_logs()
             return
         export = max(
-            (runs / "classifier").rglob("classifier_export"), key=lambda p: p.stat().st_mtime
+            (self.work / RUN_FOLDERS["classifier"]).rglob("classifier_export"),
+            key=lambda p: p.stat().st_mtime,
         )
         self.deliver("classifier", "classifier", export)
         self.write_logs()
@@ -311,7 +321,7 @@ class Driver:
             py,
             "-m",
             "vqgan.export",
-            str(runs / "vqgan/checkpoints/last.ckpt"),
+            str(self.work / RUN_FOLDERS["tokenizer"] / "checkpoints" / "last.ckpt"),
             str(runs / "tokenizer"),
             "--fp16",
         ]
@@ -349,7 +359,8 @@ class Driver:
         }
 
     def write_logs(self) -> None:
-        """Rewrite ``logs.tar.gz`` in ``$OUT``: report, driver and phase logs, metrics CSVs, configs."""
+        """Rewrite ``logs.tar.gz`` in ``$OUT``: report, driver and phase logs, metrics CSVs,
+        configs."""
         with self._lock:
             (self.work / "logs").mkdir(exist_ok=True)
             (self.work / "logs" / "report.json").write_text(json.dumps(self.report(), indent=2))

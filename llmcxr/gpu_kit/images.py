@@ -13,12 +13,18 @@ import csv
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-MANIFEST_NAMES = ("labels.csv", "manifest.jsonl", "manifest.csv")
+from cxrcommon.manifest import (
+    IMAGE_PATH_COLUMNS,
+    find_manifest,
+    read_image_list,
+    write_image_list,
+    write_jsonl,
+)
 
 
 @dataclass(frozen=True)
@@ -29,16 +35,6 @@ class PackedImages:
     bytes: int
     sources: list[str]
     llm_images: int
-
-
-def find_manifest(source: Path) -> Path:
-    """The label table of a labelled source folder (or the file itself)."""
-    if source.is_file():
-        return source
-    for name in MANIFEST_NAMES:
-        if (source / name).is_file():
-            return source / name
-    raise FileNotFoundError(f"{source}: no {' / '.join(MANIFEST_NAMES)} found")
 
 
 def _packed_name(path: str) -> str:
@@ -100,7 +96,7 @@ def pack_images(
         columns = [
             "path",
             "patient_id",
-            *[c for c in rows[0] if c not in ("path", "patient_id", "image", "filename")],
+            *[c for c in rows[0] if c not in ("patient_id", *IMAGE_PATH_COLUMNS)],
         ]
         (out / name).mkdir(exist_ok=True)
         with (out / name / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -108,8 +104,7 @@ def pack_images(
             writer.writeheader()
             writer.writerows(rows)
         names.append(name)
-    with (out / "tokenizer_images.jsonl").open("w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in training)
+    write_jsonl(out / "tokenizer_images.jsonl", training)
     (out / "sources.json").write_text(json.dumps(names))
     listed = _pack_llm_listing(llm_images, out, size, quality) if llm_images else 0
     written = list(files.iterdir())
@@ -121,17 +116,12 @@ def _pack_llm_listing(listing: Path, out: Path, size: int, quality: int) -> int:
     target = out / "llm_dataset"
     target.mkdir(exist_ok=True)
     rows = []
-    for line in listing.read_text().splitlines():
-        if not line.strip():
+    for entry in read_image_list(listing.parent):
+        path = entry.file(listing.parent)
+        if path is None:
             continue
-        row = json.loads(line)
-        path = row.get("path")
-        if not path:
-            continue
-        if not Path(path).is_absolute():
-            path = str(listing.parent / path)
-        packed = _packed_name(path)
-        if _write_image(Path(path), out / "files" / packed, size, quality):
-            rows.append({**row, "path": f"../files/{packed}"})
-    (target / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        packed = _packed_name(str(path))
+        if _write_image(path, out / "files" / packed, size, quality):
+            rows.append(replace(entry, path=f"../files/{packed}"))
+    write_image_list(target, rows)
     return len(rows)

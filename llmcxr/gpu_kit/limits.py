@@ -1,4 +1,5 @@
-"""The GPU window's transfer and time limits, and how much of a command the checkout already takes."""
+"""The GPU window's transfer and time limits, and how much of a command the checkout already
+takes."""
 
 from __future__ import annotations
 

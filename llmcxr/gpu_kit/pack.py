@@ -106,7 +106,8 @@ class Command:
 
 
 def fetch_wheels(dest: Path) -> list[Path]:
-    """Download `GPU_WHEELS` for Python 3.12 (no dependencies) into `dest`, reusing what is there."""
+    """Download `GPU_WHEELS` for Python 3.12 (no dependencies) into `dest`, reusing what is
+    there."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
