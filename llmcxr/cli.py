@@ -265,11 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report",
         parents=[model, sampling, text],
-        help="write reports for images (file, folder or CSV)",
+        help="write reports for images (file, folder or manifest)",
     )
     rep.add_argument(
         "input",
-        help="PNG, JPEG or DICOM file, a folder of them, or a CSV with an image/path column",
+        help="PNG, JPEG or DICOM file, a folder of them, or a CSV / JSONL manifest with an "
+        "image path column (image, path, image_path, filename or file)",
     )
     rep.add_argument(
         "-o",
@@ -419,9 +420,10 @@ def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
 
 def list_images(source: str | Path) -> list[Path]:
     """The images named by `source`: one file, every image file under a folder, or the image
-    paths of a CSV manifest (any column of `cxrcommon.manifest.IMAGE_PATH_COLUMNS`; relative
-    paths are relative to the CSV's folder)."""
-    from vqgan.image_io import IMAGE_SUFFIXES
+    paths of a CSV or JSONL manifest (any column of `cxrcommon.manifest.IMAGE_PATH_COLUMNS`;
+    relative paths are relative to the manifest's folder)."""
+    from cxrcommon.manifest import manifest_kind
+    from vqgan import IMAGE_SUFFIXES
 
     source = Path(source)
     if not source.exists():
@@ -433,13 +435,14 @@ def list_images(source: str | Path) -> list[Path]:
         if not images:
             raise InputError(f"{source}: no PNG, JPEG or DICOM files in this folder")
         return images
-    if source.suffix.lower() == ".csv":
-        return _csv_images(source)
+    if manifest_kind(source) is not None:
+        return _manifest_images(source)
     return [source]
 
 
-def _csv_images(path: Path) -> list[Path]:
-    """The image paths of a CSV manifest, read as training reads it (`cxrcommon.manifest`)."""
+def _manifest_images(path: Path) -> list[Path]:
+    """The image paths of a CSV / JSONL manifest, read as training reads it
+    (`cxrcommon.manifest`)."""
     from cxrcommon.manifest import read_image_manifest
 
     try:
@@ -458,12 +461,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from cxrcommon.manifest import manifest_kind
+
     images = list_images(args.input)
-    single = (
-        len(images) == 1
-        and Path(args.input).is_file()
-        and Path(args.input).suffix.lower() != ".csv"
-    )
+    single = len(images) == 1 and Path(args.input).is_file() and manifest_kind(args.input) is None
     writer = None
     if args.output:
         check_output(Path(args.output), [Path(args.input), *images])

@@ -130,3 +130,13 @@ def test_find_manifest_takes_a_file_or_a_folder_holding_one(tmp_path: Path) -> N
         find_manifest(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="not found"):
         find_manifest(tmp_path / "missing")
+
+
+def test_report_takes_a_jsonl_manifest_as_training_does(tmp_path: Path) -> None:
+    for name in ("a.png", "b.dcm"):
+        (tmp_path / name).write_bytes(b"")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"filename": "a.png"}\n{"image": "b.dcm", "patient_id": "p2"}\n')
+    expected = [tmp_path / "a.png", tmp_path / "b.dcm"]
+    assert [Path(r.path) for r in read_manifest(manifest)] == expected
+    assert list_images(manifest) == expected  # `llmcxr report list.jsonl`: two images, not one
