@@ -114,6 +114,11 @@ class LLMCXRComponents:
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     manifest: dict[str, Any] = field(default_factory=dict)
 
+    def model_parts(self) -> dict[str, Any]:
+        """The parts a model is made of (all but the manifest), by the keyword names that
+        `save_model_folder` and `llmcxr.pipeline.LLMCXR` take."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "manifest"}
+
 
 def save_model_folder(
     path: str | Path,

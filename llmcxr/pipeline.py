@@ -154,14 +154,7 @@ class LLMCXR:
             cache=cache,
         )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
-        return cls(
-            model=parts.model,
-            text_tokenizer=parts.text_tokenizer,
-            image_tokenizer=parts.image_tokenizer,
-            token_map=parts.token_map,
-            prompt_format=parts.prompt_format,
-            generation_defaults=parts.generation_defaults,
-        ).quantize(quantize)
+        return cls(**parts.model_parts()).quantize(quantize)
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:

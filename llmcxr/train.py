@@ -72,12 +72,7 @@ def export(checkpoint: str, out: str, dtype: str | None = None, overwrite: bool 
     parts = load_model_folder(checkpoint)
     return save_model_folder(
         out,
-        model=parts.model,
-        text_tokenizer=parts.text_tokenizer,
-        image_tokenizer=parts.image_tokenizer,
-        token_map=parts.token_map,
-        prompt_format=parts.prompt_format,
-        generation_defaults=parts.generation_defaults,
+        **parts.model_parts(),
         training_info={"exported_from": str(checkpoint)},
         dtype=torch_dtype(dtype) if dtype else None,
         overwrite=overwrite,

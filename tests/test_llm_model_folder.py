@@ -139,3 +139,14 @@ def test_model_folder_files_follow_the_umask(tiny_folder: Path, tmp_path: Path) 
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
     assert any(name.endswith(".safetensors") for name in modes)
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_model_parts_are_what_the_pipeline_and_the_saver_take(tiny_folder: Path) -> None:
+    import inspect
+
+    from llmcxr.pipeline import LLMCXR
+
+    parts = load_model_folder(tiny_folder).model_parts()
+    assert set(parts) == set(inspect.signature(LLMCXR.__init__).parameters) - {"self"}
+    assert set(parts) <= set(inspect.signature(save_model_folder).parameters)
+    assert parts["token_map"] is not None and "manifest" not in parts
