@@ -13,6 +13,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_merged_model_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never write into the user's cache (~/.cache/llmcxr): merged LoRA models go to a
+    folder of this session (subprocesses inherit it through the environment)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LLMCXR_CACHE", str(tmp_path_factory.mktemp("llmcxr_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
