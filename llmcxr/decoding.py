@@ -16,6 +16,7 @@ forced prefix, so every sampled token is a code and the end marker is appended a
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ def _pick(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The KV-cache keyword of `model.forward` (and attribute of its output): ``cache`` from
+    transformers 5.x (where ``past_key_values`` warns and is removed in 5.40), else
+    ``past_key_values``."""
+    forward = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in forward else "past_key_values"
+
+
 def _has_plain_lm_head(model: torch.nn.Module) -> bool:
     """True when logits are exactly `decoder(x) @ W.T (+ b)`, so a row subset can be computed."""
     config = getattr(model, "config", None)
@@ -213,6 +222,7 @@ def generate_image_codes(
     full_mask = F.pad(attention_mask, (0, n_tokens), value=1)
     step_ids = input_ids
     cache = None
+    cache_name = _cache_argument(decoder if restricted else model)
     codes = torch.empty(batch, n_tokens, dtype=torch.long, device=input_ids.device)
     for step in range(n_tokens):
         if restricted:
@@ -220,8 +230,8 @@ def generate_image_codes(
                 input_ids=step_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_name: cache},
             )
             # Only the last position's hidden state [B', H] is projected, onto the K image rows.
             logits = F.linear(out.last_hidden_state[:, -1], head_weight, head_bias)
@@ -230,12 +240,12 @@ def generate_image_codes(
                 input_ids=step_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_name: cache},
             )
             logits = out.logits[:, -1, first : first + k]
-        cache = out.past_key_values
+        cache = getattr(out, cache_name)
         logits = logits.float()  # [B', K]
         if guided:
             cond, uncond = logits.log_softmax(-1).chunk(2)

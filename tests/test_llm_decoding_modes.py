@@ -186,3 +186,20 @@ def test_quantize_mode_choice() -> None:
 def test_quantize_int8_in_place_on_a_plain_module() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
     assert quantize_int8(net) is net and isinstance(net[0], DynamicLinear)
+
+
+def test_drawing_uses_the_kv_cache_argument_this_transformers_names(llm: LLMCXR) -> None:
+    """transformers 5.x renamed past_key_values to cache (the old name warns, then goes away):
+    neither decoding path may pass a deprecated name, and both give the same greedy codes."""
+    import warnings
+
+    ids, mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this.", "Effusion."))])
+    greedy = Sampling(do_sample=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restricted = generate_image_codes(llm.model, ids, mask, llm.token_map, greedy)
+        full = generate_image_codes(
+            llm.model, ids, mask, llm.token_map, greedy, restrict_logits=False
+        )
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert torch.equal(restricted, full)
