@@ -191,7 +191,8 @@ def test_ssim_is_the_gaussian_window_definition_the_tokenizer_benchmark_uses() -
     # Flat images: no variance, so SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1), C1 = 0.01^2.
     a, b = np.full((32, 32), 0.2), np.full((32, 32), 0.6)
     c1 = 0.01**2
-    assert metrics.ssim(a, b) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1))
+    expected = (2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1)
+    assert metrics.ssim(a, b) == pytest.approx(expected, abs=2e-4)  # float32 convolutions
     # A textured pair: the value benchmarks/tokenizer.py computes with torchmetrics' defaults.
     torch = pytest.importorskip("torch")
     from torchmetrics.functional.image import structural_similarity_index_measure
@@ -302,3 +303,17 @@ def test_label_matrix_uses_the_labeler_and_the_impression_section() -> None:
     )
     assert impression.tolist() == [[1, 1, 0]]
     assert labelling.label_matrix(["No pleural effusion."], classes).tolist() == [[0, 0, 0]]
+
+
+def test_nearest_ssim_takes_the_closest_reference() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.random((32, 32)), rng.random((32, 32))
+    flat = np.full((32, 32), 0.5)
+    # a query equal to one reference scores 1 (the best), whatever the others are
+    assert metrics.nearest_ssim([a, b], [flat, b, a]) == pytest.approx([1.0, 1.0])
+    got = metrics.nearest_ssim([a], [flat, b])[0]
+    assert got == pytest.approx(max(metrics.ssim(a, flat), metrics.ssim(a, b)))
+    # leave one out: each image against the others only
+    loo = metrics.nearest_ssim([a, b, flat], [a, b, flat], leave_one_out=True)
+    assert loo[0] == pytest.approx(max(metrics.ssim(a, b), metrics.ssim(a, flat)))
+    assert (loo < 1.0).all()

@@ -33,6 +33,7 @@ from llmcxr.evaluation.metrics import (
     knn_precision_recall,
     mean_interval,
     mean_pairwise_ssim,
+    nearest_ssim,
 )
 from llmcxr.evaluation.store import run_pending
 
@@ -172,6 +173,7 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
             )
     out["realism"] = _realism(ctx, rows)
     out["fid_xrv"] = out["realism"]["generated"]["fid"]
+    out["nearest_real_ssim"] = _nearest_real(ctx, rows)
     diversity = [r["diversity_ssim"] for r in rows if r["diversity_ssim"] is not None]
     out["diversity_ssim"] = float(np.mean(diversity)) if diversity else math.nan
     out["diversity_ssim_ci95"] = mean_interval(diversity, n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -214,6 +216,34 @@ def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         real_feats, np.stack(list(recon.values()))
     )
     return out
+
+
+def _nearest_real(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Realism in pixels, where the classifier features can miss layout: each generated image's
+    SSIM to the most similar distinct real test image of the rows, beside each real image's SSIM
+    to the most similar *other* real one (the level a real chest X-ray reaches)."""
+    from vqgan import read_cxr
+
+    size = rows[0]["resolution"]
+    records = {r.id: r for r in ctx.split.records("report_to_cxr")}
+    real: dict[str, np.ndarray] = {}
+    for row in rows:
+        if row["real_probs"] is not None and row["image_id"] not in real:
+            real[row["image_id"]] = read_real(records[row["key"]], size)
+    if len(real) < 2:
+        return {"n_real": len(real), "generated": math.nan, "real_leave_one_out": math.nan}
+    refs = list(real.values())
+    generated = [at_size(read_cxr(ctx.config.out / p), size) for row in rows for p in row["images"]]
+    gen, ref = nearest_ssim(generated, refs), nearest_ssim(refs, refs, leave_one_out=True)
+    boot = {"n_boot": ctx.config.bootstrap, "seed": ctx.config.seed}
+    return {
+        "n_real": len(refs),
+        "n_generated": len(generated),
+        "generated": float(gen.mean()),
+        "generated_ci95": mean_interval(gen.tolist(), **boot),
+        "real_leave_one_out": float(ref.mean()),
+        "real_leave_one_out_ci95": mean_interval(ref.tolist(), **boot),
+    }
 
 
 def _inception_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float | None:

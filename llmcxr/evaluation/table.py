@@ -306,6 +306,19 @@ def render(metrics: Mapping[str, Any]) -> str:
                 "",
             ]
             lines += realism_table(im["realism"]) + [""]
+        near = im.get("nearest_real_ssim", {})
+        if near.get("n_generated"):
+            lines += [
+                (
+                    f"Nearest real image, in pixels (mean SSIM of each image to the most similar "
+                    f"of the {near['n_real']} real test images): generated "
+                    f"{fmt(near['generated'], near['generated_ci95'])}; a real image against "
+                    "the other real ones "
+                    f"{fmt(near['real_leave_one_out'], near['real_leave_one_out_ci95'])} "
+                    "(the level to reach)."
+                ),
+                "",
+            ]
     if "vqa" in metrics and metrics["vqa"].get("n_items"):
         v = metrics["vqa"]
         lines += [f"## VQA ({v['n_yes_no']} yes/no, {v['n_open']} open questions)", ""]
