@@ -173,11 +173,12 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
             )
     out["realism"] = _realism(ctx, rows)
     out["fid_xrv"] = out["realism"]["generated"]["fid"]
-    out["nearest_real_ssim"] = _nearest_real(ctx, rows)
+    generated, real = _stored_images(ctx, rows)
+    out["nearest_real_ssim"] = _nearest_real(ctx, generated, real)
     diversity = [r["diversity_ssim"] for r in rows if r["diversity_ssim"] is not None]
     out["diversity_ssim"] = float(np.mean(diversity)) if diversity else math.nan
     out["diversity_ssim_ci95"] = mean_interval(diversity, n_boot=cfg.bootstrap, seed=cfg.seed)
-    out["fid_inception"] = _inception_fid(ctx, rows)
+    out["fid_inception"] = _inception_fid(ctx, generated, real)
     return out
 
 
@@ -218,10 +219,11 @@ def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _nearest_real(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Realism in pixels, where the classifier features can miss layout: each generated image's
-    SSIM to the most similar distinct real test image of the rows, beside each real image's SSIM
-    to the most similar *other* real one (the level a real chest X-ray reaches)."""
+def _stored_images(
+    ctx: RunContext, rows: Sequence[dict[str, Any]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The stored drawings of the rows and their distinct real images (one per image id), all at
+    the tokenizer's size: what the pixel realism and the Inception FID compare."""
     from vqgan import read_cxr
 
     size = rows[0]["resolution"]
@@ -230,14 +232,22 @@ def _nearest_real(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, 
     for row in rows:
         if row["real_probs"] is not None and row["image_id"] not in real:
             real[row["image_id"]] = read_real(records[row["key"]], size)
+    generated = [at_size(read_cxr(ctx.config.out / p), size) for row in rows for p in row["images"]]
+    return generated, list(real.values())
+
+
+def _nearest_real(
+    ctx: RunContext, generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Realism in pixels, where the classifier features can miss layout: each generated image's
+    SSIM to the most similar real test image, beside each real image's SSIM to the most similar
+    *other* real one (the level a real chest X-ray reaches)."""
     if len(real) < 2:
         return {"n_real": len(real), "generated": math.nan, "real_leave_one_out": math.nan}
-    refs = list(real.values())
-    generated = [at_size(read_cxr(ctx.config.out / p), size) for row in rows for p in row["images"]]
-    gen, ref = nearest_ssim(generated, refs), nearest_ssim(refs, refs, leave_one_out=True)
+    gen, ref = nearest_ssim(generated, real), nearest_ssim(real, real, leave_one_out=True)
     boot = {"n_boot": ctx.config.bootstrap, "seed": ctx.config.seed}
     return {
-        "n_real": len(refs),
+        "n_real": len(real),
         "n_generated": len(generated),
         "generated": float(gen.mean()),
         "generated_ci95": mean_interval(gen.tolist(), **boot),
@@ -246,19 +256,16 @@ def _nearest_real(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, 
     }
 
 
-def _inception_fid(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> float | None:
+def _inception_fid(
+    ctx: RunContext, generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
+) -> float | None:
     """Inception FID when ``--inception-weights`` is given, else None (weights are never
     fetched)."""
     if not ctx.config.inception_weights:
         return None
-    from llmcxr.evaluation.inception import InceptionFeatures
-    from vqgan import read_cxr
-
-    extractor = InceptionFeatures.from_weights(ctx.config.inception_weights)
-    size = rows[0]["resolution"]
-    generated = [at_size(read_cxr(ctx.config.out / p), size) for row in rows for p in row["images"]]
-    records = {r.id: r for r in ctx.split.records("report_to_cxr")}
-    real = [read_real(records[row["key"]], size) for row in rows if row["real_probs"] is not None]
     if len(real) < 2:
         return math.nan
+    from llmcxr.evaluation.inception import InceptionFeatures
+
+    extractor = InceptionFeatures.from_weights(ctx.config.inception_weights)
     return frechet_distance(extractor(generated), extractor(real))
