@@ -140,16 +140,19 @@ def test_evaluate_writes_metrics_table_and_plots(
     realism = image["realism"]
     assert realism["n_real"] == 2 and realism["generated"]["n"] == 4
     assert realism["tokenizer_reconstruction"]["kid"] is not None
+    assert realism["control"]["n"] == 2 and realism["control"]["kid"] is not None
     assert "tokenizer_reconstruction" in image and "real" in image
     assert -1 <= image["diversity_ssim"] <= 1
     near = image["nearest_real_ssim"]
     assert near["n_real"] == 2 and near["n_generated"] == 4
     assert -1 <= near["generated"] <= 1 and -1 <= near["real_leave_one_out"] <= 1
+    assert -1 <= near["control"] <= 1
     assert metrics["vqa"]["n_yes_no"] + metrics["vqa"]["n_open"] == metrics["vqa"]["n_items"] == 2
     assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
     assert 0 <= metrics["tokenizer"]["codebook_usage"] <= 1
     table = (out / "table.md").read_text()
     assert "Nearest real image, in pixels" in table
+    assert "negative control" in table
     for heading in (
         "CXR -> report",
         "Report -> CXR",

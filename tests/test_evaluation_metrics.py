@@ -317,3 +317,28 @@ def test_nearest_ssim_takes_the_closest_reference() -> None:
     loo = metrics.nearest_ssim([a, b, flat], [a, b, flat], leave_one_out=True)
     assert loo[0] == pytest.approx(max(metrics.ssim(a, b), metrics.ssim(a, flat)))
     assert (loo < 1.0).all()
+
+
+def test_tile_shuffle_moves_whole_tiles_and_keeps_the_pixels() -> None:
+    image = np.arange(36, dtype=np.float32).reshape(6, 6)  # 2 x 2 grid: tiles of 3 x 3
+    out = metrics.tile_shuffle(image, 2, np.random.default_rng(3))  # permutation [3, 2, 1, 0]
+    cells = [(r, c) for r in range(2) for c in range(2)]
+    tiles = {(r, c): image[r * 3 : r * 3 + 3, c * 3 : c * 3 + 3] for r, c in cells}
+    placed = [out[r * 3 : r * 3 + 3, c * 3 : c * 3 + 3] for r, c in cells]
+    # every output tile is exactly one input tile, each used once
+    sources = [next(k for k, t in tiles.items() if np.array_equal(t, p)) for p in placed]
+    assert sorted(sources) == sorted(tiles)
+    assert sorted(out.ravel().tolist()) == image.ravel().tolist()
+    # by hand: output tile 0 (top left) is input tile 3 (bottom right), tile 1 is tile 2
+    np.testing.assert_array_equal(out[:3, :3], image[3:, 3:])
+    np.testing.assert_array_equal(out[:3, 3:], image[3:, :3])
+    np.testing.assert_array_equal(image, np.arange(36).reshape(6, 6))  # input untouched
+
+
+def test_tile_shuffle_keeps_the_remainder_rows_and_rejects_tiny_images() -> None:
+    image = np.arange(35, dtype=np.float32).reshape(7, 5)  # grid 2: tiles 3 x 2, row 6 / col 4 stay
+    out = metrics.tile_shuffle(image, 2, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[6], image[6])
+    np.testing.assert_array_equal(out[:, 4], image[:, 4])
+    with pytest.raises(ValueError, match="no 4 x 4 tiles"):
+        metrics.tile_shuffle(np.zeros((3, 3)), 4, np.random.default_rng(0))

@@ -34,6 +34,7 @@ from llmcxr.evaluation.metrics import (
     mean_interval,
     mean_pairwise_ssim,
     nearest_ssim,
+    tile_shuffle,
 )
 from llmcxr.evaluation.store import run_pending
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 STORE = "image"
 PRECISION_RECALL_K = 3
 """Neighbourhood size of the k-NN manifolds (Kynkäänniemi et al. 2019 use k = 3)."""
+CONTROL_GRID = 4
+"""The negative control: each real image cut into 4 x 4 tiles and shuffled (`tile_shuffle`)."""
 
 
 def at_size(image: np.ndarray, size: int) -> np.ndarray:
@@ -171,10 +174,12 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
             out[name] = classification_metrics(
                 truth[with_real], score, (score >= 0.5).astype(np.int64), classes, **kw
             )
-    out["realism"] = _realism(ctx, rows)
-    out["fid_xrv"] = out["realism"]["generated"]["fid"]
     generated, real = _stored_images(ctx, rows)
-    out["nearest_real_ssim"] = _nearest_real(ctx, generated, real)
+    rng = np.random.default_rng(cfg.seed)
+    control = [tile_shuffle(image, CONTROL_GRID, rng) for image in real]
+    out["realism"] = _realism(ctx, rows, control)
+    out["fid_xrv"] = out["realism"]["generated"]["fid"]
+    out["nearest_real_ssim"] = _nearest_real(ctx, generated, real, control)
     diversity = [r["diversity_ssim"] for r in rows if r["diversity_ssim"] is not None]
     out["diversity_ssim"] = float(np.mean(diversity)) if diversity else math.nan
     out["diversity_ssim_ci95"] = mean_interval(diversity, n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -193,9 +198,12 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]
     }
 
 
-def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Generated images and the tokenizer's reconstructions (the ceiling) against the distinct real
-    images of the rows, on the classifier's pooled features."""
+def _realism(
+    ctx: RunContext, rows: Sequence[dict[str, Any]], control: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Generated images, the tokenizer's reconstructions (the ceiling) and the tile-shuffled real
+    images (the negative control, ``control``) against the distinct real images of the rows, on
+    the classifier's pooled features."""
     generated, real, recon = [], {}, {}
     for row in rows:
         feats = ctx.load_features(row["features"])
@@ -210,12 +218,13 @@ def _realism(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if len(real) < 2:
         nan = {"n": 0, "fid": math.nan, "kid": math.nan, "precision": math.nan, "recall": math.nan}
-        return {**out, "generated": nan, "tokenizer_reconstruction": nan}
+        return {**out, "generated": nan, "tokenizer_reconstruction": nan, "control": nan}
     real_feats = np.stack(list(real.values()))
     out["generated"] = distribution_metrics(real_feats, np.concatenate(generated))
     out["tokenizer_reconstruction"] = distribution_metrics(
         real_feats, np.stack(list(recon.values()))
     )
+    out["control"] = distribution_metrics(real_feats, ctx.classifier(control)[1])
     return out
 
 
@@ -237,14 +246,20 @@ def _stored_images(
 
 
 def _nearest_real(
-    ctx: RunContext, generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
+    ctx: RunContext,
+    generated: Sequence[np.ndarray],
+    real: Sequence[np.ndarray],
+    control: Sequence[np.ndarray],
 ) -> dict[str, Any]:
     """Realism in pixels, where the classifier features can miss layout: each generated image's
     SSIM to the most similar real test image, beside each real image's SSIM to the most similar
-    *other* real one (the level a real chest X-ray reaches)."""
+    *other* real one (the level a real chest X-ray reaches) and each tile-shuffled real image's
+    SSIM to the most similar real one other than its source (the negative control)."""
     if len(real) < 2:
-        return {"n_real": len(real), "generated": math.nan, "real_leave_one_out": math.nan}
+        nan = math.nan
+        return {"n_real": len(real), "generated": nan, "real_leave_one_out": nan, "control": nan}
     gen, ref = nearest_ssim(generated, real), nearest_ssim(real, real, leave_one_out=True)
+    shuffled = nearest_ssim(control, real, leave_one_out=True)
     boot = {"n_boot": ctx.config.bootstrap, "seed": ctx.config.seed}
     return {
         "n_real": len(real),
@@ -253,6 +268,8 @@ def _nearest_real(
         "generated_ci95": mean_interval(gen.tolist(), **boot),
         "real_leave_one_out": float(ref.mean()),
         "real_leave_one_out_ci95": mean_interval(ref.tolist(), **boot),
+        "control": float(shuffled.mean()),
+        "control_ci95": mean_interval(shuffled.tolist(), **boot),
     }
 
 

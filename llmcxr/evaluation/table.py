@@ -173,13 +173,17 @@ def image_table(result: Mapping[str, Any]) -> list[str]:
 
 
 def realism_table(realism: Mapping[str, Any]) -> list[str]:
-    """Precision, recall, KID and FID against the real images, with the tokenizer's ceiling."""
+    """Precision, recall, KID and FID against the real images, with the tokenizer's ceiling and
+    the tile-shuffled negative control (older results have no control row)."""
     header = ["images", "n", "precision", "recall", "KID", "FID XRV"]
     rows = []
     for key, name in (
         ("generated", "generated"),
         ("tokenizer_reconstruction", "tokenizer reconstructions (ceiling)"),
+        ("control", "real images, 4 x 4 tiles shuffled (negative control)"),
     ):
+        if key not in realism:
+            continue
         m = realism[key]
         rows.append(
             [
@@ -315,7 +319,13 @@ def render(metrics: Mapping[str, Any]) -> str:
                     f"{fmt(near['generated'], near['generated_ci95'])}; a real image against "
                     "the other real ones "
                     f"{fmt(near['real_leave_one_out'], near['real_leave_one_out_ci95'])} "
-                    "(the level to reach)."
+                    "(the level to reach)"
+                    + (
+                        "; a real image with its 4 x 4 tiles shuffled "
+                        f"{fmt(near['control'], near['control_ci95'])} (negative control)."
+                        if "control" in near
+                        else "."
+                    )
                 ),
                 "",
             ]
