@@ -3,8 +3,10 @@
 For each setting, draws one image per report for the same seeded subset of the split's
 report->CXR records and scores the drawings against the real test images on the evaluation
 classifier's features: k-NN precision / recall (realism / coverage), KID and FID, and label
-agreement (macro AUROC of the classifier on the drawings against the report labels). The same
-real images and their tokenizer reconstructions (the ceiling) are scored once. Prints a table and
+agreement (macro AUROC of the classifier on the drawings against the report labels), and in
+pixels: each drawing's SSIM to its nearest real image of the subset (`llmcxr evaluate`'s
+classifier-free realism, which sees chest layout the classifier features miss). The same real
+images and their tokenizer reconstructions (the ceiling) are scored once. Prints a table and
 writes ``benchmarks/results/sampling_sweep.json``.
 
     python benchmarks/sampling_sweep.py --data runs/default_model/data \
@@ -28,7 +30,7 @@ from llmcxr.evaluation.classifier import ImageClassifier
 from llmcxr.evaluation.data import EvalSplit
 from llmcxr.evaluation.image_task import at_size, distribution_metrics, read_real, reconstruct
 from llmcxr.evaluation.labelling import chexpert_classes, label_matrix
-from llmcxr.evaluation.metrics import classification_metrics
+from llmcxr.evaluation.metrics import classification_metrics, mean_interval, nearest_ssim
 from llmcxr.pipeline import LLMCXR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +50,13 @@ def _agreement(
     score = ImageClassifier.class_scores(probs, columns)
     metrics = classification_metrics(truth, score, (score >= 0.5).astype(np.int64), classes)
     return {"auroc_macro": metrics["auroc"]["macro"], "f1_macro": metrics["f1"]["macro"]}
+
+
+def _pixel_realism(
+    images: list[np.ndarray], real: list[np.ndarray], *, leave_one_out: bool = False
+) -> dict[str, Any]:
+    values = nearest_ssim(images, real, leave_one_out=leave_one_out)
+    return {"mean": float(values.mean()), "ci95": mean_interval(values.tolist(), seed=0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         "n_reports": len(records),
         "resolution": size,
         "machine": platform.processor() or platform.machine(),
-        "real": {"agreement": _agreement(classifier, reports, real_probs)},
+        "real": {
+            "agreement": _agreement(classifier, reports, real_probs),
+            "nearest_real_ssim": _pixel_realism(real, real, leave_one_out=True),
+        },
         "tokenizer_reconstruction": {
             **distribution_metrics(real_feats, recon_feats),
             "agreement": _agreement(classifier, reports, recon_probs),
@@ -91,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         drawn = llm.generate_images(reports, seed=args.seed, batch_size=args.batch_size, **setting)
         seconds = time.perf_counter() - start
-        probs, feats = classifier([at_size(images[0], size) for images in drawn])
+        drawings = [at_size(images[0], size) for images in drawn]
+        probs, feats = classifier(drawings)
         row = {
             **setting,
             **distribution_metrics(real_feats, feats),
             "agreement": _agreement(classifier, reports, probs),
+            "nearest_real_ssim": _pixel_realism(drawings, real),
             "seconds_per_image": round(seconds / len(records), 2),
         }
         results["settings"].append(row)
@@ -103,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             f"T={setting['temperature']:.2f} top_p={setting['top_p']:.2f} "
             f"cfg={setting['guidance_scale']:.1f}: precision {row['precision']:.3f} "
             f"recall {row['recall']:.3f} KID {row['kid']:.4f} FID {row['fid']:.1f} "
-            f"AUROC {row['agreement']['auroc_macro']:.3f}",
+            f"AUROC {row['agreement']['auroc_macro']:.3f} "
+            f"nearest-real SSIM {row['nearest_real_ssim']['mean']:.3f}",
             flush=True,
         )
     ceiling = results["tokenizer_reconstruction"]

@@ -147,12 +147,18 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert near["n_real"] == 2 and near["n_generated"] == 4
     assert -1 <= near["generated"] <= 1 and -1 <= near["real_leave_one_out"] <= 1
     assert -1 <= near["control"] <= 1
+    low = near["lowpass"]
+    assert near["lowpass_sigma"] == 2.0
+    for key in ("generated", "real_leave_one_out", "control", "mean_real_image"):
+        assert -1 <= low[key] <= 1
+    assert near["sharpness"]["generated"] > 0 and near["sharpness"]["real"] > 0
     assert metrics["vqa"]["n_yes_no"] + metrics["vqa"]["n_open"] == metrics["vqa"]["n_items"] == 2
     assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
     assert 0 <= metrics["tokenizer"]["codebook_usage"] <= 1
     table = (out / "table.md").read_text()
     assert "Nearest real image, in pixels" in table
     assert "negative control" in table
+    assert "At matched sharpness" in table
     for heading in (
         "CXR -> report",
         "Report -> CXR",

@@ -342,3 +342,19 @@ def test_tile_shuffle_keeps_the_remainder_rows_and_rejects_tiny_images() -> None
     np.testing.assert_array_equal(out[:, 4], image[:, 4])
     with pytest.raises(ValueError, match="no 4 x 4 tiles"):
         metrics.tile_shuffle(np.zeros((3, 3)), 4, np.random.default_rng(0))
+
+
+def test_gradient_energy_of_a_ramp_is_its_slope() -> None:
+    ramp = np.tile(np.arange(8, dtype=np.float64) * 0.1, (5, 1))  # +0.1 per column, flat rows
+    assert metrics.gradient_energy(ramp) == pytest.approx(0.1)
+    assert metrics.gradient_energy(np.full((4, 4), 0.3)) == 0.0
+
+
+def test_lowpass_keeps_flat_images_and_removes_sharpness() -> None:
+    flat = np.full((16, 16), 0.4, dtype=np.float32)
+    np.testing.assert_allclose(metrics.lowpass(flat, 2.0), flat, atol=1e-6)
+    checker = (np.indices((16, 16)).sum(axis=0) % 2).astype(np.float32)  # sharpest pattern
+    smooth = metrics.lowpass(checker, 2.0)
+    assert smooth.shape == checker.shape
+    assert metrics.gradient_energy(smooth) < 0.05 * metrics.gradient_energy(checker)
+    assert smooth.mean() == pytest.approx(checker.mean(), abs=0.02)  # the blur keeps the mean

@@ -268,6 +268,25 @@ def tile_shuffle(image: np.ndarray, grid: int, rng: np.random.Generator) -> np.n
     return out
 
 
+def lowpass(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` [H, W] blurred with a Gaussian of ``sigma`` pixels (kernel 6 sigma + 1, odd,
+    reflect padding; torchvision's `gaussian_blur`)."""
+    import torch
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = int(6 * sigma) | 1
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    return gaussian_blur(tensor, kernel_size=[size, size], sigma=[sigma, sigma])[0].numpy()
+
+
+def gradient_energy(image: np.ndarray) -> float:
+    """Mean gradient magnitude of ``image`` [H, W] (central differences, `np.gradient`): its
+    sharpness. A blurred image has less; SSIM to other images rewards blur, so the evaluation
+    reports this beside it."""
+    gy, gx = np.gradient(np.asarray(image, dtype=np.float64))
+    return float(np.sqrt(gx**2 + gy**2).mean())
+
+
 def _stack(images: Sequence[np.ndarray]) -> torch.Tensor:
     import torch
 
