@@ -1,8 +1,10 @@
-"""Draw ``docs/samples.png``: a grid of images a model draws from test-split reports, beside the
-real test image each report was paired with and its tokenizer reconstruction (the ceiling).
+"""Draw ``docs/samples.png``: a grid of images a model draws from test-split reports.
 
 Rows are reports (seeded pick of the split's report->CXR records, one per finding group);
-columns: real image, reconstruction, then N drawings. Everything at the tokenizer's resolution.
+columns: N drawings, at the tokenizer's resolution. ``--with-real`` adds the real test image each
+report was paired with and its tokenizer reconstruction (the ceiling) in front: for looking at
+locally, not for committing (the real images come from the datasets, which stay out of the
+repository).
 
     python scripts/sample_grid.py --data runs/default_model/data --out docs/samples.png
 """
@@ -38,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=6)
     parser.add_argument("--drawings", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--with-real",
+        action="store_true",
+        help="also show each report's real test image and its reconstruction (do not commit)",
+    )
     args = parser.parse_args(argv)
     llm = LLMCXR.from_pretrained(args.model, device="cpu")
     size = llm.image_tokenizer.image_size
@@ -46,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     for record in random.Random(args.seed).sample(records, len(records)):
         by_report.setdefault(record.report.strip().lower()[:60], record)
     picked = list(by_report.values())[: args.rows]
-    width = TEXT_WIDTH + CELL * (2 + args.drawings)
+    references = ["real (test)", "tokenizer"] if args.with_real else []
+    width = TEXT_WIDTH + CELL * (len(references) + args.drawings)
     sheet = Image.new("L", (width, 20 + CELL * len(picked)), 255)
     draw = ImageDraw.Draw(sheet)
-    header = ["real (test)", "tokenizer"] + [f"drawn {k + 1}" for k in range(args.drawings)]
+    header = references + [f"drawn {k + 1}" for k in range(args.drawings)]
     for k, name in enumerate(header):
         draw.text((TEXT_WIDTH + k * CELL + 4, 4), name, fill=0)
     drawings = llm.generate_images(
@@ -57,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for row, (record, drawn) in enumerate(zip(picked, drawings)):
         top = 20 + row * CELL
-        real = read_real(record, size)
-        recon = reconstruct(llm.image_tokenizer, [real])[0][0]
+        shown = list(drawn)
+        if args.with_real:
+            real = read_real(record, size)
+            shown = [real, reconstruct(llm.image_tokenizer, [real])[0][0], *shown]
         caption = "\n".join(textwrap.wrap(record.report, 44)[:8])
         draw.multiline_text((4, top + 4), caption, fill=0)
-        for k, image in enumerate([real, recon, *drawn]):
+        for k, image in enumerate(shown):
             sheet.paste(_tile(image), (TEXT_WIDTH + k * CELL, top))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
