@@ -14,7 +14,13 @@ Measured per device:
   processor; batch 1 and batch `--batch`; plus VQ-GAN decode time.
 - warm report: `LLMCXR.generate_report` (banned image tokens, stop string) and plain
   `model.generate` forced to the same number of new tokens.
-- cold: a fresh `python -m llmcxr` process to the first written result, model load included.
+- cold: fresh `python -m llmcxr` processes to the written result, model load included, on each
+  engine (`--engine auto`, the transformers-free default, and `--engine transformers`), and a
+  fresh plain-transformers process generating as many tokens from the same merged weights;
+  `--cold-runs` each (medians reported).
+"Ours" is the pipeline as users get it (engine "auto"); the plain-transformers rows use the same
+weights loaded by transformers (`engine="transformers"`), and `ours_loop_transformers_engine`
+runs our decoding loop on that model, which separates the engine's gain from the loop's.
 Each is measured per speed mode (`--modes`; default on a CPU: fp32 and int8, plus bf16 where the
 CPU has native bf16): the same model loaded in fp32 or bf16, or loaded in fp32 and quantised to
 int8 (`LLMCXR.quantize`), so ours and plain `transformers.generate` share the mode in each row.
@@ -130,7 +136,7 @@ def figures(seconds: float, tokens: int) -> dict[str, float]:
     }
 
 
-def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, Any]:
+def bench_images(llm: Any, ref: Any, batch: int, image_tokens: int | None) -> dict[str, Any]:
     """Warm image-token generation, three ways, at batch 1 and `batch`.
 
     `image_tokens` < tokens_per_image times a shorter constrained run (a loaded machine may not
@@ -151,15 +157,19 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
         ids, mask = llm._pad([prompt] * rows)
         generator = torch.Generator(llm.device).manual_seed(0)
         args = (llm.model, ids, mask, layout, sampling)
+        ref_args = (ref.model, ids, mask, layout, sampling)
         methods = {
             "ours_restricted_logits": partial(generate_image_codes, *args, generator=generator),
             "transformers_generate": partial(
-                generate_image_codes_hf, *args, pad_token_id=llm.pad_token_id
+                generate_image_codes_hf, *ref_args, pad_token_id=llm.pad_token_id
             ),
         }
-        if rows == 1:  # separates the gain of row-restricted logits from the loop itself
+        if rows == 1:  # separate the gains of row-restricted logits and of the engine
             methods["ours_full_logits"] = partial(
                 generate_image_codes, *args, generator=generator, restrict_logits=False
+            )
+            methods["ours_loop_transformers_engine"] = partial(
+                generate_image_codes, *ref_args, generator=generator
             )
         for name, fn in methods.items():
             seconds, codes = timed(fn, llm.device)
@@ -184,16 +194,26 @@ def bench_images(llm: Any, batch: int, image_tokens: int | None) -> dict[str, An
     return results
 
 
-def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
+def bench_reports(llm: Any, ref: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
     """Warm report generation: our pipeline vs plain generate with the same number of new tokens."""
     from instructions.templates import default_instruction
+    from llmcxr import pipeline
     from vqgan import read_cxr
 
     image = read_cxr(FIXTURE)
     results: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     for rows in sorted({1, batch}):
-        counter = _CountingGenerate(llm.model.generate, llm.pad_token_id)
-        llm.model.generate = counter
+        lengths: list[int] = []
+        real = pipeline.generate_text
+
+        def counting(
+            *args: Any, _real: Any = real, _lengths: list[int] = lengths, **kwargs: Any
+        ) -> list[list[int]]:
+            out = _real(*args, **kwargs)
+            _lengths.append(max(len(answer) for answer in out))
+            return out
+
+        pipeline.generate_text = counting
         try:
             seconds, _ = timed(
                 partial(
@@ -206,8 +226,8 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
                 llm.device,
             )
         finally:
-            del llm.model.generate
-        generated = counter.lengths[0]
+            pipeline.generate_text = real
+        generated = lengths[0]
         results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
         print(
             f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for "
@@ -220,7 +240,7 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
         ids, mask = llm._pad([llm.encode_prompt(text, [codes[0]])] * rows)
         seconds, _ = timed(
             partial(
-                llm.model.generate,
+                ref.model.generate,
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=generated,
@@ -240,19 +260,6 @@ def bench_reports(llm: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
     return results
 
 
-class _CountingGenerate:
-    """Wraps `model.generate` to record how many new tokens each call produced."""
-
-    def __init__(self, generate: Callable[..., torch.Tensor], pad_token_id: int) -> None:
-        self.generate, self.pad_token_id, self.lengths = generate, pad_token_id, []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.generate(*args, **kwargs)
-        new = out[:, kwargs["input_ids"].shape[1] :]
-        self.lengths.append(int((new != self.pad_token_id).sum(1).max()))
-        return out
-
-
 def timed_process(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Wall and CPU seconds of one fresh process, from start to exit."""
     start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -262,8 +269,17 @@ def timed_process(argv: list[str], env: dict[str, str] | None = None) -> dict[st
     return {"seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(cpu, 2)}
 
 
-def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict[str, Any]:
-    """Fresh processes: `python -m llmcxr ...` from start to the written result."""
+def median_of(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The run with the median wall time, and every run's wall seconds."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs_s": [r["seconds"] for r in runs]}
+
+
+def bench_cold(
+    model: Path, device: str, max_new_tokens: int, mode: str, engine: str, repeats: int
+) -> dict[str, Any]:
+    """Fresh processes: `python -m llmcxr ...` from start to the written result (median of
+    `repeats`; the merged-model cache is already built by the warm runs)."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
@@ -295,12 +311,15 @@ def bench_cold(model: Path, device: str, max_new_tokens: int, mode: str) -> dict
                 "--device",
                 device,
                 *MODE_ARGS[mode],
+                "--engine",
+                engine,
             ]
-            results[name] = timed_process(argv, env={**os.environ, "PYTHONPATH": str(REPO)})
-            cpu = results[name]["cpu_seconds"]
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            results[name] = median_of([timed_process(argv, env=env) for _ in range(repeats)])
             print(
-                f"  cold {name} (process start to result): {results[name]['seconds']:.1f} s wall, "
-                f"{cpu:.1f} s CPU",
+                f"  cold {name}, engine {engine} (process start to result): median "
+                f"{results[name]['seconds']:.1f} s wall of {results[name]['runs_s']}, "
+                f"{results[name]['cpu_seconds']:.1f} s CPU",
                 flush=True,
             )
     return results
@@ -319,19 +338,20 @@ model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=n, min_new_tok
 generating the same number of tokens, with no constraint, stop string or image decoding."""
 
 
-def bench_cold_plain(llm: Any, tokens: dict[str, int]) -> dict[str, Any]:
-    """Plain-transformers fresh processes on `llm`'s weights, saved once to a temporary folder."""
+def bench_cold_plain(ref: Any, tokens: dict[str, int], repeats: int) -> dict[str, Any]:
+    """Plain-transformers fresh processes on `ref`'s weights, saved once to a temporary folder."""
     results: dict[str, Any] = {}
-    prompt = llm.text_tokenizer.decode(llm._image_prompt(REPORT).ids)
+    prompt = ref.text_tokenizer.decode(ref._image_prompt(REPORT).ids)
     with tempfile.TemporaryDirectory() as tmp:
-        llm.model.save_pretrained(tmp)
-        llm.text_tokenizer.save_pretrained(tmp)
+        ref.model.save_pretrained(tmp)
+        ref.text_tokenizer.save_pretrained(tmp)
         for name, count in tokens.items():
             argv = [sys.executable, "-c", PLAIN_COLD, tmp, prompt, str(count)]
-            results[name] = {**timed_process(argv), "tokens": count}
+            runs = [timed_process(argv) for _ in range(repeats)]
+            results[name] = {**median_of(runs), "tokens": count}
             print(
-                f"  cold plain transformers {name} ({count} tokens): "
-                f"{results[name]['seconds']:.1f} s wall",
+                f"  cold plain transformers {name} ({count} tokens): median "
+                f"{results[name]['seconds']:.1f} s wall of {results[name]['runs_s']}",
                 flush=True,
             )
     return results
@@ -355,21 +375,26 @@ def default_modes(device: str) -> list[str]:
     return ["fp32", "int8", *(["bf16"] if cpu_has_fast_bf16() else [])]
 
 
-def load_mode(model: Path, device: str, mode: str) -> tuple[Any, dict[str, Any]]:
-    """The pipeline in one speed mode, and its load (and quantisation) seconds."""
+def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, dict[str, Any]]:
+    """The pipeline on `engine` in one speed mode, and its load (and quantisation) seconds."""
     from llmcxr.pipeline import LLMCXR
 
     dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(mode)
     seconds, llm = timed(
-        lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype), torch.device(device)
+        lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype, engine=engine),
+        torch.device(device),
     )
     params = sum(p.numel() for p in llm.model.parameters())
-    info: dict[str, Any] = {"load_s": round(seconds, 2), "llm_parameters_m": round(params / 1e6, 1)}
+    info: dict[str, Any] = {
+        "engine": type(llm.model).__name__,
+        "load_s": round(seconds, 2),
+        "llm_parameters_m": round(params / 1e6, 1),
+    }
     if mode == "int8":
         seconds, _ = timed(lambda: llm.quantize("int8"), torch.device(device))
         info["quantize_s"] = round(seconds, 2)
     info.update(dtype=str(llm.model.dtype).removeprefix("torch."), quantization=llm.quantization)
-    print(f"  load: {info}", flush=True)
+    print(f"  load ({engine}): {info}", flush=True)
     return llm, info
 
 
@@ -382,6 +407,22 @@ def summary(entry: dict[str, Any]) -> str:
     for name, ours, plain in (("image", ours_i, hf_i), ("report", ours_r, hf_r)):
         mine, theirs = ours["seconds"], plain["seconds"]
         parts.append(f"{name} {mine:.2f} s vs {theirs:.2f} s ({theirs / mine:.2f}x)")
+    return "; ".join(parts)
+
+
+def cold_summary(entry: dict[str, Any]) -> str:
+    """One line: median cold seconds per command, ours vs the alternatives measured."""
+    parts = []
+    for name in ("generate_image", "report"):
+        line = f"{name} {entry['cold'][name]['seconds']:.1f} s"
+        for other, label in (
+            ("cold_transformers_engine", "engine transformers"),
+            ("cold_plain_transformers", "plain transformers"),
+        ):
+            if other in entry:
+                theirs = entry[other][name]["seconds"]
+                line += f", {label} {theirs:.1f} s ({theirs / entry['cold'][name]['seconds']:.2f}x)"
+        parts.append(line)
     return "; ".join(parts)
 
 
@@ -415,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated speed modes: fp32, bf16, int8, auto (default: see above)",
     )
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold case")
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json"
     )
@@ -450,26 +492,33 @@ def main(argv: list[str] | None = None) -> int:
         report["devices"][device] = {}
         for mode in args.modes.split(",") if args.modes else default_modes(device):
             print(f"[{device}, {mode}] loading {model}", flush=True)
-            llm, entry = load_mode(model, device, mode)
+            ref, _ = load_mode(model, device, mode, "transformers")  # builds the merged cache
+            llm, entry = load_mode(model, device, mode, "auto")
             warm_up = [np.full((64, 64), 0.5, np.float32)]
-            llm.generate_report(warm_up, max_new_tokens=4, seed=0)
-            entry["generate_image"] = bench_images(llm, args.batch, args.image_tokens)
-            entry["report"] = bench_reports(llm, args.report_tokens, args.batch)
+            for pipe in (llm, ref):
+                pipe.generate_report(warm_up, max_new_tokens=4, seed=0)
+            entry["generate_image"] = bench_images(llm, ref, args.batch, args.image_tokens)
+            entry["report"] = bench_reports(llm, ref, args.report_tokens, args.batch)
             if not args.skip_cold:
-                entry["cold"] = bench_cold(model, device, args.report_tokens, mode)
+                cold = partial(bench_cold, model, device, args.report_tokens, mode)
+                entry["cold"] = cold("auto", args.cold_runs)
                 if mode in ("fp32", "auto"):
+                    entry["cold_transformers_engine"] = cold("transformers", args.cold_runs)
                     entry["cold_plain_transformers"] = bench_cold_plain(
-                        llm,
+                        ref,
                         {
                             "generate_image": llm.token_map.tokens_per_image,
                             "report": max(1, entry["report"]["ours_batch1"]["tokens"]),
                         },
+                        args.cold_runs,
                     )
             report["devices"][device][mode] = entry
             lines.append(
                 f"{device} {mode}, warm, batch 1, ours vs transformers.generate: {summary(entry)}"
             )
-            del llm
+            if "cold" in entry:
+                lines.append(f"{device} {mode}, cold: {cold_summary(entry)}")
+            del llm, ref
     print("\n".join(lines))
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))

@@ -39,6 +39,8 @@ PROG = "llmcxr"
 EXIT_RUNTIME, EXIT_INPUT = 1, 2
 QUANTIZE_CHOICES = ("auto", "none", "int8")
 """`--quantize` values (`llmcxr.devices.QUANTIZE_MODES`, named here without importing torch)."""
+ENGINE_CHOICES = ("auto", "transformers")
+"""`--engine` values (`llmcxr.model_folder.ENGINES`)."""
 
 
 class InputError(ValueError):
@@ -215,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: quantise the LLM's linear layers (CPU only, faster decoding); "
         "auto (default): the CPU default, today none",
     )
+    model.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="auto (default): run a merged Llama without importing transformers (a faster cold "
+        "start; a LoRA model's first load merges it with transformers); transformers: always "
+        "transformers",
+    )
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     model.add_argument(
         "--no-cache",
@@ -336,16 +346,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def _load(args: argparse.Namespace) -> LLMCXR:
-    from transformers.utils import logging as hf_logging
-
     from llmcxr.pipeline import LLMCXR
 
-    if args.debug or args.verbose:
-        hf_logging.set_verbosity_warning()
-        hf_logging.enable_progress_bar()
-    else:  # the CLI owns this process: keep stderr to our own lines
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    _quiet_transformers(not (args.debug or args.verbose))
     return LLMCXR.from_pretrained(
         args.model,
         device=args.device,
@@ -353,7 +356,22 @@ def _load(args: argparse.Namespace) -> LLMCXR:
         base_model=args.base_model,
         cache=not args.no_cache,
         quantize=args.quantize,
+        engine=args.engine,
     )
+
+
+def _quiet_transformers(quiet: bool) -> None:
+    """Keep stderr to our own lines (the CLI owns this process), or bring transformers' warnings
+    and loading bars back. Without importing transformers: the transformers-free engine never
+    needs it, so a later import is quietened through the variables it reads at import."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error() if quiet else hf_logging.set_verbosity_warning()
+        hf_logging.disable_progress_bar() if quiet else hf_logging.enable_progress_bar()
+    elif quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _cmd_generate_image(args: argparse.Namespace) -> int:

@@ -12,25 +12,23 @@ Two ways to sample an image, both constrained to exactly `tokens_per_image` code
 
 The prompt handed to either must already end with the image start marker (`<img_start>`), a
 forced prefix, so every sampled token is a code and the end marker is appended afterwards.
+
+`generate_text` is the same KV-cache loop for answers (reports, VQA): image tokens banned, stop
+at EOS or at a stop condition. Both loops drive a transformers model or the transformers-free
+`llmcxr.lean_llama.LeanLlama` alike, so this module imports transformers only for
+`generate_image_codes_hf`; temperature and top-p are applied here as transformers' warpers do.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +80,17 @@ def image_token_ids(layout: ImageTokenLayout) -> list[int]:
     return [*range(first, first + layout.codebook_size), layout.start_id, layout.end_id]
 
 
-def ban_image_tokens(layout: ImageTokenLayout, device: torch.device | str) -> LogitsProcessor:
-    """A processor that makes image tokens impossible, for text answers (reports, VQA)."""
-    return SuppressTokensLogitsProcessor(image_token_ids(layout), device=device)
+def ban_image_tokens(scores: torch.Tensor, layout: ImageTokenLayout) -> torch.Tensor:
+    """`scores` [B, V] with every image id set to -inf in place, for text answers."""
+    first = layout.first_code_id
+    scores[:, first : first + layout.codebook_size] = float("-inf")
+    scores[:, [layout.start_id, layout.end_id]] = float("-inf")
+    return scores
 
 
-class ImageTokenConstraint(LogitsProcessor):
-    """Allow only code ids for the first `tokens_per_image` new tokens, then only the end marker.
+class ImageTokenConstraint:
+    """A transformers logits processor: only code ids for the first `tokens_per_image` new
+    tokens, then only the end marker.
 
     `prompt_length` is the (padded) prompt width, so the step is
     `input_ids.shape[1] - prompt_length`.
@@ -113,27 +115,28 @@ class ImageTokenConstraint(LogitsProcessor):
         return allowed
 
 
-def _warpers(sampling: Sampling) -> LogitsProcessorList:
-    warpers = LogitsProcessorList()
-    if sampling.do_sample and sampling.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(sampling.temperature))
-    if sampling.do_sample and sampling.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(sampling.top_p))
-    return warpers
+def _warp(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Temperature, then nucleus (top-p) filtering of `scores` [B, V], exactly as transformers'
+    `TemperatureLogitsWarper` and `TopPLogitsWarper` (which keep at least one token)."""
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    if sampling.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= (1 - sampling.top_p)
+        drop_sorted[..., -1:] = False
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
 
 
 def _pick(
-    scores: torch.Tensor,
-    sampling: Sampling,
-    warpers: LogitsProcessorList,
-    generator: torch.Generator | None,
+    scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Choose one column per row of `scores` [B, V] -> [B]."""
     if not sampling.do_sample:
         return scores.argmax(-1)
-    # The warpers ignore input_ids; an empty [B, 0] tensor satisfies their signature.
-    empty = torch.empty(scores.shape[0], 0, dtype=torch.long, device=scores.device)
-    probs = warpers(empty, scores.float()).softmax(-1)
+    probs = _warp(scores.float(), sampling).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -208,49 +211,19 @@ def generate_image_codes(
         input_ids, attention_mask = _stack_left_padded(
             (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
         )
-    warpers = _warpers(sampling)
-    restricted = restrict_logits and _has_plain_lm_head(model)
-    if restricted:
-        decoder = model.get_decoder()
-        head_weight, head_bias = _head_rows(model.get_output_embeddings(), first, k)
-    elif restrict_logits:
-        logger.info("model scales its logits; computing full-vocabulary logits while drawing")
-
+    step_logits = _Stepper(model, first, first + k, restrict=restrict_logits)
     position_ids = _position_ids(attention_mask)
     width = attention_mask.shape[1]
     # The mask of every step is a prefix of one buffer (no per-step allocation).
     full_mask = F.pad(attention_mask, (0, n_tokens), value=1)
     step_ids = input_ids
-    cache = None
-    cache_name = _cache_argument(decoder if restricted else model)
     codes = torch.empty(batch, n_tokens, dtype=torch.long, device=input_ids.device)
     for step in range(n_tokens):
-        if restricted:
-            out = decoder(
-                input_ids=step_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                **{cache_name: cache},
-            )
-            # Only the last position's hidden state [B', H] is projected, onto the K image rows.
-            logits = F.linear(out.last_hidden_state[:, -1], head_weight, head_bias)
-        else:
-            out = model(
-                input_ids=step_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_name: cache},
-            )
-            logits = out.logits[:, -1, first : first + k]
-        cache = getattr(out, cache_name)
-        logits = logits.float()  # [B', K]
+        logits = step_logits(step_ids, attention_mask, position_ids)  # [B', K]
         if guided:
             cond, uncond = logits.log_softmax(-1).chunk(2)
             logits = uncond + guidance_scale * (cond - uncond)
-        chosen = _pick(logits, sampling, warpers, generator)  # [B] codes in [0, K)
+        chosen = _pick(logits, sampling, generator)  # [B] codes in [0, K)
         codes[:, step] = chosen
         next_ids = (chosen + first).unsqueeze(1)
         step_ids = torch.cat([next_ids, next_ids]) if guided else next_ids
@@ -259,6 +232,94 @@ def generate_image_codes(
         if progress is not None:
             progress(step + 1, n_tokens)
     return codes
+
+
+@torch.inference_mode()
+def generate_text(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layout: ImageTokenLayout,
+    sampling: Sampling,
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    stop: Callable[[list[int]], bool] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Sample an answer per left-padded prompt [B, T] with a KV cache; image tokens are never
+    drawn. A row ends at one of `eos_ids` (not kept), when `stop(its new ids)` is true (e.g. the
+    prompt format's end marker was written), or after `max_new_tokens`. -> the new ids per row."""
+    step_logits = _Stepper(model, 0, None)
+    batch, width = input_ids.shape
+    full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
+    position_ids = _position_ids(attention_mask)
+    eos = set(eos_ids)
+    answers: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    step_ids = input_ids
+    for step in range(max_new_tokens):
+        logits = ban_image_tokens(step_logits(step_ids, attention_mask, position_ids), layout)
+        chosen = _pick(logits, sampling, generator)
+        for row, token in enumerate(chosen.tolist()):
+            if done[row]:
+                continue
+            if token in eos:
+                done[row] = True
+                continue
+            answers[row].append(token)
+            done[row] = stop is not None and stop(answers[row])
+        if all(done):
+            break
+        step_ids = chosen.unsqueeze(1)  # a finished row runs on unseen: its answer is fixed
+        attention_mask = full_mask[:, : width + step + 1]
+        position_ids = position_ids[:, -1:] + 1
+    return answers
+
+
+class _Stepper:
+    """One KV-cached forward per call -> the last position's logits over vocabulary rows
+    [`lo`, `hi`) (all rows when `hi` is None), as fp32 [B, hi - lo].
+
+    Why not `model(...).logits`: with a plain output layer (`_has_plain_lm_head`) only the
+    decoder runs and only the wanted rows of the head are multiplied (an image needs 1,026 of
+    ~50k rows); a model that scales its logits runs whole (`restrict=False` forces that too).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, lo: int, hi: int | None, restrict: bool = True
+    ) -> None:
+        self.model, self.lo, self.hi = model, lo, hi
+        self.restricted = restrict and _has_plain_lm_head(model)
+        if self.restricted:
+            self.decoder = model.get_decoder()
+            head = model.get_output_embeddings()
+            rows = _head_size(head) if hi is None else hi
+            self.weight, self.bias = _head_rows(head, lo, rows - lo)
+        elif restrict:
+            logger.info("model scales its logits; computing full-vocabulary logits")
+        self.cache_name = _cache_argument(self.decoder if self.restricted else model)
+        self.cache = None
+
+    def __call__(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        args = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.restricted:
+            out = self.decoder(**args, use_cache=True, **{self.cache_name: self.cache})
+            logits = F.linear(out.last_hidden_state[:, -1], self.weight, self.bias)
+        else:
+            out = self.model(
+                **args, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache}
+            )
+            logits = out.logits[:, -1, self.lo : self.hi]
+        self.cache = getattr(out, self.cache_name)
+        return logits.float()
+
+
+def _head_size(head: torch.nn.Module) -> int:
+    weight = head.weight() if callable(head.weight) else head.weight
+    return int(weight.shape[0])
 
 
 def _stack_left_padded(
@@ -288,6 +349,8 @@ def generate_image_codes_hf(
     uncond_attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same constraint through `model.generate` (transformers' own loop) -> [B, N] codes."""
+    from transformers import LogitsProcessorList
+
     constraint = ImageTokenConstraint(layout, prompt_length=input_ids.shape[1])
     extra = {}
     if guidance_scale is not None and guidance_scale != 1.0:

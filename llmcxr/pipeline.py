@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from cxrcommon.batching import chunks
 from instructions import IMAGE_PLACEHOLDER, default_instruction
-from llmcxr.decoding import ProgressCallback, Sampling, ban_image_tokens, generate_image_codes
+from llmcxr.decoding import ProgressCallback, Sampling, generate_image_codes, generate_text
 from llmcxr.devices import (
     is_int8_quantized,
     quantize_int8,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from instructions import PromptFormat
     from llmcxr.image_tokens import ImageTokenMap
+    from llmcxr.lean_llama import LeanLlama, LeanTokenizer
     from llmcxr.model_folder import GenerationDefaults
     from vqgan import CXRTokenizer
 
@@ -80,8 +81,8 @@ class LLMCXR:
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        text_tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel | LeanLlama,
+        text_tokenizer: PreTrainedTokenizerBase | LeanTokenizer,
         image_tokenizer: CXRTokenizer,
         token_map: ImageTokenMap,
         prompt_format: PromptFormat,
@@ -127,6 +128,7 @@ class LLMCXR:
         base_model: str | None = None,
         cache: bool = True,
         quantize: str = "auto",
+        engine: str = "auto",
     ) -> LLMCXR:
         """Load a model folder or a training `.ckpt`; `None` = the embedded default model.
 
@@ -134,7 +136,10 @@ class LLMCXR:
         (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`). `base_model` is
         the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI. A LoRA
         model is merged once and kept in the user cache (`llmcxr.merged_cache`); `cache` False
-        merges it in memory instead. `quantize` is the speed mode (`LLMCXR.quantize`).
+        merges it in memory instead. `quantize` is the speed mode (`LLMCXR.quantize`). `engine`
+        "auto" runs a merged plain-Llama model without importing transformers
+        (`llmcxr.lean_llama`; the first load of a LoRA model merges it with transformers), and
+        "transformers" always uses transformers.
         """
         from llmcxr.model_folder import load_model_folder
 
@@ -152,6 +157,7 @@ class LLMCXR:
             base_model=base_model,
             trust_manifest_base=False,
             cache=cache,
+            engine=engine,
         )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
         return cls(**parts.model_parts()).quantize(quantize)
@@ -175,14 +181,14 @@ class LLMCXR:
 
     def _pad(self, prompts: Sequence[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad (decoder-only models continue from the right edge) -> ids, mask [B, T]."""
-        batch = self.text_tokenizer.pad(
-            {"input_ids": [p.ids for p in prompts]},
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            return_attention_mask=True,
-        )
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        width = max(len(p.ids) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            if prompt.ids:
+                ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids)
+                mask[row, width - len(prompt.ids) :] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------ images in
     def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -276,33 +282,28 @@ class LLMCXR:
             top_p=defaults.top_p if top_p is None else top_p,
         )
 
-    @torch.inference_mode()
     def _generate_text(
         self, prompts: Sequence[EncodedPrompt], max_new_tokens: int, sampling: Sampling
     ) -> list[str]:
-        """Sample answers with `transformers.generate` (KV cache), stopping at the end marker."""
-        from transformers import LogitsProcessorList
-
+        """Sample answers with a KV cache (`llmcxr.decoding.generate_text`), image tokens banned,
+        stopping at EOS or once the prompt format's end marker is written."""
         for prompt in prompts:
             self._check_fits(prompt, max_new_tokens)
         ids, mask = self._pad(prompts)
         eos = [i for i in (self.text_tokenizer.eos_token_id,) if i is not None]
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            logits_processor=LogitsProcessorList([ban_image_tokens(self.token_map, self.device)]),
+        end, decode = self.prompt_format.end, self.text_tokenizer.decode
+        window = len(end) + 1  # tokens enough to hold the marker (each is >= 1 character)
+        answers = generate_text(
+            self.model,
+            ids,
+            mask,
+            self.token_map,
+            sampling,
             max_new_tokens=max_new_tokens,
-            do_sample=sampling.do_sample,
-            temperature=sampling.temperature if sampling.do_sample else None,
-            top_p=sampling.top_p if sampling.do_sample else None,
-            top_k=None,
-            eos_token_id=eos or None,
-            pad_token_id=self.pad_token_id,
-            stop_strings=[self.prompt_format.end],
-            tokenizer=self.text_tokenizer,
-            use_cache=True,
+            eos_ids=eos,
+            stop=lambda new: end in decode(new[-window:], skip_special_tokens=True),
         )
-        texts = self.text_tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        texts = self.text_tokenizer.batch_decode(answers, skip_special_tokens=True)
         return [self._strip_answer(t) for t in texts]
 
     def _strip_answer(self, text: str) -> str:

@@ -12,6 +12,7 @@ import torch
 from llm_fixtures import make_tiny_model_folder
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+from llmcxr import pipeline
 from llmcxr.decoding import Sampling, generate_image_codes
 from llmcxr.devices import INT8_SKIP, quantize_int8, resolve_quantize
 from llmcxr.pipeline import LLMCXR
@@ -21,9 +22,14 @@ MODES = ("fp32", "int8", "int8_all", "bf16")
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> LLMCXR:
-    folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
-    return LLMCXR.from_pretrained(folder, device="cpu", dtype="float32")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module", params=["transformers", "auto"])
+def llm(folder: Path, request: pytest.FixtureRequest) -> LLMCXR:
+    """The tiny model on each engine ("auto": the transformers-free `llmcxr.lean_llama`)."""
+    return LLMCXR.from_pretrained(folder, device="cpu", dtype="float32", engine=request.param)
 
 
 def _favouring(llm: LLMCXR, token_ids: list[int], mode: str) -> LLMCXR:
@@ -132,18 +138,18 @@ def test_int8_pipeline_draws_images_and_greedy_codes_match_the_full_head(llm: LL
 def test_reports_stop_at_the_stop_string(
     llm: LLMCXR, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    letter = llm.text_tokenizer.convert_tokens_to_ids("a")
+    (letter,) = llm.text_tokenizer("a", add_special_tokens=False)["input_ids"]
     talker = _favouring(llm, [letter], mode)  # says "aaaa..." for ever
     talker.prompt_format = dataclasses.replace(llm.prompt_format, end_marker="aaaa")
     lengths: list[int] = []
-    original = talker.model.generate
+    original = pipeline.generate_text
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
-        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        lengths.extend(len(answer) for answer in out)
         return out
 
-    monkeypatch.setattr(talker.model, "generate", spy)
+    monkeypatch.setattr(pipeline, "generate_text", spy)
     reports = talker.generate_report(
         [np.full((64, 64), 0.5, np.float32)], max_new_tokens=40, seed=0
     )

@@ -257,6 +257,15 @@ def test_generate_image_imports_no_training_stack_and_keeps_stderr_quiet(
     assert "torch" in result["loaded"]  # it did load the model
     assert "warning" not in stderr.lower() and "Loading" not in stderr, stderr
     assert _entries(tmp_path / "cache")
+    first = (tmp_path / "x.png").read_bytes()
+    # Cached now: the transformers-free engine draws the same image without transformers or peft.
+    again, stderr = _run_cli(*argv, env=env)
+    assert again["status"] == 0, stderr
+    assert not {"transformers", "peft"} & set(again["loaded"]), again
+    assert (tmp_path / "x.png").read_bytes() == first
+    assert "warning" not in stderr.lower() and "Loading" not in stderr, stderr
+    forced, _ = _run_cli(*argv, "--engine", "transformers", env=env)
+    assert "transformers" in forced["loaded"] and (tmp_path / "x.png").read_bytes() == first
 
 
 def test_verbose_brings_the_library_output_back(

@@ -81,18 +81,18 @@ def _record(task: str, instruction: str, input: str, response: str) -> dict[str,
 
 
 def _text_model_inputs(llm: LLMCXR, monkeypatch: pytest.MonkeyPatch, call: Any) -> list[int]:
-    """The ids `call` hands to `model.generate` (text answers: reports, VQA)."""
-    seen: dict[str, torch.Tensor] = {}
+    """The ids `call` hands to the text decoder (answers: reports, VQA)."""
+    seen: dict[str, Any] = {}
 
-    def generate(**kwargs: Any) -> None:
-        seen.update(kwargs)
+    def generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, *args: Any, **kw: Any) -> None:
+        seen.update(ids=ids, mask=mask)
         raise _Captured
 
-    monkeypatch.setattr(llm.model, "generate", generate)
+    monkeypatch.setattr(pipeline, "generate_text", generate)
     with pytest.raises(_Captured):
         call()
-    assert bool(seen["attention_mask"].all())  # one prompt: no padding
-    return seen["input_ids"][0].tolist()
+    assert bool(seen["mask"].all())  # one prompt: no padding
+    return seen["ids"][0].tolist()
 
 
 def _image_model_inputs(
