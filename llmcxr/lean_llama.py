@@ -53,6 +53,8 @@ class LeanConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> LeanConfig:
         """The config of a plain Llama; `UnsupportedModelError` naming what differs otherwise."""
+        if not isinstance(config, dict):
+            raise UnsupportedModelError(f"config is a {type(config).__name__}, not an object")
         if config.get("model_type") != "llama":
             raise UnsupportedModelError(f"model_type {config.get('model_type')!r}, not 'llama'")
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
@@ -66,6 +68,10 @@ class LeanConfig:
         ):
             if value != plain:
                 raise UnsupportedModelError(f"{name} {value!r} (this engine runs {plain!r})")
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        for name in (*sizes, "num_attention_heads"):
+            if not isinstance(config.get(name), int) or config[name] < 1:
+                raise UnsupportedModelError(f"{name} {config.get(name)!r}: not a positive int")
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
@@ -402,7 +408,7 @@ def supports(folder: Path) -> bool:
     """Whether `folder` (a merged model) is a plain Llama this engine runs."""
     try:
         LeanConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return True
 

@@ -143,6 +143,8 @@ def test_the_pipeline_answers_and_draws_the_same_on_both_engines(folder: Path) -
         ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rope_type"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"attention_bias": True}, "attention_bias"),
+        ({"num_attention_heads": 0}, "num_attention_heads"),
+        ({"hidden_size": "576"}, "hidden_size"),
     ],
 )
 def test_models_it_cannot_run_are_refused_and_left_to_transformers(
@@ -156,6 +158,8 @@ def test_models_it_cannot_run_are_refused_and_left_to_transformers(
     (other / "config.json").write_text(json.dumps(config))
     assert supports(gqa_llama) and not supports(other)
     assert not supports(tmp_path / "missing")
+    (other / "config.json").write_text("[1, 2]")
+    assert not supports(other)
 
 
 @pytest.mark.parametrize("damage", ["missing", "shape", "extra"])
