@@ -221,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINE_CHOICES,
         default="auto",
-        help="auto (default): run a merged Llama without importing transformers (a faster cold "
-        "start; a LoRA model's first load merges it with transformers); transformers: always "
-        "transformers",
+        help="auto (default): on a CPU, run a merged Llama without importing transformers (a "
+        "faster cold start; a LoRA model's first load merges it with transformers); "
+        "transformers: always transformers",
     )
     model.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     model.add_argument(

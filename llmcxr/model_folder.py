@@ -194,9 +194,9 @@ def load_model_folder(
     `LLMCXR.from_pretrained`, hence every command, passes) and loaded with a warning otherwise
     (a training run continuing its own stage-1 folder). A merged LoRA model is kept in the user
     cache (`llmcxr.merged_cache`) so later loads skip the merge; ``cache=False`` bypasses it.
-    ``engine`` "auto" runs a merged plain-Llama model (a cached merge, or full weights) with the
-    transformers-free `llmcxr.lean_llama` (inference only, a faster cold start), anything else
-    with transformers; "transformers" always uses transformers.
+    ``engine`` "auto" runs a merged plain-Llama model (a cached merge, or full weights) on a CPU
+    with the transformers-free `llmcxr.lean_llama` (inference only, a faster cold start), anything
+    else with transformers; "transformers" always uses transformers.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -206,7 +206,8 @@ def load_model_folder(
     if path.is_file():
         parts = _load_checkpoint(path)
     else:
-        lean = engine == "auto" and merge_adapter
+        # CPU only: cold start is where the engine pays, and it is tested on CPUs only.
+        lean = engine == "auto" and merge_adapter and torch.device(device).type == "cpu"
         parts = _load_folder(
             path, dtype, merge_adapter, base_model, trust_manifest_base, cache, lean
         )

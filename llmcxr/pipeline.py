@@ -137,7 +137,7 @@ class LLMCXR:
         the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI. A LoRA
         model is merged once and kept in the user cache (`llmcxr.merged_cache`); `cache` False
         merges it in memory instead. `quantize` is the speed mode (`LLMCXR.quantize`). `engine`
-        "auto" runs a merged plain-Llama model without importing transformers
+        "auto" runs a merged plain-Llama model on a CPU without importing transformers
         (`llmcxr.lean_llama`; the first load of a LoRA model merges it with transformers), and
         "transformers" always uses transformers.
         """
