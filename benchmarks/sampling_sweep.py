@@ -5,9 +5,11 @@ report->CXR records and scores the drawings against the real test images on the 
 classifier's features: k-NN precision / recall (realism / coverage), KID and FID, and label
 agreement (macro AUROC of the classifier on the drawings against the report labels), and in
 pixels: each drawing's SSIM to its nearest real image of the subset (`llmcxr evaluate`'s
-classifier-free realism, which sees chest layout the classifier features miss). The same real
-images and their tokenizer reconstructions (the ceiling) are scored once. Prints a table and
-writes ``benchmarks/results/sampling_sweep.json``.
+classifier-free realism, which sees chest layout the classifier features miss), raw and at
+matched sharpness (drawings and real images low-passed alike, `LOWPASS_SIGMA`: raw SSIM rewards
+blur), with the drawings' sharpness (mean gradient magnitude). The same real images and their
+tokenizer reconstructions (the ceiling) are scored once. Prints a table and writes
+``benchmarks/results/sampling_sweep.json``.
 
     python benchmarks/sampling_sweep.py --data runs/default_model/data \
         --classifier runs/default_model/classifier/export --model llmcxr/default_model --limit 48
@@ -28,9 +30,21 @@ import numpy as np
 
 from llmcxr.evaluation.classifier import ImageClassifier
 from llmcxr.evaluation.data import EvalSplit
-from llmcxr.evaluation.image_task import at_size, distribution_metrics, read_real, reconstruct
+from llmcxr.evaluation.image_task import (
+    LOWPASS_SIGMA,
+    at_size,
+    distribution_metrics,
+    read_real,
+    reconstruct,
+)
 from llmcxr.evaluation.labelling import chexpert_classes, label_matrix
-from llmcxr.evaluation.metrics import classification_metrics, mean_interval, nearest_ssim
+from llmcxr.evaluation.metrics import (
+    classification_metrics,
+    gradient_energy,
+    lowpass,
+    mean_interval,
+    nearest_ssim,
+)
 from llmcxr.pipeline import LLMCXR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +71,20 @@ def _pixel_realism(
 ) -> dict[str, Any]:
     values = nearest_ssim(images, real, leave_one_out=leave_one_out)
     return {"mean": float(values.mean()), "ci95": mean_interval(values.tolist(), seed=0)}
+
+
+def _pixels(
+    images: list[np.ndarray], real: list[np.ndarray], *, leave_one_out: bool = False
+) -> dict[str, Any]:
+    """Nearest-real SSIM raw and at matched sharpness, and the images' sharpness."""
+    smooth = [lowpass(image, LOWPASS_SIGMA) for image in real]
+    return {
+        "nearest_real_ssim": _pixel_realism(images, real, leave_one_out=leave_one_out),
+        "nearest_real_ssim_matched_sharpness": _pixel_realism(
+            [lowpass(image, LOWPASS_SIGMA) for image in images], smooth, leave_one_out=leave_one_out
+        ),
+        "sharpness": float(np.mean([gradient_energy(image) for image in images])),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         "classifier": args.classifier,
         "n_reports": len(records),
         "resolution": size,
+        "lowpass_sigma": LOWPASS_SIGMA,
         "machine": platform.processor() or platform.machine(),
         "real": {
             "agreement": _agreement(classifier, reports, real_probs),
-            "nearest_real_ssim": _pixel_realism(real, real, leave_one_out=True),
+            **_pixels(real, real, leave_one_out=True),
         },
         "tokenizer_reconstruction": {
             **distribution_metrics(real_feats, recon_feats),
@@ -109,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             **setting,
             **distribution_metrics(real_feats, feats),
             "agreement": _agreement(classifier, reports, probs),
-            "nearest_real_ssim": _pixel_realism(drawings, real),
+            **_pixels(drawings, real),
             "seconds_per_image": round(seconds / len(records), 2),
         }
         results["settings"].append(row)
@@ -118,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             f"cfg={setting['guidance_scale']:.1f}: precision {row['precision']:.3f} "
             f"recall {row['recall']:.3f} KID {row['kid']:.4f} FID {row['fid']:.1f} "
             f"AUROC {row['agreement']['auroc_macro']:.3f} "
-            f"nearest-real SSIM {row['nearest_real_ssim']['mean']:.3f}",
+            f"nearest-real SSIM {row['nearest_real_ssim']['mean']:.3f}, matched sharpness "
+            f"{row['nearest_real_ssim_matched_sharpness']['mean']:.3f}, sharpness "
+            f"{row['sharpness']:.4f}",
             flush=True,
         )
     ceiling = results["tokenizer_reconstruction"]
