@@ -74,12 +74,6 @@ class Sampling:
         }
 
 
-def image_token_ids(layout: ImageTokenLayout) -> list[int]:
-    """Every id that belongs to images: the codes and the two markers."""
-    first = layout.first_code_id
-    return [*range(first, first + layout.codebook_size), layout.start_id, layout.end_id]
-
-
 def ban_image_tokens(scores: torch.Tensor, layout: ImageTokenLayout) -> torch.Tensor:
     """`scores` [B, V] with every image id set to -inf in place, for text answers."""
     first = layout.first_code_id
