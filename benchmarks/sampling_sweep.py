@@ -34,6 +34,7 @@ from llmcxr.evaluation.image_task import (
     LOWPASS_SIGMA,
     at_size,
     distribution_metrics,
+    matched_sharpness,
     read_real,
     reconstruct,
 )
@@ -41,7 +42,6 @@ from llmcxr.evaluation.labelling import chexpert_classes, label_matrix
 from llmcxr.evaluation.metrics import (
     classification_metrics,
     gradient_energy,
-    lowpass,
     mean_interval,
     nearest_ssim,
 )
@@ -74,14 +74,18 @@ def _pixel_realism(
 
 
 def _pixels(
-    images: list[np.ndarray], real: list[np.ndarray], *, leave_one_out: bool = False
+    images: list[np.ndarray],
+    real: list[np.ndarray],
+    smooth_real: list[np.ndarray],
+    *,
+    leave_one_out: bool = False,
 ) -> dict[str, Any]:
-    """Nearest-real SSIM raw and at matched sharpness, and the images' sharpness."""
-    smooth = [lowpass(image, LOWPASS_SIGMA) for image in real]
+    """Nearest-real SSIM raw and at matched sharpness (`smooth_real`: the real images through
+    `matched_sharpness`, once), and the images' sharpness."""
     return {
         "nearest_real_ssim": _pixel_realism(images, real, leave_one_out=leave_one_out),
         "nearest_real_ssim_matched_sharpness": _pixel_realism(
-            [lowpass(image, LOWPASS_SIGMA) for image in images], smooth, leave_one_out=leave_one_out
+            matched_sharpness(images), smooth_real, leave_one_out=leave_one_out
         ),
         "sharpness": float(np.mean([gradient_energy(image) for image in images])),
     }
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = [r.report for r in records]
     size = llm.image_tokenizer.image_size
     real = [read_real(r, size) for r in records]
+    smooth_real = matched_sharpness(real)
     real_probs, real_feats = classifier(real)
     recon_probs, recon_feats = classifier(list(reconstruct(llm.image_tokenizer, real)[0]))
     results: dict[str, Any] = {
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(),
         "real": {
             "agreement": _agreement(classifier, reports, real_probs),
-            **_pixels(real, real, leave_one_out=True),
+            **_pixels(real, real, smooth_real, leave_one_out=True),
         },
         "tokenizer_reconstruction": {
             **distribution_metrics(real_feats, recon_feats),
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             **setting,
             **distribution_metrics(real_feats, feats),
             "agreement": _agreement(classifier, reports, probs),
-            **_pixels(drawings, real),
+            **_pixels(drawings, real, smooth_real),
             "seconds_per_image": round(seconds / len(records), 2),
         }
         results["settings"].append(row)

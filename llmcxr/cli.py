@@ -367,8 +367,12 @@ def _quiet_transformers(quiet: bool) -> None:
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error() if quiet else hf_logging.set_verbosity_warning()
-        hf_logging.disable_progress_bar() if quiet else hf_logging.enable_progress_bar()
+        if quiet:
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        else:
+            hf_logging.set_verbosity_warning()
+            hf_logging.enable_progress_bar()
     elif quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

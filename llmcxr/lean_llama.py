@@ -68,8 +68,13 @@ class LeanConfig:
         ):
             if value != plain:
                 raise UnsupportedModelError(f"{name} {value!r} (this engine runs {plain!r})")
-        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
-        for name in (*sizes, "num_attention_heads"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+        ):
             if not isinstance(config.get(name), int) or config[name] < 1:
                 raise UnsupportedModelError(f"{name} {config.get(name)!r}: not a positive int")
         heads = int(config["num_attention_heads"])

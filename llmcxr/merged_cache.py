@@ -103,11 +103,11 @@ def load(entry: Path, lean: bool = False) -> PreTrainedModel | LeanLlama | None:
     if not (entry / ENTRY_FILE).is_file():
         return None
     try:
-        _check_entry(entry)
+        info = _checked_info(entry)
         if lean and lean_llama.supports(entry):
             model = lean_llama.LeanLlama.from_folder(entry)
         else:
-            model = _read(entry)
+            model = _read(entry, info)
     except Exception as err:  # json, safetensors and transformers raise many types
         if is_out_of_memory(err):
             raise
@@ -154,8 +154,9 @@ def prune(root: Path, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_entry(entry: Path) -> None:
-    """Raise when the entry's version or any file's size differs from what `store` wrote."""
+def _checked_info(entry: Path) -> dict:
+    """The entry's `ENTRY_FILE`; raises when its version or any file's size differs from what
+    `store` wrote."""
     info = json.loads((entry / ENTRY_FILE).read_text())
     if info.get("version") != CACHE_VERSION:
         raise ValueError(f"version {info.get('version')!r}, expected {CACHE_VERSION}")
@@ -163,14 +164,14 @@ def _check_entry(entry: Path) -> None:
         found = (entry / name).stat().st_size
         if found != size:
             raise ValueError(f"{name} has {found} bytes, expected {size}")
+    return info
 
 
-def _read(entry: Path) -> PreTrainedModel:
+def _read(entry: Path, info: dict) -> PreTrainedModel:
     """Build the model skeleton without initialising weights, then adopt the stored tensors."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    info = json.loads((entry / ENTRY_FILE).read_text())
     config = AutoConfig.from_pretrained(entry, local_files_only=True, trust_remote_code=False)
     with _no_init_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)

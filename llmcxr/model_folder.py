@@ -72,10 +72,10 @@ TOKENIZER_FILES = frozenset(
 """The only text-tokenizer file names a checkpoint may carry: names read from a (possibly crafted)
 checkpoint become paths, so anything else (``../x``, ``/abs``, a ``.pth``) is refused."""
 PYPI_BASES = frozenset({SMOLLM2_NAME})
-ENGINES = ("auto", "transformers")
-"""`load_model_folder`'s engines: "auto" (transformers-free where it can) and "transformers"."""
 """Base models a LoRA manifest may name on its own: their weights come from a PyPI wheel. Any
 other base (a folder, a hub id) is loaded only when the user names it (``base_model``)."""
+ENGINES = ("auto", "transformers")
+"""`load_model_folder`'s engines: "auto" (transformers-free where it can) and "transformers"."""
 
 
 @dataclass

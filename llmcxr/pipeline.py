@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from cxrcommon.batching import chunks
 from instructions import IMAGE_PLACEHOLDER, default_instruction
@@ -181,13 +182,13 @@ class LLMCXR:
 
     def _pad(self, prompts: Sequence[EncodedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad (decoder-only models continue from the right edge) -> ids, mask [B, T]."""
-        width = max(len(p.ids) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            if prompt.ids:
-                ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids)
-                mask[row, width - len(prompt.ids) :] = 1
+        rows = [torch.tensor(p.ids, dtype=torch.long) for p in prompts]
+        ids = pad_sequence(
+            rows, batch_first=True, padding_value=self.pad_token_id, padding_side="left"
+        )
+        mask = pad_sequence(
+            [torch.ones_like(r) for r in rows], batch_first=True, padding_side="left"
+        )
         return ids.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------ images in

@@ -53,6 +53,12 @@ other images rewards blur (real test images blurred with sigma 1 px score 0.61 a
 unblurred), so drawings and real images are both low-passed before that comparison."""
 
 
+def matched_sharpness(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """`images` low-passed with `LOWPASS_SIGMA`: what the matched-sharpness (layout) realism
+    compares, drawings and real images alike."""
+    return [lowpass(image, LOWPASS_SIGMA) for image in images]
+
+
 def at_size(image: np.ndarray, size: int) -> np.ndarray:
     """A float image [H, W] in [0, 1] resized and centre-cropped to [size, size] as the tokenizer's
     input is (``vqgan.prepare_image``)."""
@@ -282,12 +288,8 @@ def _nearest_real(
             out[name], out[f"{name}_ci95"] = float(v.mean()), mean_interval(v.tolist(), **boot)
         return out
 
-    smooth = [lowpass(image, LOWPASS_SIGMA) for image in real]
-    matched = compare(
-        [lowpass(image, LOWPASS_SIGMA) for image in generated],
-        smooth,
-        [lowpass(image, LOWPASS_SIGMA) for image in control],
-    )
+    smooth = matched_sharpness(real)
+    matched = compare(matched_sharpness(generated), smooth, matched_sharpness(control))
     matched["mean_real_image"] = float(nearest_ssim([np.mean(smooth, axis=0)], smooth)[0])
     return {
         "n_real": len(real),
