@@ -4,11 +4,12 @@ agree.
 Paired CXR image-report data is scarce offline (MIMIC-CXR needs credentials; the OpenI images are
 not here). This pairs every image of local labelled folders (``labels.csv`` + ``images/``, e.g. NIH
 ChestX-ray14, the COVID-19 sets) with an OpenI report whose labeler positives fit the image's
-labels. The pairs are synthetic matches, not real paired data; the card says so. Splits stay
-consistent: OpenI reports are split by their own hashed id with the same fractions, and an image
-only gets a report from its patient's split, so no report text crosses splits. Each study also
-carries its whole label-matched pool (``Report.pool``, shared by all images with the same labels in
-a split) so training can draw another report of the pool each epoch instead of the one frozen pick.
+labels, both in the whole report (stage 1's text) and in its impression alone (stage 2's). The
+pairs are synthetic matches, not real paired data; the card says so. Splits stay consistent: OpenI
+reports are split by their own hashed id with the same fractions, and an image only gets a report
+from its patient's split, so no report text crosses splits. Each study also carries its whole
+label-matched pool (``Report.pool``, shared by all images with the same labels in a split) so
+training can draw another report of the pool each epoch instead of the one frozen pick.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from instructions.splits import SplitConfig
 
 PAIRED_NOTE = (
     "SYNTHETIC PAIRS: each image comes from a labelled image set and its report is a real OpenI "
-    "report chosen because the rule-based labeler's findings match the image's labels. Image and "
-    "report are NOT from the same patient or study; use these pairs for bootstrapping, not as "
+    "report chosen because the rule-based labeler's findings, on the whole report and on its "
+    "impression alone, match the image's labels. Image and report are NOT from the same patient "
+    "or study; use these pairs for bootstrapping, not as "
     "paired ground truth. Each image's direction records name its whole label-matched pool "
     "(report_pool); training may draw a report from it each epoch."
 )
@@ -81,12 +83,35 @@ def _view(raw: str) -> str:
     return "FRONTAL" if "FRONTAL" in text else text
 
 
+_Fit = tuple[frozenset[str], bool]
+"""What one text states, for matching: its definite positive classes and whether it is normal."""
+
+
+def _fit(text: str) -> _Fit | None:
+    """A text's positives and normality, or None when it states a finding as uncertain (which
+    cannot be matched to an image label either way)."""
+    labels = label_report(text)
+    if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
+        return None
+    positives = frozenset(
+        k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
+    )
+    return positives, "No Finding" in labels
+
+
 def _openi_pool(
     reports: Iterable[Report], split: SplitConfig
-) -> dict[str, dict[frozenset[str], list[Report]]]:
-    """OpenI reports with findings or impression, by split and by set of definite positive
-    classes."""
-    pool: dict[str, dict[frozenset[str], list[Report]]] = defaultdict(lambda: defaultdict(list))
+) -> dict[str, dict[tuple[_Fit, _Fit | None], list[Report]]]:
+    """OpenI reports with findings or impression, by split and by what the whole text and the
+    impression alone state (None: no impression).
+
+    Both texts must fit an image: stage 1 trains on findings + impression, stage 2 on the
+    impression alone, and an impression such as "No focal airspace consolidation." under findings
+    that describe an opacity would teach stage 2 a normal report for an abnormal image.
+    """
+    pool: dict[str, dict[tuple[_Fit, _Fit | None], list[Report]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     strip = StripDeidMarks()
     for report in reports:
         cleaned, _ = strip.apply(report)
@@ -94,14 +119,13 @@ def _openi_pool(
         text = cleaned.text()
         if not text:
             continue
-        labels = label_report(text)
-        if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
-            continue  # an uncertain finding cannot be matched to an image label either way
-        positives = frozenset(
-            k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
-        )
-        cleaned.reference_labels = labels
-        pool[split.assign(report.report_id, "")][positives].append(cleaned)
+        whole = _fit(text)
+        impression = cleaned.text(("IMPRESSION",))
+        alone = _fit(impression) if impression else None
+        if whole is None or (impression and alone is None):
+            continue
+        cleaned.reference_labels = label_report(text)
+        pool[split.assign(report.report_id, "")][(whole, alone)].append(cleaned)
     return pool
 
 
@@ -176,17 +200,19 @@ def _assign_patients(candidates: list[_Candidate], max_distance: int | None) -> 
 
 
 def _matches(
-    by_positives: dict[frozenset[str], list[Report]], wanted: list[list[str]]
+    by_fit: dict[tuple[_Fit, _Fit | None], list[Report]], wanted: list[list[str]]
 ) -> tuple[Report, ...]:
-    """The reports of one split whose positives fit an image's labels, sorted by id."""
+    """The reports of one split whose whole text and impression both fit an image's labels,
+    sorted by id."""
     return tuple(
         sorted(
             (
                 r
-                for positives, reports in by_positives.items()
-                if report_matches(positives, "No Finding" in reports[0].reference_labels, wanted)
+                for (whole, alone), reports in by_fit.items()
+                if report_matches(*whole, wanted)
+                and (alone is None or report_matches(*alone, wanted))
                 for r in reports
-            ),  # type: ignore[operator]
+            ),
             key=lambda r: r.report_id,
         )
     )

@@ -15,7 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "1/7 paired instruction data (NIH ChestX-ray14 + COVID-19 Radiography images, OpenI reports)"
 llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
-  --labelled "$data/covid_radiography_224" --out "$out/data"
+  --labelled "$data/covid_radiography_224" --out "$out/data" --both-directions
 
 step "2/7 CXR classifier for the clinical loss (test patients left out)"
 llmcxr train classifier -c configs/classifier/default_model.yaml \

@@ -185,6 +185,34 @@ def test_pairing_rules() -> None:
     assert report_matches(frozenset({"Lung Opacity"}), False, [covid])
 
 
+def test_pairing_needs_the_impression_to_fit_too(tmp_path: Path, fixtures_dir: Path) -> None:
+    """Stage 2 trains on the impression alone: findings that describe an opacity under an
+    impression that calls the film normal must not be paired with a COVID-19 image."""
+    folder = tmp_path / "covidlike"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "c.png").write_bytes((fixtures_dir / "00000001_000.png").read_bytes())
+    (folder / "labels.csv").write_text("filename,labels\nc.png,COVID-19\n")
+
+    def report(report_id: str, findings: str, impression: str) -> Report:
+        sections = {"FINDINGS": findings, "IMPRESSION": impression}
+        return Report(report_id, report_id, "openi", sections)
+
+    opacity = "There is a patchy airspace opacity in the right lower lobe."
+    misleading = report("CXR1", opacity, "No focal airspace consolidation.")
+    fitting = report("CXR2", opacity, "Right lower lobe pneumonia.")
+    split = SplitConfig(0.0, 0.0)
+    studies, _ = pair_labelled_images(
+        [folder], split=split, openi_reports=[misleading, fitting], near_duplicate_distance=None
+    )
+    (study,) = studies
+    assert [r.report_id for r in study.pool.reports] == ["CXR2"]
+    assert study.report_id.endswith("~CXR2")
+    studies, summary = pair_labelled_images(
+        [folder], split=split, openi_reports=[misleading], near_duplicate_distance=None
+    )
+    assert not studies and summary["covidlike"]["no matching report"] == 1
+
+
 def test_paired_source_matches_labels_and_keeps_splits(
     tmp_path: Path, fixtures_dir: Path, openi_reports: list[Report]
 ) -> None:
