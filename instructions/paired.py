@@ -20,6 +20,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,6 +67,13 @@ def report_matches(positives: frozenset[str], normal: bool, wanted: list[list[st
         and positives <= allowed
         and all(positives & set(classes) for classes in wanted if classes)
     )
+
+
+def text_fits(text: str, wanted: list[list[str]]) -> bool:
+    """True when the labeler's findings on ``text`` fit an image with these acceptable classes
+    per label (``report_matches``); a finding stated as uncertain never fits."""
+    fit = _fit(text)
+    return fit is not None and report_matches(*fit, wanted)
 
 
 def pool_key(split: str, wanted: list[list[str]]) -> str:
@@ -257,7 +265,12 @@ def pair_labelled_images(
         split_name = split.assign(candidate.patient)
         key = pool_key(split_name, candidate.wanted)
         if key not in pools:
-            pools[key] = ReportPool(key, split_name, _matches(pool[split_name], candidate.wanted))
+            pools[key] = ReportPool(
+                key,
+                split_name,
+                _matches(pool[split_name], candidate.wanted),
+                fits=partial(text_fits, wanted=candidate.wanted),
+            )
         matches = pools[key].reports
         if not matches:
             counts[folder.name]["no matching report"] += 1

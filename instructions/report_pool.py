@@ -60,8 +60,10 @@ def stage_pools(
     rules: list[FilterRule],
     text_sections: tuple[str, ...],
 ) -> ReportPools:
-    """The pools ``records`` name, each member's text filtered by the stage's ``rules`` (members
-    the filters drop or leave empty leave the pool); a fresh pipeline keeps the card's counts."""
+    """The pools ``records`` name, each member's text filtered by the stage's ``rules``; members
+    the filters drop, leave empty or leave without the finding the pool's images have (e.g. a
+    dropped sentence about a prior study took it) leave the pool. A fresh pipeline keeps the
+    card's counts."""
     used = sorted({r.report_pool for recs in records.values() for r in recs if r.report_pool})
     members = {r.report_id: r for key in used for r in pools[key].reports}
     texts = {
@@ -69,10 +71,18 @@ def stage_pools(
         for r in FilterPipeline(list(rules))(members[i] for i in sorted(members))
     }
     texts = {i: t for i, t in texts.items() if t}
-    kept = {
-        key: tuple(r.report_id for r in pools[key].reports if r.report_id in texts) for key in used
-    }
-    return ReportPools(kept, texts)
+    kept = {key: _fitting(pools[key], texts) for key in used}
+    members = {i for ids in kept.values() for i in ids}
+    return ReportPools(kept, {i: t for i, t in texts.items() if i in members})
+
+
+def _fitting(pool: ReportPool, texts: Mapping[str, str]) -> tuple[str, ...]:
+    """The ids of a pool's members whose stage text exists and still fits the pool's images."""
+    return tuple(
+        r.report_id
+        for r in pool.reports
+        if r.report_id in texts and (pool.fits is None or pool.fits(texts[r.report_id]))
+    )
 
 
 def pool_summary(records: Mapping[str, list[Record]], report_pools: ReportPools) -> dict:

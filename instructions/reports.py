@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FRONTAL_VIEWS = frozenset(
@@ -133,6 +134,9 @@ class ReportPool:
     """Stable name (split and label match), written on the records that may draw from the pool."""
     split: str
     reports: tuple[Report, ...]
+    fits: Callable[[str], bool] | None = None
+    """Whether a text, as a stage writes it, still fits the pool's images (paired pools: stage
+    filters may drop the sentence that states the finding); None: any text does."""
 
 
 @dataclass

@@ -89,6 +89,7 @@ def test_stage_files_name_pools_of_the_records_split_with_stage_texts(paired) ->
 
     out, studies = paired
     by_id = {r.report_id: r for s in studies for r in s.pool.reports}
+    fits = {s.pool.key: s.pool.fits for s in studies}
     card = json.loads((out / "card.json").read_text())
     for config in default_stages():
         pools = ReportPools.load(out / config.name)
@@ -102,9 +103,13 @@ def test_stage_files_name_pools_of_the_records_split_with_stage_texts(paired) ->
                 ids = pools.pools[record["report_pool"]]
                 assert record["report_pool"].startswith(f"{split}:")
                 assert ids and all(SPLIT.assign(i) == split for i in ids)
+                # every text a record may draw, as this stage writes it, fits the record's image
+                assert all(fits[record["report_pool"]](pools.texts[i]) for i in ids)
                 own = record["input"] if record["task"] == "report_to_cxr" else record["response"]
-                assert own in {pools.texts[i] for i in ids}  # the frozen pick is one of them
-                drawn += 1
+                # the frozen pick is one of them, unless the stage's filters took its finding
+                fitting = fits[record["report_pool"]](own)
+                assert (own in {pools.texts[i] for i in ids}) == fitting
+                drawn += fitting
         assert drawn and card["stages"][config.name]["report_pools"]["pools"] == len(pools.pools)
         for report_id, text in pools.texts.items():  # as the stage writes it (filters, sections)
             (filtered,) = FilterPipeline(config.rules)([by_id[report_id]])
@@ -263,3 +268,37 @@ def test_lightning_gives_the_dataset_each_epoch(paired, encoder) -> None:
         assert module.seen[epoch] == {tuple(ids) for ids in _served(data, "train", epoch)}
     assert module.seen[0] != module.seen[1]
     assert sum(isinstance(c, RedrawEpoch) for c in trainer.callbacks) == 1
+
+
+def test_a_member_whose_stage_text_loses_its_finding_leaves_the_stage_pool(tmp_path: Path) -> None:
+    """Stage 2 drops sentences that compare with a prior study: a report whose only pneumonia
+    sentence is such a comparison stays in stage 1's pool of a COVID-19 image, not stage 2's."""
+    from types import SimpleNamespace
+
+    from instructions.filters import stage1_rules, stage2_rules
+    from instructions.report_pool import stage_pools
+
+    folder = tmp_path / "covidlike"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "c.png").write_bytes(b"image")
+    (folder / "labels.csv").write_text("filename,labels\nc.png,COVID-19\n")
+    findings = "There is a patchy airspace opacity in the right lower lobe of the lung today."
+
+    def report(report_id: str, impression: str) -> Report:
+        sections = {"FINDINGS": findings, "IMPRESSION": impression}
+        return Report(report_id, report_id, "openi", sections)
+
+    reports = [
+        report("CXR1", "Right lower lobe pneumonia, unchanged since the prior study. No effusion."),
+        report("CXR2", "Right lower lobe pneumonia. No effusion."),
+    ]
+    (study,) = pair_labelled_images(
+        [folder], split=SplitConfig(0.0, 0.0), openi_reports=reports, near_duplicate_distance=None
+    )[0]
+    pools = {study.pool.key: study.pool}
+    records = {"train": [SimpleNamespace(report_pool=study.pool.key)]}
+    stage1 = stage_pools(records, pools, stage1_rules(), ("FINDINGS", "IMPRESSION"))
+    stage2 = stage_pools(records, pools, stage2_rules(), ("IMPRESSION",))
+    assert stage1.pools[study.pool.key] == ("CXR1", "CXR2")
+    assert stage2.pools[study.pool.key] == ("CXR2",)
+    assert set(stage2.texts) == {"CXR2"}
