@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 QUANTIZE_MODES = ("auto", "none", "int8")
 CPU_AUTO_QUANTIZE = "none"
 """What `quantize="auto"` means on a CPU. int8 decodes ~1.4x faster (one 64-token image 2.9 s
-instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1.5 s of quantising at load and
+instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1 s of quantising at load and
 +0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`); until
 `llmcxr evaluate` shows that within its confidence interval, the default stays unquantised."""
 
@@ -147,24 +147,59 @@ but `down_proj` and `lm_head` 7.30 / 2.10. The MLP output projection sees the Sw
 activations, which one int8 scale per tensor cannot hold."""
 
 
-def quantize_int8(model: torch.nn.Module, skip: tuple[str, ...] = INT8_SKIP) -> torch.nn.Module:
-    """Quantise the `nn.Linear` layers of an fp32 CPU `model` in place to int8 weights (one scale
-    per output row) with activations quantised on the fly (`torch.ao` dynamic quantisation),
-    except those whose own name is in `skip`."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+class Int8Linear(torch.nn.Module):
+    """A Linear with int8 weights (one symmetric scale per output row) and activations quantised
+    on the fly: the computation of `torch.ao`'s dynamic quantised Linear under
+    `per_channel_dynamic_qconfig` (fbgemm `linear_dynamic`, reduced activation range), written out
+    because building `torch.ao`'s modules packs each weight three times (twice a placeholder):
+    2.1 s of a cold start for the default model, against about 1 s packing each weight once
+    (measured 2026-11-29, AVX2 EPYC, 1 thread). Tests pin its output to `torch.ao`'s."""
 
-    chosen = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in skip
-    }
-    with warnings.catch_warnings():  # torch.ao warns that it will move to torchao one day
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        return quantize_dynamic(model, chosen, inplace=True)
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        # torch.ao's PerChannelMinMaxObserver (qint8, symmetric): scale = max |w| / 127.5, zp 0
+        eps = torch.finfo(torch.float32).eps
+        scale = (weight.abs().amax(dim=1).double() / 127.5).clamp(min=eps)
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
+            warnings.filterwarnings("ignore", message=".*deprecated.*")
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed, True).to(x.dtype)
+
+    def weight(self) -> torch.Tensor:
+        """The quantised weight (a method, as on `torch.ao`'s module)."""
+        return torch.ops.quantized.linear_unpack(self._packed)[0]
+
+    def bias(self) -> torch.Tensor | None:
+        """The float bias, or None."""
+        return torch.ops.quantized.linear_unpack(self._packed)[1]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_int8(model: torch.nn.Module, skip: tuple[str, ...] = INT8_SKIP) -> torch.nn.Module:
+    """Replace the `nn.Linear` layers of an fp32 CPU `model` in place by `Int8Linear` (int8
+    weights, one scale per output row, activations quantised on the fly), except those whose own
+    name is in `skip`. A shared (tied) Linear is quantised once."""
+    if type(model) is torch.nn.Linear:
+        raise TypeError("quantize_int8 replaces the Linear layers inside a module: wrap it")
+    done: dict[int, Int8Linear] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):  # named_children() skips repeats
+            if type(child) is torch.nn.Linear and name not in skip:
+                if id(child) not in done:
+                    done[id(child)] = Int8Linear(child)
+                setattr(parent, name, done[id(child)])
+    return model
 
 
 def is_int8_quantized(model: torch.nn.Module) -> bool:
-    """True when some Linear of `model` was replaced by a dynamically quantised one (checked by
-    module name, so loading a model never imports `torch.ao`)."""
-    prefix = "torch.ao.nn.quantized.dynamic"
-    return any(type(m).__module__.startswith(prefix) for m in model.modules())
+    """True when some Linear of `model` was replaced by an `Int8Linear`."""
+    return any(isinstance(m, Int8Linear) for m in model.modules())

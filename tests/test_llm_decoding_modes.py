@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from llm_fixtures import make_tiny_model_folder
-from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from llmcxr import pipeline
 from llmcxr.decoding import Sampling, generate_image_codes
-from llmcxr.devices import INT8_SKIP, quantize_int8, resolve_quantize
+from llmcxr.devices import INT8_SKIP, Int8Linear, quantize_int8, resolve_quantize
 from llmcxr.pipeline import LLMCXR
 
 MODES = ("fp32", "int8", "int8_all", "bf16")
@@ -72,9 +72,7 @@ def test_int8_replaces_the_linears_but_the_skipped_and_stays_close_to_fp32(llm: 
     skipped = {n for n in before if n.rsplit(".", 1)[-1] in INT8_SKIP}
     assert "lm_head" in skipped and any("down_proj" in n for n in skipped)
     assert all(after[n] is torch.nn.Linear for n in skipped)
-    assert (
-        all(after[n] is DynamicLinear for n in before.keys() - skipped) and before.keys() - skipped
-    )
+    assert all(after[n] is Int8Linear for n in before.keys() - skipped) and before.keys() - skipped
     ids = torch.tensor([[1, 5, 9, 30, 41]])
     with torch.inference_mode():
         ref, out = llm.model(input_ids=ids).logits, int8.model(input_ids=ids).logits
@@ -190,8 +188,38 @@ def test_quantize_mode_choice() -> None:
 
 
 def test_quantize_int8_in_place_on_a_plain_module() -> None:
-    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
-    assert quantize_int8(net) is net and isinstance(net[0], DynamicLinear)
+    shared = torch.nn.Linear(8, 8)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), shared, shared)
+    assert quantize_int8(net, skip=("1",)) is net and isinstance(net[0], Int8Linear)
+    assert net[2] is net[3] and isinstance(net[2], Int8Linear)  # a shared Linear stays shared
+    assert type(quantize_int8(torch.nn.Sequential(torch.nn.Linear(8, 4)), skip=("0",))[0]) is (
+        torch.nn.Linear
+    )
+    with pytest.raises(TypeError, match="wrap it"):
+        quantize_int8(torch.nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_computes_what_torch_ao_dynamic_quantisation_does(bias: bool) -> None:
+    """`Int8Linear` is torch.ao's per-channel dynamic int8 Linear built with one weight pack:
+    the same int8 weights and bit-identical outputs, on a batch of sequences."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40, bias=bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = quantize_dynamic(
+            torch.nn.Sequential(copy.deepcopy(linear)), {"0": per_channel_dynamic_qconfig}
+        )[0]
+    ours = Int8Linear(linear)
+    assert isinstance(ref, DynamicLinear)
+    assert torch.equal(ours.weight().int_repr(), ref.weight().int_repr())
+    assert torch.equal(ours.weight().q_per_channel_scales(), ref.weight().q_per_channel_scales())
+    x = torch.randn(2, 7, 96) * 3
+    assert torch.equal(ours(x), ref(x))
+    assert (ours.bias() is None) == (not bias)
 
 
 def test_drawing_uses_the_kv_cache_argument_this_transformers_names(llm: LLMCXR) -> None:
