@@ -30,8 +30,9 @@ QUANTIZE_MODES = ("auto", "none", "int8")
 CPU_AUTO_QUANTIZE = "none"
 """What `quantize="auto"` means on a CPU. int8 decodes ~1.4x faster (one 64-token image 2.9 s
 instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1 s of quantising at load and
-+0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`); until
-`llmcxr evaluate` shows that within its confidence interval, the default stays unquantised."""
++0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`). On
+`llmcxr evaluate` every int8 figure lies inside the fp32 interval, but a cold call gains nothing
+(quantising costs what a 64-code image saves; a report is slower), so the default stays fp32."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
