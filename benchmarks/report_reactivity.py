@@ -1,0 +1,161 @@
+"""Do a model's reports react to the image? Abnormal vs normal real test images, by report.
+
+    .venv/bin/python benchmarks/report_reactivity.py --model runs/X/model --limit 240 --out F
+
+For a seeded random ``--limit`` of the labelled real images in a built dataset's split (NIH
+ChestX-ray14: any finding vs "No Finding"; COVID-19 Radiography: "COVID-19" vs "Normal"), the
+model writes ``--samples`` sampled reports per image (its default sampling, seeds 0, 1, ...). An
+image's score is the fraction of its reports that state a finding (the project's labeler: any
+positive class but "No Finding" and "Support Devices"). Printed and written (JSON): the AUROC of
+that score for abnormal vs normal images with a bootstrap 95 % interval (0.5: the reports ignore
+the image), the finding rates on each group, per source and pooled.
+
+Why beside ``llmcxr evaluate``: its NIH task holds ~80 images, 31 abnormal, so its intervals are
+wide; this check pools the larger COVID-19 Radiography test images. It asks only whether a report
+calls the film abnormal, not which finding it names: the COVID-19 images' label allows several
+(pneumonia, opacity, consolidation). The COVID-19 and Normal images come from different
+hospitals, so a model can also separate them by look rather than by disease: read it as a
+lower bound on reading, not as diagnostic accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrcommon.files import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+NORMAL = {"No Finding", "Normal"}
+IGNORED = ("No Finding", "Support Devices")
+
+
+def labelled_images(data: Path, split: str) -> list[tuple[str, str, bool]]:
+    """``(image_id, path, abnormal)`` for the split's images whose folder has a ``labels.csv``."""
+    rows = [json.loads(line) for line in (data / "images.jsonl").read_text().splitlines() if line]
+    labels: dict[Path, dict[str, str]] = {}
+    out = []
+    for row in rows:
+        if row.get("split") != split:
+            continue
+        path = Path(row["path"])
+        table = path.parent.parent / "labels.csv"
+        if table not in labels:
+            labels[table] = {}
+            if table.is_file():
+                with table.open(newline="") as handle:
+                    labels[table] = {r["filename"]: r["labels"] for r in csv.DictReader(handle)}
+        cell = labels[table].get(path.name)
+        if cell is None:
+            continue
+        names = {part.split(" (")[0].strip() for part in cell.split("|") if part.strip()}
+        out.append((row["image_id"], str(path), not names <= NORMAL))
+    return out
+
+
+def states_finding(report: str) -> bool:
+    """True when the labeler finds a positive class other than No Finding / Support Devices."""
+    from instructions import label_report
+
+    return any(v == 1 for k, v in label_report(report).items() if k not in IGNORED)
+
+
+def summary(abnormal: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """AUROC (with interval) of ``score`` for abnormal vs normal, and the groups' finding rates."""
+    from llmcxr.evaluation.metrics import auroc_or_nan, bootstrap_ci
+
+    def auc(idx: np.ndarray) -> float:
+        return auroc_or_nan(abnormal[idx], score[idx])
+
+    return {
+        "images": len(abnormal),
+        "abnormal": int(abnormal.sum()),
+        "auroc": round(auroc_or_nan(abnormal, score), 4),
+        "auroc_ci95": [
+            round(v, 4) for v in bootstrap_ci(auc, len(abnormal), n_boot=n_boot, seed=seed)
+        ],
+        "finding_rate_abnormal": round(float(score[abnormal == 1].mean()), 4)
+        if abnormal.any()
+        else None,
+        "finding_rate_normal": round(float(score[abnormal == 0].mean()), 4)
+        if (abnormal == 0).any()
+        else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="default: the shipped model")
+    parser.add_argument("--data", type=Path, default=REPO / "runs" / "default_model" / "data")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=240, help="images (seeded random subset)")
+    parser.add_argument("--samples", type=int, default=3, help="sampled reports per image")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="results JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from llmcxr.pipeline import LLMCXR
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = labelled_images(args.data, args.split)
+    if not images:
+        raise SystemExit(f"no labelled images in the {args.split} split of {args.data}")
+    random.Random(args.seed).shuffle(images)
+    images = sorted(images[: args.limit])
+    llm = LLMCXR.from_pretrained(args.model, device="cpu")
+    start = time.perf_counter()
+    states = np.zeros((len(images), args.samples))
+    reports: list[list[str]] = [[] for _ in images]
+    batches = range(0, len(images), args.batch)
+    for k in range(args.samples):
+        for at in tqdm(batches, desc=f"reports, sample {k + 1}/{args.samples}", unit="batch"):
+            chunk = images[at : at + args.batch]
+            texts = llm.generate_report([path for _, path, _ in chunk], seed=args.seed + k)
+            for i, text in enumerate(texts, start=at):
+                reports[i].append(text)
+                states[i, k] = states_finding(text)
+    seconds = time.perf_counter() - start
+    score = states.mean(axis=1)
+    abnormal = np.array([int(a) for _, _, a in images])
+    source = np.array([image_id.split("/", 1)[0] for image_id, _, _ in images])
+    result: dict[str, Any] = {
+        "model": str(args.model or "llmcxr/default_model"),
+        "data": str(args.data),
+        "split": args.split,
+        "samples_per_image": args.samples,
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "seconds": round(seconds, 1),
+        "pooled": summary(abnormal, score, args.bootstrap, args.seed),
+        "by_source": {
+            name: summary(
+                abnormal[source == name], score[source == name], args.bootstrap, args.seed
+            )
+            for name in sorted(set(source))
+        },
+        "reports": {image_id: texts for (image_id, _, _), texts in zip(images, reports)},
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
