@@ -69,10 +69,25 @@ def report_matches(positives: frozenset[str], normal: bool, wanted: list[list[st
     )
 
 
+_Fit = tuple[frozenset[str], bool]
+"""What one text states, for matching: its definite positive classes and whether it is normal."""
+
+
+def _fit(labels: dict[str, int]) -> _Fit | None:
+    """A text's positives and normality from its labels, or None when it states a finding as
+    uncertain (which cannot be matched to an image label either way)."""
+    if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
+        return None
+    positives = frozenset(
+        k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
+    )
+    return positives, "No Finding" in labels
+
+
 def text_fits(text: str, wanted: list[list[str]]) -> bool:
     """True when the labeler's findings on ``text`` fit an image with these acceptable classes
     per label (``report_matches``); a finding stated as uncertain never fits."""
-    fit = _fit(text)
+    fit = _fit(label_report(text))
     return fit is not None and report_matches(*fit, wanted)
 
 
@@ -89,22 +104,6 @@ def _view(raw: str) -> str:
         if text.startswith(view):
             return view
     return "FRONTAL" if "FRONTAL" in text else text
-
-
-_Fit = tuple[frozenset[str], bool]
-"""What one text states, for matching: its definite positive classes and whether it is normal."""
-
-
-def _fit(text: str) -> _Fit | None:
-    """A text's positives and normality, or None when it states a finding as uncertain (which
-    cannot be matched to an image label either way)."""
-    labels = label_report(text)
-    if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
-        return None
-    positives = frozenset(
-        k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
-    )
-    return positives, "No Finding" in labels
 
 
 def _openi_pool(
@@ -127,12 +126,13 @@ def _openi_pool(
         text = cleaned.text()
         if not text:
             continue
-        whole = _fit(text)
+        labels = label_report(text)
+        whole = _fit(labels)
         impression = cleaned.text(("IMPRESSION",))
-        alone = _fit(impression) if impression else None
+        alone = _fit(label_report(impression)) if impression else None
         if whole is None or (impression and alone is None):
             continue
-        cleaned.reference_labels = label_report(text)
+        cleaned.reference_labels = labels
         pool[split.assign(report.report_id, "")][(whole, alone)].append(cleaned)
     return pool
 
