@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=240, help="images (seeded random subset)")
     parser.add_argument("--samples", type=int, default=3, help="sampled reports per image")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="report guidance (none: the default)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.samples):
         for at in tqdm(batches, desc=f"reports, sample {k + 1}/{args.samples}", unit="batch"):
             chunk = images[at : at + args.batch]
-            texts = llm.generate_report([path for _, path, _ in chunk], seed=args.seed + k)
+            texts = llm.generate_report(
+                [path for _, path, _ in chunk],
+                seed=args.seed + k,
+                guidance_scale=args.guidance_scale,
+            )
             for i, text in enumerate(texts, start=at):
                 reports[i].append(text)
                 states[i, k] = states_finding(text)
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data),
         "split": args.split,
         "samples_per_image": args.samples,
+        "guidance_scale": args.guidance_scale,
         "seed": args.seed,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "seconds": round(seconds, 1),

@@ -240,12 +240,26 @@ def generate_text(
     eos_ids: Sequence[int] = (),
     stop: Callable[[list[int]], bool] | None = None,
     generator: torch.Generator | None = None,
+    guidance_scale: float | None = None,
+    uncond_input_ids: torch.Tensor | None = None,
+    uncond_attention_mask: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Sample an answer per left-padded prompt [B, T] with a KV cache; image tokens are never
     drawn. A row ends at one of `eos_ids` (not kept), when `stop(its new ids)` is true (e.g. the
-    prompt format's end marker was written), or after `max_new_tokens`. -> the new ids per row."""
+    prompt format's end marker was written), or after `max_new_tokens`. -> the new ids per row.
+
+    With `guidance_scale` and an unconditional prompt batch (e.g. the prompt without its image),
+    log-probs follow classifier-free guidance as in `generate_image_codes`."""
+    batch = input_ids.shape[0]
+    guided = guidance_scale is not None and guidance_scale != 1.0
+    if guided:
+        if uncond_input_ids is None or uncond_attention_mask is None:
+            raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
+        input_ids, attention_mask = _stack_left_padded(
+            (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
+        )
     step_logits = _Stepper(model, 0, None)
-    batch, width = input_ids.shape
+    width = input_ids.shape[1]
     full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
     position_ids = _position_ids(attention_mask)
     eos = set(eos_ids)
@@ -253,8 +267,11 @@ def generate_text(
     done = [False] * batch
     step_ids = input_ids
     for step in range(max_new_tokens):
-        logits = ban_image_tokens(step_logits(step_ids, attention_mask, position_ids), layout)
-        chosen = _pick(logits, sampling, generator)
+        logits = step_logits(step_ids, attention_mask, position_ids)
+        if guided:
+            cond, uncond = logits.log_softmax(-1).chunk(2)
+            logits = uncond + guidance_scale * (cond - uncond)
+        chosen = _pick(ban_image_tokens(logits, layout), sampling, generator)
         for row, token in enumerate(chosen.tolist()):
             if done[row]:
                 continue
@@ -265,7 +282,8 @@ def generate_text(
             done[row] = stop is not None and stop(answers[row])
         if all(done):
             break
-        step_ids = chosen.unsqueeze(1)  # a finished row runs on unseen: its answer is fixed
+        # a finished row runs on unseen: its answer is fixed
+        step_ids = (torch.cat([chosen, chosen]) if guided else chosen).unsqueeze(1)
         attention_mask = full_mask[:, : width + step + 1]
         position_ids = position_ids[:, -1:] + 1
     return answers

@@ -229,10 +229,16 @@ class LLMCXR:
         seed: int | None = None,
         batch_size: int = 8,
         instruction: str | None = None,
+        guidance_scale: float | None = None,
     ) -> list[str]:
-        """One report per image; image tokens are banned from the answer."""
+        """One report per image; image tokens are banned from the answer. `guidance_scale` > 1
+        contrasts each step with the same instruction without the image (classifier-free
+        guidance on log-probs), pushing the report toward what the image changes."""
         instruction = instruction or default_instruction("cxr_to_report")
         text = self.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
+        guided = guidance_scale is not None and guidance_scale != 1.0
+        # The unconditional branch: the instruction with no image (Alpaca's no-input form).
+        uncond = self.encode_prompt(self.prompt_format.render(instruction)) if guided else None
         max_new = max_new_tokens or self.generation_defaults.report_max_new_tokens
         sampling = self._sampling(do_sample, temperature, top_p)
         reports: list[str] = []
@@ -240,7 +246,10 @@ class LLMCXR:
             for _, chunk in chunks(list(images), batch_size):
                 codes = self.encode_images(chunk)
                 prompts = [self.encode_prompt(text, [c]) for c in codes]
-                reports += self._generate_text(prompts, max_new, sampling)
+                unconds = [uncond] * len(prompts) if uncond is not None else None
+                reports += self._generate_text(
+                    prompts, max_new, sampling, guidance_scale=guidance_scale, uncond=unconds
+                )
         return reports
 
     def ask(
@@ -284,13 +293,21 @@ class LLMCXR:
         )
 
     def _generate_text(
-        self, prompts: Sequence[EncodedPrompt], max_new_tokens: int, sampling: Sampling
+        self,
+        prompts: Sequence[EncodedPrompt],
+        max_new_tokens: int,
+        sampling: Sampling,
+        *,
+        guidance_scale: float | None = None,
+        uncond: Sequence[EncodedPrompt] | None = None,
     ) -> list[str]:
         """Sample answers with a KV cache (`llmcxr.decoding.generate_text`), image tokens banned,
-        stopping at EOS or once the prompt format's end marker is written."""
+        stopping at EOS or once the prompt format's end marker is written; with `guidance_scale`,
+        guided by the `uncond` prompts (one per prompt)."""
         for prompt in prompts:
             self._check_fits(prompt, max_new_tokens)
         ids, mask = self._pad(prompts)
+        uncond_ids, uncond_mask = self._pad(uncond) if uncond else (None, None)
         eos = [i for i in (self.text_tokenizer.eos_token_id,) if i is not None]
         end, decode = self.prompt_format.end, self.text_tokenizer.decode
         window = len(end) + 1  # tokens enough to hold the marker (each is >= 1 character)
@@ -303,6 +320,9 @@ class LLMCXR:
             max_new_tokens=max_new_tokens,
             eos_ids=eos,
             stop=lambda new: end in decode(new[-window:], skip_special_tokens=True),
+            guidance_scale=guidance_scale,
+            uncond_input_ids=uncond_ids,
+            uncond_attention_mask=uncond_mask,
         )
         texts = self.text_tokenizer.batch_decode(answers, skip_special_tokens=True)
         return [self._strip_answer(t) for t in texts]

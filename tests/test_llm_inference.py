@@ -11,6 +11,7 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_model_folder
 
+from instructions import IMAGE_PLACEHOLDER
 from llmcxr import pipeline
 from llmcxr.decoding import (
     ImageTokenConstraint,
@@ -18,6 +19,7 @@ from llmcxr.decoding import (
     ban_image_tokens,
     generate_image_codes,
     generate_image_codes_hf,
+    generate_text,
 )
 from llmcxr.devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
 from llmcxr.pipeline import LLMCXR, ModelNotFoundError, PromptTooLongError
@@ -267,3 +269,74 @@ def test_device_and_dtype_choice() -> None:
         resolve_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
+
+
+def _report_prompts(llm: LLMCXR) -> tuple[torch.Tensor, ...]:
+    codes = torch.arange(llm.token_map.tokens_per_image) % llm.token_map.codebook_size
+    cond = llm.encode_prompt(llm.prompt_format.render("Report.", IMAGE_PLACEHOLDER), [codes])
+    uncond = llm.encode_prompt(llm.prompt_format.render("Report."))
+    return (*llm._pad([cond]), *llm._pad([uncond]), torch.tensor([cond.ids]))
+
+
+def test_report_guidance_follows_the_log_prob_formula(llm: LLMCXR) -> None:
+    """Greedy guided text: each token is the argmax, image tokens banned, of
+    `uncond + s * (cond - uncond)` over the log-probs of whole forward passes (the tiny random
+    model's image moves its log-probs by < 0.1, so the scale is large enough to matter)."""
+    ids, mask, u_ids, u_mask, _ = _report_prompts(llm)
+    answer = generate_text(
+        llm.model,
+        ids,
+        mask,
+        llm.token_map,
+        Sampling(do_sample=False),
+        max_new_tokens=6,
+        guidance_scale=50.0,
+        uncond_input_ids=u_ids,
+        uncond_attention_mask=u_mask,
+    )[0]
+    cond_ids, uncond_ids, expected = ids[0].tolist(), u_ids[0].tolist(), []
+    for _ in range(6):
+        with torch.inference_mode():
+            lc = llm.model(input_ids=torch.tensor([cond_ids])).logits[0, -1].log_softmax(-1)
+            lu = llm.model(input_ids=torch.tensor([uncond_ids])).logits[0, -1].log_softmax(-1)
+        token = int(ban_image_tokens((lu + 50.0 * (lc - lu))[None], llm.token_map).argmax())
+        expected.append(token)
+        cond_ids.append(token)
+        uncond_ids.append(token)
+    assert answer == expected
+    unguided = generate_text(
+        llm.model, ids, mask, llm.token_map, Sampling(do_sample=False), max_new_tokens=6
+    )[0]
+    assert unguided != expected  # guidance changed the text
+
+
+def test_report_guidance_against_the_same_prompt_is_no_guidance(llm: LLMCXR) -> None:
+    ids, mask, _, _, _ = _report_prompts(llm)
+    runs = []
+    for scale in (None, 3.0):
+        generator = torch.Generator().manual_seed(0)
+        runs.append(
+            generate_text(
+                llm.model,
+                ids,
+                mask,
+                llm.token_map,
+                Sampling(True, 1.0, 0.9),
+                max_new_tokens=8,
+                generator=generator,
+                guidance_scale=scale,
+                uncond_input_ids=ids,
+                uncond_attention_mask=mask,
+            )
+        )
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="uncond_input_ids"):
+        generate_text(
+            llm.model, ids, mask, llm.token_map, Sampling(), max_new_tokens=2, guidance_scale=2.0
+        )
+    image = np.zeros((64, 64), dtype=np.float32)
+    assert llm.generate_report([image], seed=0, guidance_scale=1.0) == llm.generate_report(
+        [image], seed=0
+    )
+    (guided,) = llm.generate_report([image], seed=0, guidance_scale=2.0)
+    assert isinstance(guided, str)
