@@ -198,13 +198,9 @@ def generate_image_codes(
     """
     batch = input_ids.shape[0]
     n_tokens, first, k = layout.tokens_per_image, layout.first_code_id, layout.codebook_size
-    guided = guidance_scale is not None and guidance_scale != 1.0
-    if guided:
-        if uncond_input_ids is None or uncond_attention_mask is None:
-            raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
-        input_ids, attention_mask = _stack_left_padded(
-            (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
-        )
+    guided, input_ids, attention_mask = _with_uncond(
+        input_ids, attention_mask, guidance_scale, uncond_input_ids, uncond_attention_mask
+    )
     step_logits = _Stepper(model, first, first + k, restrict=restrict_logits)
     position_ids = _position_ids(attention_mask)
     width = attention_mask.shape[1]
@@ -215,8 +211,7 @@ def generate_image_codes(
     for step in range(n_tokens):
         logits = step_logits(step_ids, attention_mask, position_ids)  # [B', K]
         if guided:
-            cond, uncond = logits.log_softmax(-1).chunk(2)
-            logits = uncond + guidance_scale * (cond - uncond)
+            logits = _guide(logits, guidance_scale)
         chosen = _pick(logits, sampling, generator)  # [B] codes in [0, K)
         codes[:, step] = chosen
         next_ids = (chosen + first).unsqueeze(1)
@@ -251,13 +246,9 @@ def generate_text(
     With `guidance_scale` and an unconditional prompt batch (e.g. the prompt without its image),
     log-probs follow classifier-free guidance as in `generate_image_codes`."""
     batch = input_ids.shape[0]
-    guided = guidance_scale is not None and guidance_scale != 1.0
-    if guided:
-        if uncond_input_ids is None or uncond_attention_mask is None:
-            raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
-        input_ids, attention_mask = _stack_left_padded(
-            (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
-        )
+    guided, input_ids, attention_mask = _with_uncond(
+        input_ids, attention_mask, guidance_scale, uncond_input_ids, uncond_attention_mask
+    )
     step_logits = _Stepper(model, 0, None)
     width = input_ids.shape[1]
     full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
@@ -269,8 +260,7 @@ def generate_text(
     for step in range(max_new_tokens):
         logits = step_logits(step_ids, attention_mask, position_ids)
         if guided:
-            cond, uncond = logits.log_softmax(-1).chunk(2)
-            logits = uncond + guidance_scale * (cond - uncond)
+            logits = _guide(logits, guidance_scale)
         chosen = _pick(ban_image_tokens(logits, layout), sampling, generator)
         for row, token in enumerate(chosen.tolist()):
             if done[row]:
@@ -332,6 +322,33 @@ class _Stepper:
 def _head_size(head: torch.nn.Module) -> int:
     weight = head.weight() if callable(head.weight) else head.weight
     return int(weight.shape[0])
+
+
+def _with_uncond(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    guidance_scale: float | None,
+    uncond_input_ids: torch.Tensor | None,
+    uncond_attention_mask: torch.Tensor | None,
+) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """Whether guidance is on, and the batch to run: the prompts, then (when guided) the
+    unconditional prompts below them, left-padded to one width."""
+    guided = guidance_scale is not None and guidance_scale != 1.0
+    if not guided:
+        return False, input_ids, attention_mask
+    if uncond_input_ids is None or uncond_attention_mask is None:
+        raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
+    ids, mask = _stack_left_padded(
+        (input_ids, attention_mask), (uncond_input_ids, uncond_attention_mask)
+    )
+    return True, ids, mask
+
+
+def _guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on log-probs of a [2B, V] batch (conditional rows first):
+    `uncond + scale * (cond - uncond)` -> [B, V]."""
+    cond, uncond = logits.log_softmax(-1).chunk(2)
+    return uncond + scale * (cond - uncond)
 
 
 def _stack_left_padded(
