@@ -72,8 +72,8 @@ def stage_pools(
     }
     texts = {i: t for i, t in texts.items() if t}
     kept = {key: _fitting(pools[key], texts) for key in used}
-    members = {i for ids in kept.values() for i in ids}
-    return ReportPools(kept, {i: t for i, t in texts.items() if i in members})
+    kept_ids = {i for ids in kept.values() for i in ids}
+    return ReportPools(kept, {i: t for i, t in texts.items() if i in kept_ids})
 
 
 def _fitting(pool: ReportPool, texts: Mapping[str, str]) -> tuple[str, ...]:

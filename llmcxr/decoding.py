@@ -324,6 +324,11 @@ def _head_size(head: torch.nn.Module) -> int:
     return int(weight.shape[0])
 
 
+def is_guided(guidance_scale: float | None) -> bool:
+    """Whether a guidance scale turns classifier-free guidance on (None and 1.0 do not)."""
+    return guidance_scale is not None and guidance_scale != 1.0
+
+
 def _with_uncond(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -333,8 +338,7 @@ def _with_uncond(
 ) -> tuple[bool, torch.Tensor, torch.Tensor]:
     """Whether guidance is on, and the batch to run: the prompts, then (when guided) the
     unconditional prompts below them, left-padded to one width."""
-    guided = guidance_scale is not None and guidance_scale != 1.0
-    if not guided:
+    if not is_guided(guidance_scale):
         return False, input_ids, attention_mask
     if uncond_input_ids is None or uncond_attention_mask is None:
         raise ValueError("guidance_scale needs uncond_input_ids and uncond_attention_mask")
@@ -382,7 +386,7 @@ def generate_image_codes_hf(
 
     constraint = ImageTokenConstraint(layout, prompt_length=input_ids.shape[1])
     extra = {}
-    if guidance_scale is not None and guidance_scale != 1.0:
+    if is_guided(guidance_scale):
         extra = {
             "guidance_scale": guidance_scale,
             "negative_prompt_ids": uncond_input_ids,

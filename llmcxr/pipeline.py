@@ -25,7 +25,13 @@ from torch.nn.utils.rnn import pad_sequence
 
 from cxrcommon.batching import chunks
 from instructions import IMAGE_PLACEHOLDER, default_instruction
-from llmcxr.decoding import ProgressCallback, Sampling, generate_image_codes, generate_text
+from llmcxr.decoding import (
+    ProgressCallback,
+    Sampling,
+    generate_image_codes,
+    generate_text,
+    is_guided,
+)
 from llmcxr.devices import (
     is_int8_quantized,
     quantize_int8,
@@ -236,7 +242,7 @@ class LLMCXR:
         guidance on log-probs), pushing the report toward what the image changes."""
         instruction = instruction or default_instruction("cxr_to_report")
         text = self.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
-        guided = guidance_scale is not None and guidance_scale != 1.0
+        guided = is_guided(guidance_scale)
         # The unconditional branch: the instruction with no image (Alpaca's no-input form).
         uncond = self.encode_prompt(self.prompt_format.render(instruction)) if guided else None
         max_new = max_new_tokens or self.generation_defaults.report_max_new_tokens
@@ -368,7 +374,7 @@ class LLMCXR:
             )
             self._check_fits(prompt, n_tokens + 1)
             prompts += [prompt] * num_images
-        guided = guidance is not None and guidance != 1.0
+        guided = is_guided(guidance)
         # The unconditional branch: the same instruction with no report (Alpaca's no-input form).
         uncond = self._image_prompt(self.prompt_format.render(instruction)) if guided else None
         generator = torch.Generator(self.device)
