@@ -3,7 +3,9 @@ words.
 
 LLM-CXR generated its VQA data with Llama-2-13b-chat and never released it; this is the offline,
 deterministic counterpart: presence (yes/no; negatives only where the report states them), location,
-severity, devices and an open "what is abnormal" question. Sentences about prior studies or plans
+severity, devices, an open "what is abnormal" question and a plain "is this film normal?" yes/no
+(one answer token that depends on the whole image, so that reading the film gets a direct training
+signal besides the report's free text). Sentences about prior studies or plans
 are never used. ``instructions.vqa_llm`` offers the LLM-based variant.
 """
 
@@ -26,7 +28,9 @@ from instructions.labeler import (
     labels_from_findings,
 )
 
-QA_KINDS = ("presence", "location", "severity", "devices", "open")
+QA_KINDS = ("presence", "location", "severity", "devices", "open", "normal")
+NOT_ABNORMAL = ("No Finding", "Support Devices")
+"""Classes that do not make a film abnormal for the "is this film normal?" question."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def synthesize_vqa(
     """QA pairs for one report from its labelled ``findings`` (see ``extract_findings``).
 
     Presence questions are balanced: at most as many "no" questions as "yes" ones (at least two for
-    a normal report), and a "no" is only asked when the report states the negative. Deterministic
-    for a given ``rng`` state.
+    a normal report), and a "no" is only asked when the report states the negative. The "normal"
+    question is always kept (within ``max_pairs``) unless the report is only uncertain: "No." when
+    it states a finding, "Yes." when it states none. Deterministic for a given ``rng`` state.
     """
     wording = _wording()
     phrases: dict[str, str] = wording["finding_phrases"]  # type: ignore[assignment]
@@ -133,7 +138,13 @@ def synthesize_vqa(
         pairs.append(QAPair(ask("open"), " ".join(abnormal_sentences), "open"))
     elif impression.strip() and not positives and not uncertain and _usable(impression):
         pairs.append(QAPair(ask("open"), impression.strip(), "open", "No Finding"))
-    return _cap(pairs, max_pairs, rng)
+    stated = {label for label, status in overall.items() if label not in NOT_ABNORMAL}
+    abnormal = any(overall[label] == POSITIVE for label in stated)
+    if max_pairs < 2 or (not abnormal and any(overall[label] == UNCERTAIN for label in stated)):
+        return _cap(pairs, max_pairs, rng)
+    # asked after the cap so that the other pairs draw the same random numbers as before
+    kept = _cap(pairs, max_pairs - 1, rng)
+    return kept + [QAPair(ask("normal"), "No." if abnormal else "Yes.", "normal", "No Finding")]
 
 
 def _cap(pairs: list[QAPair], max_pairs: int, rng: random.Random) -> list[QAPair]:

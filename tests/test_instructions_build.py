@@ -24,7 +24,7 @@ from instructions.paired import pair_labelled_images, parse_image_labels, report
 from instructions.records import COLUMNS, Record, TaskMix, mix_records
 from instructions.reports import Report
 from instructions.splits import SplitConfig, patient_splits
-from instructions.vqa import synthesize_vqa
+from instructions.vqa import NOT_ABNORMAL, synthesize_vqa
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,27 @@ def test_vqa_answers_agree_with_labels(openi_reports: list[Report]) -> None:
                 assert labels.get(pair.label) == answers[prefix], (pair, labels)
             if pair.kind in ("location", "severity"):
                 assert labels.get(pair.label) == 1
-    assert {"presence", "location", "severity", "open"} <= kinds
+            if pair.kind == "normal":
+                stated = [v for k, v in labels.items() if k not in NOT_ABNORMAL]
+                assert pair.answer == ("No." if 1 in stated else "Yes."), (pair, labels)
+                assert -1 not in stated or 1 in stated
+        assert len(pairs) <= 8
+    assert {"presence", "location", "severity", "open", "normal"} <= kinds
+
+
+def test_the_normal_question_answers_from_the_reports_findings() -> None:
+    def normal_answers(text: str, max_pairs: int = 8) -> list[str]:
+        pairs = synthesize_vqa(extract_findings(text), text, random.Random(0), max_pairs)
+        assert len(pairs) <= max_pairs
+        return [p.answer for p in pairs if p.kind == "normal"]
+
+    assert normal_answers("No acute cardiopulmonary abnormality.") == ["Yes."]
+    assert normal_answers("Small right pleural effusion.") == ["No."]
+    assert normal_answers("Left basilar opacity, possibly atelectasis.") == ["No."]
+    assert normal_answers("Possible small left pleural effusion.") == []
+    assert normal_answers("Right PICC line in place. Lungs are clear.") == ["Yes."]
+    many = "Cardiomegaly. Left pleural effusion. Right pleural effusion. Edema. Atelectasis."
+    assert normal_answers(many, max_pairs=3) == ["No."]
 
 
 def test_vqa_never_invents_negatives() -> None:
