@@ -1,6 +1,7 @@
 """Do a model's reports react to the image? Abnormal vs normal real test images, by report.
 
     .venv/bin/python benchmarks/report_reactivity.py --model runs/X/model --limit 240 --out F
+    .venv/bin/python benchmarks/report_reactivity.py --score likelihood --limit 400 --out F
 
 For a seeded random ``--limit`` of the labelled real images in a built dataset's split (NIH
 ChestX-ray14: any finding vs "No Finding"; COVID-19 Radiography: "COVID-19" vs "Normal"), the
@@ -16,6 +17,13 @@ calls the film abnormal, not which finding it names: the COVID-19 images' label 
 (pneumonia, opacity, consolidation). The COVID-19 and Normal images come from different
 hospitals, so a model can also separate them by look rather than by disease: read it as a
 lower bound on reading, not as diagnostic accuracy.
+
+``--score likelihood`` asks the same without sampling, so that small changes show (a checkpoint
+against another, minutes per model): an image's score is how much more likely the model finds
+fixed abnormal impressions than fixed normal ones after it (mean log-probability of
+``ABNORMAL_REFERENCES`` minus that of ``NORMAL_REFERENCES``: the most frequent stage-2 impressions
+of each kind in the paired build's training split), and, for the VQA side, log P("No.") - log
+P("Yes.") to "Is this chest X-ray normal?". Both are AUROC'd like the sampled score.
 """
 
 from __future__ import annotations
@@ -37,6 +45,31 @@ from cxrcommon.files import atomic_write
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = {"No Finding", "Normal"}
 IGNORED = ("No Finding", "Support Devices")
+NORMAL_REFERENCES = (
+    "No acute cardiopulmonary abnormality.",
+    "No acute cardiopulmonary abnormalities.",
+    "No active disease.",
+    "No acute cardiopulmonary findings.",
+    "No acute cardiopulmonary disease.",
+    "No acute disease.",
+)
+ABNORMAL_REFERENCES = (
+    "Right upper lobe pneumonia.",
+    "Right lower lobe pneumonia.",
+    "1. Left base airspace disease. 2. Left venous catheter with tip in the right atrium.",
+    "opacity projecting over the left midlung.",
+    "Patchy right middle lobe and lingular airspace disease compatible with multilobar pneumonia..",
+    "The right lower lobe pneumonia",
+    (
+        "Emphysema. Recommend rib series to to establish that circular densities overlying ribs "
+        "are in the ribs."
+    ),
+    (
+        "1. 6 mm left lung nodular opacity. Old chest film from / from was reviewed and the "
+        "questionable nodule was not seen."
+    ),
+)
+NORMAL_QUESTION = "Is this chest X-ray normal?"
 
 
 def labelled_images(data: Path, split: str) -> list[tuple[str, str, bool]]:
@@ -69,8 +102,11 @@ def states_finding(report: str) -> bool:
     return any(v == 1 for k, v in label_report(report).items() if k not in IGNORED)
 
 
-def summary(abnormal: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """AUROC (with interval) of ``score`` for abnormal vs normal, and the groups' finding rates."""
+def summary(
+    abnormal: np.ndarray, score: np.ndarray, n_boot: int, seed: int, what: str = "finding_rate"
+) -> dict[str, Any]:
+    """AUROC (with interval) of ``score`` for abnormal vs normal, and the groups' mean scores
+    (named ``what``: finding rates for sampled reports)."""
     from llmcxr.evaluation.metrics import auroc_or_nan, bootstrap_ci
 
     def auc(idx: np.ndarray) -> float:
@@ -83,13 +119,30 @@ def summary(abnormal: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> 
         "auroc_ci95": [
             round(v, 4) for v in bootstrap_ci(auc, len(abnormal), n_boot=n_boot, seed=seed)
         ],
-        "finding_rate_abnormal": round(float(score[abnormal == 1].mean()), 4)
+        f"{what}_abnormal": round(float(score[abnormal == 1].mean()), 4)
         if abnormal.any()
         else None,
-        "finding_rate_normal": round(float(score[abnormal == 0].mean()), 4)
+        f"{what}_normal": round(float(score[abnormal == 0].mean()), 4)
         if (abnormal == 0).any()
         else None,
     }
+
+
+def likelihood_scores(llm: Any, paths: list[str], batch: int) -> dict[str, np.ndarray]:
+    """Per image: report score (abnormal minus normal references, mean log-prob) and question
+    score (log P("No.") - log P("Yes.") to ``NORMAL_QUESTION``)."""
+    from tqdm import tqdm
+
+    report, question = [], []
+    refs = [*ABNORMAL_REFERENCES, *NORMAL_REFERENCES]
+    n_abnormal = len(ABNORMAL_REFERENCES)
+    for at in tqdm(range(0, len(paths), batch), desc="scoring", unit="batch"):
+        chunk = paths[at : at + batch]
+        logp = llm.score_responses(chunk, refs, batch_size=16)
+        report += (logp[:, :n_abnormal].mean(1) - logp[:, n_abnormal:].mean(1)).tolist()
+        answers = llm.score_responses(chunk, ["No.", "Yes."], instruction=NORMAL_QUESTION)
+        question += (answers[:, 0] - answers[:, 1]).tolist()
+    return {"report": np.array(report), "question": np.array(question)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=240, help="images (seeded random subset)")
     parser.add_argument("--samples", type=int, default=3, help="sampled reports per image")
+    parser.add_argument(
+        "--score",
+        choices=("sampled", "likelihood"),
+        default="sampled",
+        help="sampled reports (default) or deterministic reference log-probs",
+    )
     parser.add_argument(
         "--guidance-scale", type=float, default=None, help="report guidance (none: the default)"
     )
@@ -123,6 +182,41 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted(images[: args.limit])
     llm = LLMCXR.from_pretrained(args.model, device="cpu")
     start = time.perf_counter()
+    abnormal = np.array([int(a) for _, _, a in images])
+    source = np.array([image_id.split("/", 1)[0] for image_id, _, _ in images])
+    result: dict[str, Any] = {
+        "model": str(args.model or "llmcxr/default_model"),
+        "data": str(args.data),
+        "split": args.split,
+        "score": args.score,
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    }
+
+    def summaries(score: np.ndarray, what: str) -> dict[str, Any]:
+        return {
+            "pooled": summary(abnormal, score, args.bootstrap, args.seed, what),
+            "by_source": {
+                name: summary(
+                    abnormal[source == name], score[source == name], args.bootstrap, args.seed, what
+                )
+                for name in sorted(set(source))
+            },
+        }
+
+    if args.score == "likelihood":
+        scores = likelihood_scores(llm, [path for _, path, _ in images], args.batch)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        result["report_references"] = summaries(scores["report"], "mean_score")
+        result["normal_question"] = summaries(scores["question"], "mean_score")
+        result["per_image"] = {
+            image_id: {"report": round(float(r), 4), "question": round(float(q), 4)}
+            for (image_id, _, _), r, q in zip(images, scores["report"], scores["question"])
+        }
+        print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        print(f"wrote {args.out}")
+        return 0
     states = np.zeros((len(images), args.samples))
     reports: list[list[str]] = [[] for _ in images]
     batches = range(0, len(images), args.batch)
@@ -137,28 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             for i, text in enumerate(texts, start=at):
                 reports[i].append(text)
                 states[i, k] = states_finding(text)
-    seconds = time.perf_counter() - start
-    score = states.mean(axis=1)
-    abnormal = np.array([int(a) for _, _, a in images])
-    source = np.array([image_id.split("/", 1)[0] for image_id, _, _ in images])
-    result: dict[str, Any] = {
-        "model": str(args.model or "llmcxr/default_model"),
-        "data": str(args.data),
-        "split": args.split,
-        "samples_per_image": args.samples,
-        "guidance_scale": args.guidance_scale,
-        "seed": args.seed,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "seconds": round(seconds, 1),
-        "pooled": summary(abnormal, score, args.bootstrap, args.seed),
-        "by_source": {
-            name: summary(
-                abnormal[source == name], score[source == name], args.bootstrap, args.seed
-            )
-            for name in sorted(set(source))
-        },
-        "reports": {image_id: texts for (image_id, _, _), texts in zip(images, reports)},
-    }
+    result["samples_per_image"] = args.samples
+    result["guidance_scale"] = args.guidance_scale
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result.update(summaries(states.mean(axis=1), "finding_rate"))
+    result["reports"] = {image_id: texts for (image_id, _, _), texts in zip(images, reports)}
     print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"wrote {args.out}")

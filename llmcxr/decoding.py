@@ -224,6 +224,52 @@ def generate_image_codes(
 
 
 @torch.inference_mode()
+def answer_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    answers: Sequence[Sequence[int]],
+    layout: ImageTokenLayout,
+    pad_id: int = 0,
+) -> torch.Tensor:
+    """Teacher-forced log-probability [B, R] of each of the `answers` (token ids) after each
+    left-padded prompt [B, T], under the distribution `generate_text` samples from (image tokens
+    banned, no warping). Each prompt runs once; its KV cache is repeated for the R answers."""
+    batch, count = input_ids.shape[0], len(answers)
+    width = max(len(a) for a in answers)
+    cache_name = _cache_argument(model)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=_position_ids(attention_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = getattr(out, cache_name)
+    cache.batch_repeat_interleave(count)
+    rows = torch.full((count, width), pad_id, dtype=torch.long, device=input_ids.device)
+    real = torch.zeros((count, width), dtype=attention_mask.dtype, device=input_ids.device)
+    for j, answer in enumerate(answers):
+        rows[j, : len(answer)] = torch.tensor(answer, dtype=torch.long)
+        real[j, : len(answer)] = 1
+    rows, real = rows.repeat(batch, 1), real.repeat(batch, 1)
+    mask = torch.cat([attention_mask.repeat_interleave(count, 0), real], 1)
+    start = attention_mask.sum(1, keepdim=True).repeat_interleave(count, 0)
+    positions = start + torch.arange(width, device=input_ids.device)
+    rest = model(
+        input_ids=rows,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        **{cache_name: cache},
+    ).logits
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(count, 0), rest[:, :-1]], 1).float()
+    logp = torch.log_softmax(ban_image_tokens(logits.flatten(0, 1), layout), -1)
+    picked = logp.view(*logits.shape).gather(-1, rows.unsqueeze(-1)).squeeze(-1)
+    return (picked * real).sum(-1).view(batch, count)
+
+
+@torch.inference_mode()
 def generate_text(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

@@ -117,6 +117,12 @@ class LeanCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row `repeats` times in a row (transformers' `Cache` method of the same name), so
+        one prompt's cache serves several continuations."""
+        self.keys = [k[:, :, : self.length].repeat_interleave(repeats, 0) for k in self.keys]
+        self.values = [v[:, :, : self.length].repeat_interleave(repeats, 0) for v in self.values]
+
 
 def _grown(buffer: torch.Tensor, needed: int) -> torch.Tensor:
     capacity = max(needed, 2 * buffer.shape[2], 64)

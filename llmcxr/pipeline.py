@@ -28,6 +28,7 @@ from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr.decoding import (
     ProgressCallback,
     Sampling,
+    answer_logprobs,
     generate_image_codes,
     generate_text,
     is_guided,
@@ -287,6 +288,45 @@ class LLMCXR:
             return self._generate_text(
                 [prompt], max_new, self._sampling(do_sample, temperature, top_p)
             )[0]
+
+    def score_responses(
+        self,
+        images: Sequence[ImageInput],
+        responses: Sequence[str],
+        *,
+        instruction: str | None = None,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Log-probability [len(images), len(responses)] of each response (with its end marker and
+        EOS, as training scores it) after each image's prompt (`instruction`, by default the
+        report one); `batch_size` counts image-response pairs. Deterministic: for ranking
+        candidate answers and for measuring how much the image moves them
+        (`benchmarks/report_reactivity.py`)."""
+        if not responses:
+            raise ValueError("no responses to score")
+        text = self.prompt_format.render(
+            instruction or default_instruction("cxr_to_report"), IMAGE_PLACEHOLDER
+        )
+        eos = self.text_tokenizer.eos_token_id
+        answers = [
+            self.text_tokenizer(self.prompt_format.render_response(r), add_special_tokens=False)[
+                "input_ids"
+            ]
+            + ([] if eos is None else [eos])
+            for r in responses
+        ]
+        scores = torch.empty(len(images), len(answers))
+        per_batch = max(1, batch_size // len(answers))
+        for at, chunk in chunks(list(images), per_batch):
+            prompts = [self.encode_prompt(text, [c]) for c in self.encode_images(chunk)]
+            width = max(len(a) for a in answers)
+            for prompt in prompts:
+                self._check_fits(prompt, width)
+            ids, mask = self._pad(prompts)
+            scores[at : at + len(chunk)] = answer_logprobs(
+                self.model, ids, mask, answers, self.token_map, self.pad_token_id
+            ).cpu()
+        return scores
 
     def _sampling(
         self, do_sample: bool | None, temperature: float | None, top_p: float | None

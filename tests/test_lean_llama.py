@@ -132,6 +132,9 @@ def test_the_pipeline_answers_and_draws_the_same_on_both_engines(folder: Path) -
         )
     drawn = [m.generate_images(["Cardiomegaly."], num_images=2, seed=4) for m in (lean, hf)]
     assert all(np.array_equal(a, b) for a, b in zip(drawn[0][0], drawn[1][0], strict=True))
+    images, answers = [image, image[::-1].copy()], ["No.", "Left pleural effusion, small."]
+    scores = [m.score_responses(images, answers, batch_size=3) for m in (lean, hf)]
+    assert torch.allclose(scores[0], scores[1], atol=1e-3)
     assert lean.quantize("int8").quantization == "int8"
     assert len(lean.generate_images(["Cardiomegaly."], seed=4)[0]) == 1
 

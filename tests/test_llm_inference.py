@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_cxr
 from llm_fixtures import make_tiny_model_folder
 
-from instructions import IMAGE_PLACEHOLDER
+from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr import pipeline
 from llmcxr.decoding import (
     ImageTokenConstraint,
@@ -340,3 +341,33 @@ def test_report_guidance_against_the_same_prompt_is_no_guidance(llm: LLMCXR) -> 
     )
     (guided,) = llm.generate_report([image], seed=0, guidance_scale=2.0)
     assert isinstance(guided, str)
+
+
+def test_score_responses_is_the_teacher_forced_log_prob_of_each_answer(llm: LLMCXR) -> None:
+    """Each score is the sum, over the answer's tokens (end marker and EOS included), of the
+    log-prob with image tokens banned from one unpadded forward pass; batching and padding do
+    not change it, and the image moves it."""
+    images = [synthetic_cxr(64, 0), synthetic_cxr(64, 5)]
+    responses = ["No acute findings.", "Large left pleural effusion with adjacent atelectasis."]
+    scores = llm.score_responses(images, responses, batch_size=3)
+    assert scores.shape == (2, 2)
+    text = llm.prompt_format.render(default_instruction("cxr_to_report"), IMAGE_PLACEHOLDER)
+    codes = llm.encode_images(images)
+    for i in range(2):
+        prompt = llm.encode_prompt(text, [codes[i]]).ids
+        for j, response in enumerate(responses):
+            answer = llm.text_tokenizer(
+                llm.prompt_format.render_response(response), add_special_tokens=False
+            )["input_ids"] + [llm.text_tokenizer.eos_token_id]
+            with torch.inference_mode():
+                logits = llm.model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
+            logits = logits.clone()
+            logp = ban_image_tokens(logits, llm.token_map).log_softmax(-1)
+            expected = sum(
+                float(logp[len(prompt) - 1 + k, token]) for k, token in enumerate(answer)
+            )
+            assert float(scores[i, j]) == pytest.approx(expected, abs=1e-3)
+    assert torch.allclose(llm.score_responses(images, responses, batch_size=1), scores, atol=1e-3)
+    assert float((scores[0] - scores[1]).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="no responses"):
+        llm.score_responses(images, [])
