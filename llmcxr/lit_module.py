@@ -143,11 +143,16 @@ class LLMCXRModule(L.LightningModule):
         """The LLM of a model folder or checkpoint (stage 2), and its image tokenizer's path.
 
         With LoRA, a LoRA model folder's adapter keeps training on the same base (not merged),
-        so the stage-2 export is still adapter + base reference: small to ship.
+        so the stage-2 export is still adapter + base reference: small to ship. Weights are
+        loaded in fp32.
         """
         from vqgan import CXRTokenizer
 
-        parts = load_model_folder(init_from, merge_adapter=self.settings.lora is None)
+        # fp32 whatever the folder stores (an fp16 export would make a `32-true` CPU run compute
+        # in fp16, many times slower); Lightning's precision setting lowers it where asked.
+        parts = load_model_folder(
+            init_from, dtype=torch.float32, merge_adapter=self.settings.lora is None
+        )
         self.continued_adapter = hasattr(parts.model, "peft_config")
         if self.continued_adapter:
             self._check_same_lora(parts.model, init_from)

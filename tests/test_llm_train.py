@@ -80,6 +80,24 @@ def test_stage2_starts_from_stage1_weights_and_trains(stage1: Path) -> None:
     assert not torch.equal(emb1, stage2.model.get_input_embeddings().weight)
 
 
+def test_training_from_a_float16_export_starts_in_float32(stage1: Path, tmp_path: Path) -> None:
+    """An fp16 model folder (what `llmcxr export llm --dtype float16` writes) is trained in fp32:
+    fp16 weights would make a `32-true` CPU run compute in fp16, many times slower."""
+    from llmcxr.cli import main as llmcxr_main
+
+    out = tmp_path / "fp16"
+    ckpt = stage1 / "stage1" / "checkpoints" / "last.ckpt"
+    assert (
+        llmcxr_main(
+            ["export", "llm", "--checkpoint", str(ckpt), "--out", str(out), "--dtype", "float16"]
+        )
+        == 0
+    )
+    assert load_model_folder(out).model.dtype == torch.float16
+    start = LLMCXRModule(init_from=str(out))
+    assert {p.dtype for p in start.model.parameters()} == {torch.float32}
+
+
 def test_init_from_a_wrong_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model not found"):
         LLMCXRModule(init_from=str(tmp_path / "missing"))
