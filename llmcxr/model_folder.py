@@ -187,8 +187,9 @@ def load_model_folder(
 ) -> LLMCXRComponents:
     """Load a model folder, or a ``.ckpt`` written by ``llmcxr train llm``.
 
-    ``merge_adapter=False`` keeps a folder's LoRA adapter as a trainable peft model (stage 2 goes
-    on training the stage-1 adapter, so the shipped model stays adapter-only). ``base_model``
+    ``merge_adapter=False`` keeps a folder's or a LoRA checkpoint's adapter as a trainable peft
+    model (stage 2 goes on training the stage-1 adapter, and a run continued from a checkpoint
+    exports an adapter as well, so the shipped model stays adapter-only). ``base_model``
     names the base LLM of a LoRA folder yourself. Without it, a manifest naming a base outside
     `PYPI_BASES` (a folder, a hub id) is refused when ``trust_manifest_base`` is False (what
     `LLMCXR.from_pretrained`, hence every command, passes) and loaded with a warning otherwise
@@ -204,7 +205,7 @@ def load_model_folder(
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path} (give a model folder or a .ckpt file)")
     if path.is_file():
-        parts = _load_checkpoint(path)
+        parts = _load_checkpoint(path, merge_adapter)
     else:
         # CPU only: cold start is where the engine pays, and it is tested on CPUs only.
         lean = engine == "auto" and merge_adapter and torch.device(device).type == "cpu"
@@ -563,7 +564,7 @@ def _checked_tokenizer_files(path: Path, info: Any) -> dict[str, str]:
     return files
 
 
-def _load_checkpoint(path: Path) -> LLMCXRComponents:
+def _load_checkpoint(path: Path, merge_adapter: bool = True) -> LLMCXRComponents:
     from transformers import AutoTokenizer
 
     from instructions.prompt_format import PromptFormat
@@ -589,7 +590,7 @@ def _load_checkpoint(path: Path) -> LLMCXRComponents:
     except RuntimeError as err:
         first = " ".join(str(err).strip().splitlines()[:2])
         raise ValueError(f"{path}: weights do not match the saved model config: {first}") from err
-    if info.get("lora"):
+    if info.get("lora") and merge_adapter:
         model = model.merge_and_unload()
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in tok_files.items():

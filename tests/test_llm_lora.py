@@ -106,6 +106,35 @@ def test_stage2_continues_the_stage1_adapter_and_exports_an_adapter(
         LLMCXRModule(init_from=str(stage1), model=ModelSettings(lora=LoraSettings(r=8, alpha=16)))
 
 
+def test_a_run_continued_from_a_lora_checkpoint_keeps_training_the_adapter(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    """`init_from` a `.ckpt` of a LoRA run continues its adapter (and so exports an adapter, small
+    enough to ship), starting from the same logits; loading it merged gives them too."""
+    checkpoint: dict = {
+        "state_dict": {f"model.{k}": v for k, v in lora_module.model.state_dict().items()}
+    }
+    lora_module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    continued = LLMCXRModule(
+        init_from=str(tmp_path / "last.ckpt"), model=ModelSettings(lora=LoraSettings(r=4, alpha=8))
+    )
+    assert continued.continued_adapter
+    ids = torch.tensor(
+        [[5, 9, continued.token_map.start_id, continued.token_map.first_code_id + 3]]
+    )
+    with torch.no_grad():
+        expected = _merged(lora_module).eval()(ids).logits
+        assert torch.allclose(_merged(continued).eval()(ids).logits, expected, atol=1e-5)
+        merged = load_model_folder(tmp_path / "last.ckpt").model
+        assert not hasattr(merged, "peft_config")
+        assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
+    assert (
+        json.loads((continued.export(tmp_path / "out") / "llmcxr.json").read_text())["weights"]
+        == "lora"
+    )
+
+
 def test_a_lora_folder_loads_a_base_outside_pypi_only_when_the_user_names_it(
     lora_module: LLMCXRModule, tmp_path: Path
 ) -> None:
