@@ -39,6 +39,8 @@ CHEXPERT_CLASSES: tuple[str, ...] = (
 """The 14 CheXpert observation classes, in the CheXpert CSV column order (alphabetical)."""
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+NOT_ABNORMAL: tuple[str, ...] = ("No Finding", "Support Devices")
+"""Classes that do not make a film abnormal (CheXpert's No Finding ignores support devices)."""
 DATA_DIR = Path(str(resources.files("instructions") / "data"))
 _IGNORE = "_ignore"
 _MENTION_KINDS = ("mentions", "attributes", "hedges")
@@ -297,11 +299,7 @@ def labels_from_findings(findings: Iterable[Finding]) -> dict[str, int]:
         current = labels.get(finding.label)
         if current is None or rank[finding.status] > rank[current]:
             labels[finding.label] = finding.status
-    abnormal = any(
-        v in (POSITIVE, UNCERTAIN)
-        for k, v in labels.items()
-        if k not in ("Support Devices", "No Finding")
-    )
+    abnormal = any(v in (POSITIVE, UNCERTAIN) for k, v in labels.items() if k not in NOT_ABNORMAL)
     if not abnormal:
         labels["No Finding"] = POSITIVE
     return {name: labels[name] for name in CHEXPERT_CLASSES if name in labels}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from instructions.corpora.csvfiles import iter_csv_rows
 from instructions.corpora.openi import read_openi
 from instructions.filters import StripDeidMarks
-from instructions.labeler import DATA_DIR, POSITIVE, UNCERTAIN, label_report
+from instructions.labeler import DATA_DIR, NOT_ABNORMAL, POSITIVE, UNCERTAIN, label_report
 from instructions.near_duplicates import MAX_DISTANCE, assign_patients, hash_files
 from instructions.reports import ImageRef, ReadStats, Report, ReportPool
 from instructions.splits import SplitConfig
@@ -41,7 +41,6 @@ PAIRED_NOTE = (
     "paired ground truth. Each image's direction records name its whole label-matched pool "
     "(report_pool); training may draw a report from it each epoch."
 )
-_IGNORED_FOR_MATCH = ("No Finding", "Support Devices")
 
 
 def load_label_map(path: str | Path | None = None) -> dict[str, list[str]]:
@@ -76,11 +75,9 @@ _Fit = tuple[frozenset[str], bool]
 def _fit(labels: dict[str, int]) -> _Fit | None:
     """A text's positives and normality from its labels, or None when it states a finding as
     uncertain (which cannot be matched to an image label either way)."""
-    if any(v == UNCERTAIN for k, v in labels.items() if k not in _IGNORED_FOR_MATCH):
+    if any(v == UNCERTAIN for k, v in labels.items() if k not in NOT_ABNORMAL):
         return None
-    positives = frozenset(
-        k for k, v in labels.items() if v == POSITIVE and k not in _IGNORED_FOR_MATCH
-    )
+    positives = frozenset(k for k, v in labels.items() if v == POSITIVE and k not in NOT_ABNORMAL)
     return positives, "No Finding" in labels
 
 

@@ -22,6 +22,7 @@ from instructions.filters import filter_cues
 from instructions.labeler import (
     DATA_DIR,
     NEGATIVE,
+    NOT_ABNORMAL,
     POSITIVE,
     UNCERTAIN,
     Finding,
@@ -29,8 +30,6 @@ from instructions.labeler import (
 )
 
 QA_KINDS = ("presence", "location", "severity", "devices", "open", "normal")
-NOT_ABNORMAL = ("No Finding", "Support Devices")
-"""Classes that do not make a film abnormal for the "is this film normal?" question."""
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from instructions.build import BuildConfig, StageConfig, build_dataset
 from instructions.cli import main
 from instructions.corpora import read_openi
 from instructions.filters import FilterPipeline, filter_cues, stage1_rules
+from instructions.labeler import NOT_ABNORMAL
 from instructions.paired import pair_labelled_images, parse_image_labels, report_matches
 from instructions.records import COLUMNS, Record, TaskMix, mix_records
 from instructions.reports import Report
 from instructions.splits import SplitConfig, patient_splits
-from instructions.vqa import NOT_ABNORMAL, synthesize_vqa
+from instructions.vqa import synthesize_vqa
 
 
 @pytest.fixture(scope="module")
