@@ -44,7 +44,6 @@ from cxrcommon.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = {"No Finding", "Normal"}
-IGNORED = ("No Finding", "Support Devices")
 NORMAL_REFERENCES = (
     "No acute cardiopulmonary abnormality.",
     "No acute cardiopulmonary abnormalities.",
@@ -98,8 +97,9 @@ def labelled_images(data: Path, split: str) -> list[tuple[str, str, bool]]:
 def states_finding(report: str) -> bool:
     """True when the labeler finds a positive class other than No Finding / Support Devices."""
     from instructions import label_report
+    from instructions.labeler import NOT_ABNORMAL
 
-    return any(v == 1 for k, v in label_report(report).items() if k not in IGNORED)
+    return any(v == 1 for k, v in label_report(report).items() if k not in NOT_ABNORMAL)
 
 
 def summary(
