@@ -21,9 +21,10 @@ Measured per device:
 "Ours" is the pipeline as users get it (engine "auto"); the plain-transformers rows use the same
 weights loaded by transformers (`engine="transformers"`), and `ours_loop_transformers_engine`
 runs our decoding loop on that model, which separates the engine's gain from the loop's.
-Each is measured per speed mode (`--modes`; default on a CPU: fp32 and int8, plus bf16 where the
-CPU has native bf16): the same model loaded in fp32 or bf16, or loaded in fp32 and quantised to
-int8 (`LLMCXR.quantize`), so ours and plain `transformers.generate` share the mode in each row.
+Each is measured per speed mode (`--modes`; default on a CPU: fp32, int8, fp16 weights where
+fbgemm has them, bf16 where the CPU has native bf16): the same model loaded in fp32 or bf16, or
+loaded in fp32 and quantised to int8 or fp16 weights (`LLMCXR.quantize`), so ours and plain
+`transformers.generate` share the mode in each row.
 Prints the figures and writes them as JSON (default benchmarks/results/inference.json).
 """
 
@@ -375,24 +376,27 @@ MODE_ARGS = {
     "fp32": ["--dtype", "float32"],
     "bf16": ["--dtype", "bfloat16"],
     "int8": ["--dtype", "float32", "--quantize", "int8"],
+    "fp16": ["--dtype", "float32", "--quantize", "fp16"],
 }
 """The CLI options of each speed mode (for the cold runs)."""
 
 
 def default_modes(device: str) -> list[str]:
-    """fp32 and int8 on a CPU (plus bf16 where it is native), the automatic choice elsewhere."""
-    from llmcxr.devices import cpu_has_fast_bf16
+    """fp32, int8 and fp16 weights on a CPU (bf16 where it is native), the automatic choice
+    elsewhere."""
+    from llmcxr.devices import cpu_has_fast_bf16, cpu_has_fp16_gemm
 
     if device != "cpu":
         return ["auto"]
-    return ["fp32", "int8", *(["bf16"] if cpu_has_fast_bf16() else [])]
+    optional = [("fp16", cpu_has_fp16_gemm()), ("bf16", cpu_has_fast_bf16())]
+    return ["fp32", "int8", *(mode for mode, here in optional if here)]
 
 
 def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, dict[str, Any]]:
     """The pipeline on `engine` in one speed mode, and its load (and quantisation) seconds."""
     from llmcxr.pipeline import LLMCXR
 
-    dtype = {"fp32": "float32", "int8": "float32", "bf16": "bfloat16"}.get(mode)
+    dtype = {"fp32": "float32", "int8": "float32", "fp16": "float32", "bf16": "bfloat16"}.get(mode)
     seconds, llm = timed(
         lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype, engine=engine),
         torch.device(device),
@@ -403,8 +407,8 @@ def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, di
         "load_s": round(seconds, 2),
         "llm_parameters_m": round(params / 1e6, 1),
     }
-    if mode == "int8":
-        seconds, _ = timed(lambda: llm.quantize("int8"), torch.device(device))
+    if mode in ("int8", "fp16"):
+        seconds, _ = timed(lambda: llm.quantize(mode), torch.device(device))
         info["quantize_s"] = round(seconds, 2)
     info.update(dtype=str(llm.model.dtype).removeprefix("torch."), quantization=llm.quantization)
     print(f"  load ({engine}): {info}", flush=True)
@@ -466,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default=None,
-        help="comma-separated speed modes: fp32, bf16, int8, auto (default: see above)",
+        help="comma-separated speed modes: fp32, bf16, int8, fp16, auto (default: see above)",
     )
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold case")

@@ -1,4 +1,4 @@
-"""What int8 (or bf16) costs in quality: a cheap proxy on held-out records, against fp32.
+"""What int8, fp16 weights or bf16 cost in quality: a cheap proxy on held-out records, vs fp32.
 
     .venv/bin/python benchmarks/quantization_quality.py [--records 200] [--reports 20]
 
@@ -29,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load(model: Path | None, mode: str) -> Any:
-    """The pipeline in one mode: fp32, int8 (fp32 then quantised) or bf16."""
+    """The pipeline in one mode: fp32, int8 or fp16 weights (fp32 then quantised), or bf16."""
     from llmcxr.pipeline import LLMCXR
 
     dtype = "bfloat16" if mode == "bf16" else "float32"
     llm = LLMCXR.from_pretrained(model, device="cpu", dtype=dtype)
-    return llm.quantize("int8") if mode == "int8" else llm
+    return llm.quantize(mode) if mode in ("int8", "fp16") else llm
 
 
 def encoded_records(
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument(
-        "--modes", default="fp32,int8", help="comma-separated: fp32 (the reference), int8, bf16"
+        "--modes",
+        default="fp32,int8",
+        help="comma-separated: fp32 (the reference), int8, fp16, bf16",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(

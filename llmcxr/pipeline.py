@@ -34,11 +34,12 @@ from llmcxr.decoding import (
     is_guided,
 )
 from llmcxr.devices import (
-    is_int8_quantized,
+    quantize_fp16,
     quantize_int8,
     resolve_device,
     resolve_dtype,
     resolve_quantize,
+    speed_mode,
 )
 from llmcxr.image_tokens import encode_text_with_images
 
@@ -108,22 +109,29 @@ class LLMCXR:
         if self.pad_token_id is None:
             raise ValueError("the text tokenizer has neither a pad nor an EOS token")
         self.context_length = _context_length(model)
-        self.quantization = "int8" if is_int8_quantized(model) else "none"
+        self.quantization = speed_mode(model)
 
     def quantize(self, mode: str = "auto") -> LLMCXR:
         """Apply a speed mode after loading and return self.
 
-        `"int8"` (CPU only) quantises the Linear layers but `llmcxr.devices.INT8_SKIP` to int8
-        weights with dynamic activation quantisation (`llmcxr.devices.quantize_int8`; a model
-        loaded in another dtype is made fp32 first); `"none"` keeps the model as loaded; `"auto"`
-        is `llmcxr.devices.CPU_AUTO_QUANTIZE` on a CPU and `"none"` elsewhere. A model already
-        quantised stays so (the fp32 weights are gone).
+        CPU only: `"int8"` quantises the Linear layers but `llmcxr.devices.INT8_SKIP` to int8
+        weights with dynamic activation quantisation (`llmcxr.devices.quantize_int8`); `"fp16"`
+        stores them but the output head in fp16 and computes in fp32
+        (`llmcxr.devices.quantize_fp16`). A model loaded in another dtype is made fp32 first.
+        `"none"` keeps the model as loaded; `"auto"` is `llmcxr.devices.CPU_AUTO_QUANTIZE` on a
+        CPU and `"none"` elsewhere. A quantised model stays as it is (its fp32 weights are gone);
+        asking it for another mode is an error.
         """
         chosen = resolve_quantize(mode, self.device)
-        if chosen == "int8" and self.quantization != "int8":
-            quantize_int8(self.model.float())
-            self.quantization = "int8"
-            logger.info("quantised the LLM's Linear layers to int8")
+        if chosen == "none" or chosen == self.quantization:
+            return self
+        if self.quantization != "none":
+            raise ValueError(
+                f"the model is already in {self.quantization} mode; load it again for {chosen}"
+            )
+        (quantize_int8 if chosen == "int8" else quantize_fp16)(self.model.float())
+        self.quantization = chosen
+        logger.info("stored the LLM's Linear layers in %s", chosen)
         return self
 
     @classmethod

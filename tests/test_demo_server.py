@@ -65,6 +65,25 @@ def test_command_names_a_missing_model(tmp_path: Path, capsys) -> None:
     assert "cannot load the model" in err and str(missing) in err
 
 
+def test_command_loads_the_model_in_the_speed_mode_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from llmcxr.pipeline import LLMCXR
+
+    asked: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        asked.append(kwargs.get("quantize"))
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(LLMCXR, "from_pretrained", refuse)
+    assert main(["--quantize", "int8"]) == 2 and main([]) == 2
+    assert asked == ["int8", "auto"]
+    assert "cannot load the model: stop here" in capsys.readouterr().err
+    assert main(["--quantize", "int4"]) == 2 and asked == ["int8", "auto"]
+    assert "argument --quantize: invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_non_loopback_host_needs_auth_or_public(tmp_path: Path, capsys) -> None:
     missing = str(tmp_path / "no-such-model")
     assert main(["--host", "0.0.0.0", "--model", missing]) == 2

@@ -1,4 +1,4 @@
-"""Speed modes (fp32, int8, bf16) keep the decoding contract: exact code counts, stop strings."""
+"""Speed modes (fp32, int8, fp16 weights, bf16) keep the decoding contract: code counts, stops."""
 
 from __future__ import annotations
 
@@ -14,11 +14,24 @@ from llm_fixtures import make_tiny_model_folder
 
 from llmcxr import pipeline
 from llmcxr.decoding import Sampling, generate_image_codes
-from llmcxr.devices import INT8_SKIP, Int8Linear, quantize_int8, resolve_quantize
+from llmcxr.devices import (
+    FP16_SKIP,
+    INT8_SKIP,
+    Fp16Linear,
+    Int8Linear,
+    cpu_has_fp16_gemm,
+    quantize_int8,
+    resolve_quantize,
+)
 from llmcxr.pipeline import LLMCXR
 
-MODES = ("fp32", "int8", "int8_all", "bf16")
-"""int8: the pipeline's mode (some layers kept in float); int8_all: every Linear, head included."""
+FP16 = pytest.param(
+    "fp16",
+    marks=pytest.mark.skipif(not cpu_has_fp16_gemm(), reason="no fbgemm fp16 GEMM on this CPU"),
+)
+MODES = ("fp32", "int8", "int8_all", FP16, "bf16")
+"""int8 / fp16: the pipeline's modes (some layers kept in float); int8_all: every Linear, head
+included."""
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +61,8 @@ def _favouring(llm: LLMCXR, token_ids: list[int], mode: str) -> LLMCXR:
         head.bias[token_ids] = 100.0
     model.set_output_embeddings(head)
     clone.model, clone.quantization = model, "none"
-    if mode == "int8":
-        clone.quantize("int8")
+    if mode in ("int8", "fp16"):
+        clone.quantize(mode)
     elif mode == "int8_all":
         quantize_int8(model, skip=())
     elif mode == "bf16":
@@ -78,6 +91,35 @@ def test_int8_replaces_the_linears_but_the_skipped_and_stays_close_to_fp32(llm: 
         ref, out = llm.model(input_ids=ids).logits, int8.model(input_ids=ids).logits
     assert not torch.equal(ref, out)  # quantisation really happened
     assert torch.allclose(ref, out, atol=0.05 * ref.abs().max().item())
+
+
+@pytest.mark.skipif(not cpu_has_fp16_gemm(), reason="no fbgemm fp16 GEMM on this CPU")
+def test_fp16_stores_the_weights_in_fp16_and_computes_in_fp32(llm: LLMCXR) -> None:
+    """fp16 mode replaces every Linear but the head; each computes exactly the product with its
+    weights rounded to fp16 (so only the rounding differs from fp32), and a quantised model
+    refuses to switch to the other mode."""
+    fp16 = copy.copy(llm)
+    fp16.model = copy.deepcopy(llm.model)
+    fp16.quantization = "none"
+    assert fp16.quantize("fp16") is fp16 and fp16.quantization == "fp16"
+    before = {n: m for n, m in llm.model.named_modules() if type(m) is torch.nn.Linear}
+    after = dict(fp16.model.named_modules())
+    kept = {n for n in before if n.rsplit(".", 1)[-1] in FP16_SKIP}
+    assert kept == {"lm_head"} and type(after["lm_head"]) is torch.nn.Linear
+    assert all(type(after[n]) is Fp16Linear for n in before.keys() - kept)
+    name = next(n for n in before if n.endswith("up_proj"))
+    x = torch.randn(2, 5, before[name].in_features) * 4
+    with torch.inference_mode():
+        rounded = torch.nn.functional.linear(x, before[name].weight.half().float())
+        out, exact = after[name](x), before[name](x)
+    assert torch.allclose(out, rounded, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(out, exact)  # the weights really are fp16
+    ids = torch.tensor([[1, 5, 9, 30, 41]])
+    with torch.inference_mode():
+        ref, got = llm.model(input_ids=ids).logits, fp16.model(input_ids=ids).logits
+    assert torch.allclose(ref, got, atol=2e-3 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="already in fp16 mode"):
+        fp16.quantize("int8")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,7 +212,8 @@ def test_the_cli_quantize_option_reaches_the_loaded_model(
         return loaded[-1]
 
     monkeypatch.setattr(LLMCXR, "from_pretrained", classmethod(spy))
-    for mode, expected in (("int8", "int8"), ("none", "none")):
+    modes = [("int8", "int8"), ("none", "none")] + [("fp16", "fp16")] * cpu_has_fp16_gemm()
+    for mode, expected in modes:
         out = tmp_path / f"{mode}.png"
         argv = ["generate-image", "effusion", "-o", str(out), "--model", str(folder)]
         assert cli.main([*argv, "--quantize", mode, "--seed", "0"]) == 0
@@ -181,8 +224,9 @@ def test_quantize_mode_choice() -> None:
     assert resolve_quantize("int8", torch.device("cpu")) == "int8"
     assert resolve_quantize("none", torch.device("cpu")) == "none"
     assert resolve_quantize("auto", torch.device("cuda")) == "none"
-    with pytest.raises(ValueError, match="CPU only"):
-        resolve_quantize("int8", torch.device("cuda"))
+    for mode in ("int8", "fp16"):
+        with pytest.raises(ValueError, match="CPU only"):
+            resolve_quantize(mode, torch.device("cuda"))
     with pytest.raises(ValueError, match="unknown quantize mode"):
         resolve_quantize("int4", torch.device("cpu"))
 

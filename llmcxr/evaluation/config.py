@@ -61,7 +61,7 @@ class EvaluationConfig:
     """Bootstrap resamples for confidence intervals (0 = none)."""
     device: str = "auto"
     quantize: str = "auto"
-    """The model's speed mode (`LLMCXR.quantize`: auto, none, int8), to measure int8's cost."""
+    """The model's speed mode (`LLMCXR.quantize`: auto, none, int8, fp16), to measure its cost."""
     inception_weights: str | None = None
     """torchvision Inception-v3 state dict for Inception FID (omitted without it)."""
     nih_labels: str | None = None
