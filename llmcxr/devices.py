@@ -11,6 +11,12 @@ every `nn.Linear` dynamically quantised to int8 after loading ~58 (~55), but see
 with those kept in float ~61 (~66); bf16 without native instructions ~57-74 for the decoder, so
 not 14x slower in the whole model, but no reliable gain either; a transformers `StaticCache`
 without `torch.compile` ~79 (no gain).
+
+Measured 2026-11-29 (same CPU, 1 thread, the other core training; one 64-code image, decode only,
+medians of 5 interleaved runs): fp32 3.27 s, fp16 weights (`Fp16Linear`) 2.38 s, int8 2.56 s,
+the whole model in bf16 2.79 s or fp16 3.05 s. A decode step is bound by reading the weights:
+fusing q/k/v and gate/up into single products and cutting the rotary and norm ops by a third
+changed nothing measurable (3.093 s against 3.095 s), so this engine keeps transformers' layout.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("auto", "none", "int8", "fp16")
 CPU_AUTO_QUANTIZE = "none"
-"""What `quantize="auto"` means on a CPU. int8 decodes ~1.4x faster (one 64-token image 2.9 s
-instead of 4.1 s warm, 2 threads, AVX2 EPYC, 2026-11-28) for ~1 s of quantising at load and
-+0.03 / +0.12 nats of held-out image / text NLL (`benchmarks/quantization_quality.py`). On
-`llmcxr evaluate` every int8 figure lies inside the fp32 interval, but a cold call gains nothing
-(quantising costs what a 64-code image saves; a report is slower), so the default stays fp32."""
+"""What `quantize="auto"` means on a CPU. int8 decodes ~1.3x faster for ~1 s of quantising at
+load and, on the current model (96 held-out stage-2 records, `benchmarks/quantization_quality.py`),
++0.10 / +0.08 nats of image / text NLL; fp16 weights decode ~1.4x faster at no measurable cost
+(NLL equal to 4 decimals, every greedy report identical) but take ~1.3 s to pack at load. A cold
+call (one image or one report) gains nothing from either, so the default stays fp32; both are
+options for processes that draw or read many times (the demo, `report DIR`, evaluation)."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
