@@ -293,18 +293,17 @@ def bench_cold(
     model: Path, device: str, max_new_tokens: int, mode: str, engine: str, repeats: int
 ) -> dict[str, Any]:
     """Fresh processes: `python -m llmcxr ...` from start to the written result (median of
-    `repeats`; the merged-model cache is already built by the warm runs)."""
+    `repeats`; the merged-model cache is already built by the warm runs). `generate_image` turns
+    guidance off, so it decodes what the plain-transformers process does;
+    `generate_image_model_guidance` keeps the model's default."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        draw = ["generate-image", REPORT, "-o", str(Path(tmp) / "x.png"), "--seed", "0"]
         commands = {
-            "generate_image": [
-                "generate-image",
-                REPORT,
-                "-o",
-                str(Path(tmp) / "x.png"),
-                "--seed",
-                "0",
-            ],
+            # one row per step, as the plain-transformers process decodes
+            "generate_image": [*draw, "--guidance-scale", "1"],
+            # as users get it: the model's own guidance (the default model's is 2: two rows)
+            "generate_image_model_guidance": draw,
             "report": [
                 "report",
                 str(FIXTURE),

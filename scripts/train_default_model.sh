@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the shipped default model (llmcxr/default_model, MODEL_CARD.md) from ../shared/data:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2
-# -> three CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
-# takes about 6 hours (1.5 to stage 2, 4.5 for the continuations, run on one core); the CPU
+# -> five CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
+# takes about 9 hours (1.5 to stage 2, 7.5 for the continuations, run on one core); the CPU
 # budgets are trainer.max_time / max_steps in those configs (raise them, or train on a GPU, for a
 # better model). Outputs go to runs/default_model/; the last step copies the fp16 model folder into
 # llmcxr/default_model/. Run scripts/install.sh first. DATA overrides the data folder.
@@ -33,20 +33,30 @@ llmcxr train llm -c configs/llmcxr/default_model_stage1.yaml
 step "5/7 LLM stage 2 (continues the stage-1 adapter; exports fp16)"
 llmcxr train llm -c configs/llmcxr/default_model_stage2.yaml
 
-step "6/7 CPU continuation of stage 2 (the issue-13 recipe, three runs of one config; ~4.5 h)"
+step "6/7 CPU continuations of stage 2 (the issue-13 recipe, five runs of one config; ~7.5 h)"
 # As the shipped model was made: 315 steps (stopped by the 70-minute max_time; that run read the
-# paired build before report pools and the near-duplicate split), then 700 and 700 steps, each
-# run restarting the warm-up and cosine schedule from the previous run's export.
+# paired build before report pools and the near-duplicate split), then 700 and 700 steps, then
+# 620 steps with CXR->report and VQA weighted up, then 700 steps of the config's own weights; each
+# run restarts the warm-up and cosine schedule from the previous run's export.
+balanced='{cxr_to_report: 2.0, report_to_cxr: 2.0, vqa: 0.5, text: 0.05}'
 prev="$out/stage2/model"
-for run in "1 400 00:01:10:00" "2 700 00:02:00:00" "3 700 00:01:45:00"; do
+for run in "1 400 00:01:10:00" "2 700 00:02:00:00" "3 700 00:01:45:00" "4 620 00:01:32:00" \
+  "5 700 00:01:40:00"; do
   read -r k steps budget <<< "$run"
+  weights=()
+  [[ $k == 4 ]] && weights=(--data.task_weights "$balanced")
   llmcxr train llm -c configs/llmcxr/default_model_continue.yaml --model.init_from "$prev" \
     --trainer.default_root_dir "$out/continue$k" --trainer.max_steps "$steps" \
-    --trainer.max_time "$budget" --trainer.val_check_interval 200
+    --trainer.max_time "$budget" --trainer.val_check_interval 200 "${weights[@]}"
   prev="$out/continue$k/model"
 done
 
-step "7/7 ship the model folder"
+step "7/7 ship the model folder (drawing with guidance 2: benchmarks/results/continue_cpu/)"
 rm -rf llmcxr/default_model
 cp -r "$prev" llmcxr/default_model
+python - <<'PY'
+import json, pathlib
+path = pathlib.Path("llmcxr/default_model/generation.json")
+path.write_text(json.dumps({**json.loads(path.read_text()), "guidance_scale": 2.0}, indent=2) + "\n")
+PY
 du -sh llmcxr/default_model
