@@ -84,6 +84,38 @@ def test_command_loads_the_model_in_the_speed_mode_asked_for(
     assert "argument --quantize: invalid choice: 'int4'" in capsys.readouterr().err
 
 
+def test_demo_auto_mode_stores_fp16_weights_on_a_cpu_that_has_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A demo loads once and draws many times, so "auto" means fp16 weights there."""
+    import torch
+
+    from llmcxr.demo import app
+    from llmcxr.devices import cpu_has_fp16_gemm
+    from llmcxr.pipeline import LLMCXR
+
+    modes: list[str] = []
+
+    class Loaded:
+        device = torch.device("cpu")
+
+        def quantize(self, mode: str) -> Loaded:
+            modes.append(mode)
+            return self
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped after loading")
+
+    monkeypatch.setattr(LLMCXR, "from_pretrained", lambda *args, **kwargs: Loaded())
+    monkeypatch.setattr(app, "build_demo", stop)
+    with pytest.raises(RuntimeError, match="stopped after loading"):
+        main([])
+    assert modes == ["fp16" if cpu_has_fp16_gemm() else "none"]
+    with pytest.raises(RuntimeError, match="stopped after loading"):
+        main(["--quantize", "none"])
+    assert len(modes) == 1  # a mode asked for is left as the loader applied it
+
+
 def test_non_loopback_host_needs_auth_or_public(tmp_path: Path, capsys) -> None:
     missing = str(tmp_path / "no-such-model")
     assert main(["--host", "0.0.0.0", "--model", missing]) == 2
