@@ -262,7 +262,8 @@ def _replace_linears(
     ]
     unique = list({id(child): child for _, _, child in sites}.values())
     # Packing runs in torch ops that release the GIL, so threads use every core: fp16 packing of
-    # the default model took 0.70 s on 2 threads against 1.44 s on one (AVX2 EPYC, 2026-11-29).
+    # the default model took 0.84 s on 2 threads against 1.50 s on one (AVX2 EPYC, 2026-11-29,
+    # benchmarks/decode_bandwidth.py).
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         made = dict(zip(map(id, unique), pool.map(make, unique)))
     for parent, name, child in sites:
