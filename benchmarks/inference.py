@@ -393,6 +393,7 @@ def default_modes(device: str) -> list[str]:
 
 def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, dict[str, Any]]:
     """The pipeline on `engine` in one speed mode, and its load (and quantisation) seconds."""
+    from llmcxr.devices import WEIGHT_MODES
     from llmcxr.pipeline import LLMCXR
 
     dtype = {"fp32": "float32", "int8": "float32", "fp16": "float32", "bf16": "bfloat16"}.get(mode)
@@ -406,7 +407,7 @@ def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, di
         "load_s": round(seconds, 2),
         "llm_parameters_m": round(params / 1e6, 1),
     }
-    if mode in ("int8", "fp16"):
+    if mode in WEIGHT_MODES:
         seconds, _ = timed(lambda: llm.quantize(mode), torch.device(device))
         info["quantize_s"] = round(seconds, 2)
     info.update(dtype=str(llm.model.dtype).removeprefix("torch."), quantization=llm.quantization)

@@ -30,11 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load(model: Path | None, mode: str) -> Any:
     """The pipeline in one mode: fp32, int8 or fp16 weights (fp32 then quantised), or bf16."""
+    from llmcxr.devices import WEIGHT_MODES
     from llmcxr.pipeline import LLMCXR
 
     dtype = "bfloat16" if mode == "bf16" else "float32"
     llm = LLMCXR.from_pretrained(model, device="cpu", dtype=dtype)
-    return llm.quantize(mode) if mode in ("int8", "fp16") else llm
+    return llm.quantize(mode) if mode in WEIGHT_MODES else llm
 
 
 def encoded_records(

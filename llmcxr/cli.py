@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=QUANTIZE_CHOICES,
         default="auto",
         help="CPU only, faster decoding: int8 (int8 weights and activations; some quality "
-        "cost) or fp16 (fp16 weights, fp32 arithmetic; ~1.3 s more to load, for long runs); "
+        "cost) or fp16 (fp16 weights, fp32 arithmetic; ~0.85 s more to load); "
         "auto (default): the CPU default, today none",
     )
     model.add_argument(

@@ -35,13 +35,18 @@ from cxrcommon.dtypes import torch_dtype
 logger = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("auto", "none", "int8", "fp16")
+WEIGHT_MODES = ("int8", "fp16")
+"""The modes that replace the CPU model's Linear layers (`LLMCXR.quantize`)."""
 CPU_AUTO_QUANTIZE = "none"
-"""What `quantize="auto"` means on a CPU. int8 decodes ~1.3x faster for ~1 s of quantising at
-load and, on the current model (96 held-out stage-2 records, `benchmarks/quantization_quality.py`),
-+0.10 / +0.08 nats of image / text NLL; fp16 weights decode ~1.4x faster at no measurable cost
-(NLL equal to 4 decimals, every greedy report identical) but take ~1.3 s to pack at load. A cold
-call (one image or one report) gains nothing from either, so the default stays fp32; both are
-options for processes that draw or read many times (the demo, `report DIR`, evaluation)."""
+"""What `quantize="auto"` means on a CPU. Measured on 2 AVX2 cores (2026-11-29,
+`benchmarks/results/inference_default_model_2core.json`): int8 and fp16 weights decode a 64-code
+image in ~2.2 s warm against 3.5 s, for 0.53 s / 0.85 s of packing at load; int8 costs +0.10 /
++0.08 nats of held-out image / text NLL, fp16 nothing measurable (NLL equal to 4 decimals, every
+greedy report identical; `benchmarks/quantization_quality.py`). Cold, fp16 makes a guidance-2
+`generate-image` 7.3 s instead of 9.7 s but a `report` 5.2 s instead of 4.8 s, and a guidance-1
+drawing 6.8 s instead of 6.2 s. The one-shot default stays fp32 until evaluation runs, which
+record "auto" in their resumable identity, pin the concrete mode; long-lived processes use
+`long_run_quantize`."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -138,7 +143,7 @@ def _check_bf16(device: torch.device) -> None:
 
 def long_run_quantize(device: torch.device) -> str:
     """The speed mode for a process that draws and reads many times (the demo): fp16 weights on
-    a CPU with fbgemm's fp16 GEMM (0.8 s more at load, then one 64-code image 2.2 s instead of
+    a CPU with fbgemm's fp16 GEMM (0.85 s more at load, then one 64-code image 2.2 s instead of
     3.5 s warm on 2 AVX2 cores, at no measurable quality cost), else `"none"`."""
     return "fp16" if device.type == "cpu" and cpu_has_fp16_gemm() else "none"
 
@@ -150,7 +155,7 @@ def resolve_quantize(quantize: str, device: torch.device) -> str:
         raise ValueError(f"unknown quantize mode {quantize!r}: use {', '.join(QUANTIZE_MODES)}")
     if quantize == "auto":
         return CPU_AUTO_QUANTIZE if device.type == "cpu" else "none"
-    if quantize in ("int8", "fp16") and device.type != "cpu":
+    if quantize in WEIGHT_MODES and device.type != "cpu":
         raise ValueError(
             f"{quantize} quantisation runs on the CPU only, the model is on {device}: "
             "use --device cpu or --quantize none"
@@ -224,8 +229,8 @@ class Fp16Linear(torch.nn.Module):
     the bytes decode faster: on an AVX2 EPYC (1 thread, 2026-11-29) a [1, 576] x [576, 1536]
     product took 127 us against 268 us in fp32, and one 64-code image 2.4 s against 3.3 s.
     Activations stay fp32, so the only error is the weights' rounding to fp16 (~2e-4 of the
-    output's scale), far below int8's. Packing costs ~10 ns per weight at load (~1.3 s for the
-    default model), which is why this is an option for long-lived processes, not the default."""
+    output's scale), far below int8's. Packing costs ~10 ns per weight and core at load (0.85 s for
+    the default model on 2 cores), more than a one-shot report saves."""
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
