@@ -102,6 +102,17 @@ def test_dry_run_logs_per_task_validation_loss_and_the_fitted_schedule(dry) -> N
     assert {"val/loss", "val/loss_image", "val/loss_text", "schedule/planned_steps"} <= columns
 
 
+def test_dry_run_returns_each_llm_stages_step_profile(dry) -> None:
+    # stage 1 (8 steps) ends after the profiled steps 3-4; stage 2 (4 steps) ends inside them
+    for stage, steps in (("stage1", 2), ("stage2", 1)):
+        folder = dry.model.parent / "logs" / "runs" / stage / "logs" / "version_0"
+        with (folder / "profile_summary.csv").open() as handle:
+            (summary,) = list(csv.DictReader(handle))
+        assert int(summary["steps"]) == steps
+        assert float(summary["wall_s_per_step"]) > 0
+        assert (folder / "profile_ops.csv").stat().st_size > 0
+
+
 def test_dry_run_model_loads_and_answers_the_cli(dry) -> None:
     manifest = json.loads((dry.model / "llmcxr.json").read_text())
     assert manifest["training"]["init_from"] == "runs/stage1/model"
