@@ -46,6 +46,15 @@ def test_the_default_model_ships_within_the_size_budget() -> None:
     )
 
 
+def test_every_model_the_repository_holds_fits_the_budget_together() -> None:
+    """The default model and the candidates under models/ (e.g. a GPU window's tokenizer)."""
+    files = _shipped_files() + [
+        p for p in (DEFAULT_MODEL_DIR.parents[1] / "models").rglob("*") if p.is_file()
+    ]
+    assert max(p.stat().st_size for p in files) < MAX_FILE_BYTES
+    assert sum(p.stat().st_size for p in files) < MAX_TOTAL_BYTES
+
+
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`llmcxr generate-image "Left pleural effusion" -o effusion.png` with no --model."""
