@@ -29,7 +29,9 @@ from llmcxr.pipeline import LLMCXR, ModelNotFoundError, PromptTooLongError
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory: pytest.TempPathFactory) -> LLMCXR:
     folder = make_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
-    return LLMCXR.from_pretrained(folder, device="cpu", engine="transformers")
+    # fp32 on every CPU: `auto` picks bf16 where the CPU has it natively (avx512_bf16), and these
+    # tests compare decoding paths and log-prob formulas to fp32 tolerances
+    return LLMCXR.from_pretrained(folder, device="cpu", engine="transformers", dtype="float32")
 
 
 def _biased_copy(llm: LLMCXR, favour: str) -> LLMCXR:
