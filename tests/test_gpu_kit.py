@@ -119,3 +119,17 @@ def test_dry_run_model_loads_and_answers_the_cli(dry) -> None:
     assert load_model_folder(dry.model).token_map.tokens_per_image == 16
     assert json.loads(dry.report_text)
     assert dry.image.stat().st_size > 0
+
+
+def test_an_llm_only_dry_run_trains_both_stages_and_returns_no_image_results(
+    tmp_path: Path,
+) -> None:
+    # the next window's bundle (docs/gpu_training.md, section 0): no labelled images packed
+    run = dry_run(tmp_path, llm_only=True)
+    statuses = {name: phase["status"] for name, phase in run.report["phases"].items()}
+    assert statuses["llm_stage1"] == statuses["llm_stage2"] == "done"
+    assert not {"classifier", "tokenizer", "token_cache"} & {
+        name for name, status in statuses.items() if status == "done"
+    }
+    assert {p.name.split(".")[0] for p in run.returned} == {"logs", "model"}
+    assert load_model_folder(run.model).token_map.tokens_per_image == 16

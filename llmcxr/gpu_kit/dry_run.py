@@ -126,11 +126,13 @@ def dry_run(
     limits: DeviceLimits | None = None,
     wheels: Path | None = None,
     machine_python: str | None = None,
+    llm_only: bool = False,
 ) -> DryRun:
     """Run the whole path in `work` and check what each step leaves; raises on any failure.
 
     `wheels` are carried and installed as on the GPU machine; `machine_python` runs the device
-    commands (e.g. a venv with the GPU machine's package versions, which lacks those wheels).
+    commands (e.g. a venv with the GPU machine's package versions, which lacks those wheels);
+    `llm_only` packs no labelled images, as a window that trains only the LLM does.
     """
     limits = limits or DeviceLimits()
     work = work.resolve()
@@ -142,7 +144,7 @@ def dry_run(
         profile="dryrun",
         project=project,
         image_tokenizer=tokenizer,
-        images=[tiny_labelled_source(work, project)],
+        images=[] if llm_only else [tiny_labelled_source(work, project)],
         image_size=64,
         limits=limits,
         min_parts=DRY_RUN_PARTS,
