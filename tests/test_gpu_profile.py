@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from llmcxr.gpu_kit.profile import OPS_CSV, SUMMARY_CSV, ProfileSteps
 
 
-def _fit(tmp_path: Path, max_steps: int, callback: ProfileSteps) -> Path:
+def _fit(tmp_path: Path, max_steps: int, callback: ProfileSteps) -> L.Trainer:
     logger = CSVLogger(tmp_path, name="logs")
     trainer = L.Trainer(
         max_steps=max_steps,
@@ -26,7 +26,7 @@ def _fit(tmp_path: Path, max_steps: int, callback: ProfileSteps) -> Path:
         limit_val_batches=0,
     )
     trainer.fit(BoringModel())
-    return Path(logger.log_dir)
+    return trainer
 
 
 @pytest.mark.parametrize(("max_steps", "expected"), [(10, 3), (4, 2)])
@@ -34,7 +34,7 @@ def test_profiles_its_steps_or_up_to_the_runs_end(
     tmp_path: Path, max_steps: int, expected: int
 ) -> None:
     callback = ProfileSteps(start=2, steps=3, row_limit=5)
-    folder = _fit(tmp_path, max_steps, callback)
+    folder = Path(_fit(tmp_path, max_steps, callback).log_dir)
     assert callback.summary is not None and callback.summary["steps"] == expected
     with (folder / SUMMARY_CSV).open() as handle:
         (row,) = list(csv.DictReader(handle))
@@ -48,7 +48,7 @@ def test_profiles_its_steps_or_up_to_the_runs_end(
 
 def test_a_run_shorter_than_the_start_profiles_nothing(tmp_path: Path) -> None:
     callback = ProfileSteps(start=8, steps=2)
-    folder = _fit(tmp_path, 5, callback)
+    folder = Path(_fit(tmp_path, 5, callback).log_dir)
     assert callback.summary is None and not (folder / SUMMARY_CSV).exists()
 
 
@@ -56,3 +56,35 @@ def test_a_run_shorter_than_the_start_profiles_nothing(tmp_path: Path) -> None:
 def test_rejects_a_window_that_cannot_be(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="ProfileSteps needs"):
         ProfileSteps(**kwargs)
+
+
+class _Unstartable:
+    def __init__(self, **kwargs: object) -> None:
+        raise RuntimeError("CUPTI unavailable")
+
+
+class _Unreadable:
+    def __init__(self, **kwargs: object) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def key_averages(self) -> list:
+        raise RuntimeError("trace lost")
+
+
+@pytest.mark.parametrize("profiler", [_Unstartable, _Unreadable])
+def test_a_profiler_that_fails_never_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiler: type
+) -> None:
+    monkeypatch.setattr("torch.profiler.profile", profiler)
+    callback = ProfileSteps(start=2, steps=2)
+    with pytest.warns(UserWarning, match="ProfileSteps"):
+        trainer = _fit(tmp_path, 8, callback)
+    assert trainer.global_step == 8  # the run went on to its last step
+    assert callback.summary is not None and "error" in callback.summary
+    assert not (Path(trainer.log_dir) / SUMMARY_CSV).exists()

@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 SUMMARY_CSV = "profile_summary.csv"
 OPS_CSV = "profile_ops.csv"
@@ -58,12 +58,18 @@ class ProfileSteps(L.Callback):
             if self._profiler is not None:
                 self._wait_window += wait
         if trainer.global_step == self.start and self._profiler is None and self.summary is None:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if pl_module.device.type == "cuda":
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-                torch.cuda.synchronize(pl_module.device)
-            self._profiler = torch.profiler.profile(activities=activities)
-            self._profiler.__enter__()
+            try:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if pl_module.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    torch.cuda.synchronize(pl_module.device)
+                profiler = torch.profiler.profile(activities=activities)
+                profiler.__enter__()
+            except Exception as err:  # noqa: BLE001 - a measurement must never end a paid-for run
+                rank_zero_warn(f"ProfileSteps: the profiler did not start ({err}); no profile")
+                self.summary = {"error": str(err)}
+                return
+            self._profiler = profiler
             self._window_start = time.perf_counter()
             self._wait_window = 0.0
 
@@ -81,6 +87,15 @@ class ProfileSteps(L.Callback):
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         profiler, self._profiler = self._profiler, None
         assert profiler is not None
+        try:
+            self._report(trainer, pl_module, profiler)
+        except Exception as err:  # noqa: BLE001 - as above: report the failure, keep training
+            rank_zero_warn(f"ProfileSteps: the profile could not be read ({err}); no profile")
+            self.summary = {"error": str(err)}
+
+    def _report(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, profiler: torch.profiler.profile
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         wall = time.perf_counter() - self._window_start
