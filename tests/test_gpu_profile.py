@@ -67,10 +67,10 @@ class _Unreadable:
     def __init__(self, **kwargs: object) -> None:
         pass
 
-    def __enter__(self) -> None:
-        return None
+    def start(self) -> None:
+        pass
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         pass
 
     def key_averages(self) -> list:

@@ -64,7 +64,7 @@ class ProfileSteps(L.Callback):
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
                     torch.cuda.synchronize(pl_module.device)
                 profiler = torch.profiler.profile(activities=activities)
-                profiler.__enter__()
+                profiler.start()
             except Exception as err:  # noqa: BLE001 - a measurement must never end a paid-for run
                 rank_zero_warn(f"ProfileSteps: the profiler did not start ({err}); no profile")
                 self.summary = {"error": str(err)}
@@ -99,7 +99,7 @@ class ProfileSteps(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         wall = time.perf_counter() - self._window_start
-        profiler.__exit__(None, None, None)
+        profiler.stop()
         steps = max(1, trainer.global_step - self.start)
         events = profiler.key_averages()
         device_us = sum(e.self_device_time_total for e in events)
