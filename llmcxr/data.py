@@ -46,6 +46,8 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     task: str
+    source: str = ""
+    """The record's ``source`` (e.g. ``paired:nih_chestxray14+openi``), for per-source sampling."""
     unconditional: EncodedExample | None = None
     """The same report->CXR record with its report dropped (the pipeline's unconditional prompt);
     `EncodedDataset` serves it instead with probability ``cfg_drop``."""
@@ -115,6 +117,7 @@ class RecordEncoder:
             input_ids=prompt_ids + response_ids,
             labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
             task=str(record.get("task", "")),
+            source=str(record.get("source") or ""),
         )
 
     def encode_unconditional(
@@ -311,6 +314,7 @@ class InstructionDataModule(L.LightningDataModule):
         batch_size: int = 4,
         num_workers: int = 0,
         task_weights: dict[str, float] | None = None,
+        source_weights: dict[str, float] | None = None,
         build_cache: bool = True,
         cache_batch_size: int = 16,
         cfg_drop: float = 0.0,
@@ -327,6 +331,10 @@ class InstructionDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             task_weights: optional sampling weight per task (e.g. ``{"vqa": 2.0}``) on top of
                 the mix already in the data; unnamed tasks weigh 1.
+            source_weights: optional sampling weight per record ``source`` (exact names, e.g.
+                ``{"paired:nih_chestxray14+openi": 3.0}``), multiplied with the task weight, so a
+                source that is a small share of the build (NIH films are ~15 % of the paired
+                records) can be seen more often; unnamed sources weigh 1.
             build_cache: build or refresh the token cache when missing or stale.
             cache_batch_size: images per batch when building the token cache.
             cfg_drop: share of report->CXR training examples served without their report (the
@@ -352,6 +360,14 @@ class InstructionDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.task_weights = dict(task_weights or {})
+        self.source_weights = dict(source_weights or {})
+        for name, table in (
+            ("task_weights", self.task_weights),
+            ("source_weights", self.source_weights),
+        ):
+            bad = {k: v for k, v in table.items() if not v >= 0}
+            if bad:
+                raise ValueError(f"data.{name} must be non-negative numbers, got {bad}")
         self.build_cache = build_cache
         self.cache_batch_size = cache_batch_size
         if not 0.0 <= cfg_drop < 1.0:
@@ -448,6 +464,13 @@ class InstructionDataModule(L.LightningDataModule):
             )
         if not self.datasets.get("train"):
             raise ValueError(f"{self.dataset_dir / self.stage}: no usable training records")
+        known = {e.source for e in self.datasets["train"].examples}
+        unknown = sorted(set(self.source_weights) - known)
+        if unknown:
+            raise ValueError(
+                f"data.source_weights names {unknown}, not a source of "
+                f"{self.dataset_dir / self.stage} train; its sources: {sorted(known)}"
+            )
 
     def _report_pools(self, train: Any) -> ReportPools | None:
         """The stage's report pools when training redraws paired reports and records name one."""
@@ -463,8 +486,11 @@ class InstructionDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
         sampler = None
-        if shuffle and self.task_weights:
-            weights = [self.task_weights.get(e.task, 1.0) for e in data.examples]
+        if shuffle and (self.task_weights or self.source_weights):
+            weights = [
+                self.task_weights.get(e.task, 1.0) * self.source_weights.get(e.source, 1.0)
+                for e in data.examples
+            ]
             sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True)
             shuffle = False
         return DataLoader(

@@ -302,3 +302,62 @@ def test_a_member_whose_stage_text_loses_its_finding_leaves_the_stage_pool(tmp_p
     assert stage1.pools[study.pool.key] == ("CXR1", "CXR2")
     assert stage2.pools[study.pool.key] == ("CXR2",)
     assert set(stage2.texts) == {"CXR2"}
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A paired build from two labelled folders (12 images each), so its records have two
+    ``source`` names."""
+    root = tmp_path_factory.mktemp("two_sources")
+    folders = []
+    for name in ("big", "small"):
+        folder = root / name
+        (folder / "images").mkdir(parents=True)
+        rows = ["filename,labels,view,patient_id"]
+        for i in range(12):
+            (folder / "images" / f"img{i}.png").write_bytes(f"{name} {i}".encode())
+            rows.append(f"img{i}.png,{LABELS[i % 3]},PA,{name}{i}")
+        (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+        folders.append(folder)
+    studies, _ = pair_labelled_images(
+        folders, split=SPLIT, openi_reports=list(read_openi(limit=400))
+    )
+    config = BuildConfig(split=SPLIT, alternate_directions=False)
+    save_dataset(build_dataset(studies, config), studies, config, root / "out")
+    return root / "out"
+
+
+def test_source_weights_multiply_task_weights_in_the_sampler(two_sources, encoder) -> None:
+    small = "paired:small+openi"
+    plain = _module(two_sources, encoder)
+    examples = plain.datasets["train"].examples
+    assert {e.source for e in examples} == {small, "paired:big+openi"}
+    data = _module(
+        two_sources,
+        encoder,
+        task_weights={"cxr_to_report": 2.0, "vqa": 0.5},
+        source_weights={small: 3.0},
+    )
+    sampler = data.train_dataloader().sampler
+    task = {"cxr_to_report": 2.0, "vqa": 0.5}
+    expected = [task.get(e.task, 1.0) * (3.0 if e.source == small else 1.0) for e in examples]
+    assert sampler.weights.tolist() == pytest.approx(expected)
+    assert len(set(expected)) >= 4  # both tables matter: tasks and sources
+    # the served share of the small source follows the weights (seeded draw, 20k samples)
+    torch.manual_seed(0)
+    sampler.num_samples = 20_000
+    share = np.mean([examples[i].source == small for i in sampler])
+    want = sum(w for w, e in zip(expected, examples, strict=True) if e.source == small) / sum(
+        expected
+    )
+    assert share == pytest.approx(want, abs=0.02)
+    assert share > 0.6  # ~half the records, three times the weight
+
+
+def test_source_weights_naming_no_source_or_negative_are_refused(two_sources, encoder) -> None:
+    with pytest.raises(ValueError, match=r"paired:nih\+openi.*its sources"):
+        _module(two_sources, encoder, source_weights={"paired:nih+openi": 2.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        _module(two_sources, encoder, source_weights={"paired:small+openi": -1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        _module(two_sources, encoder, task_weights={"vqa": float("nan")})
