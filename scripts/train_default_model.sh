@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Reproduces the shipped default model (llmcxr/default_model, MODEL_CARD.md) from ../shared/data:
+# Trains a default model (llmcxr/default_model, MODEL_CARD.md) from ../shared/data.
+# The shipped model (2026-12-04) took the GPU route: WINDOW_MODEL=runs/gpu/latest/model (a GPU
+# window's LLM, docs/gpu_training.md, unpacked) builds the paired data and continues that LLM on the
+# CPU (configs/llmcxr/window_llm_continue_cpu.yaml, 85 minutes on 2 cores with avx512_bf16;
+# PRECISION=32-true on AVX2-only CPUs), then ships it with guidance 1.
+# Without WINDOW_MODEL it makes the previous, CPU-only default model:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2
 # -> five CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
 # takes about 9 hours (1.5 to stage 2, 7.5 for the continuations, run on one core); the CPU
@@ -16,6 +21,17 @@ step() { printf '\n==> %s\n' "$*"; }
 step "1/7 paired instruction data (NIH ChestX-ray14 + COVID-19 Radiography images, OpenI reports)"
 llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
   --labelled "$data/covid_radiography_224" --out "$out/data" --both-directions
+
+if [[ -n "${WINDOW_MODEL:-}" ]]; then
+  step "2/2 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
+  llmcxr train llm -c configs/llmcxr/window_llm_continue_cpu.yaml --model.init_from "$WINDOW_MODEL" \
+    --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/window_continue" \
+    --trainer.precision "${PRECISION:-bf16-mixed}"
+  rm -rf llmcxr/default_model
+  cp -r "$out/window_continue/model" llmcxr/default_model
+  du -sh llmcxr/default_model
+  exit 0
+fi
 
 step "2/7 CXR classifier for the clinical loss (test patients left out)"
 llmcxr train classifier -c configs/classifier/default_model.yaml \
