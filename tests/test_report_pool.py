@@ -42,24 +42,34 @@ def _positives(text: str) -> frozenset[str]:
     return frozenset(k for k, v in label_report(text).items() if v == 1 and k not in ignored)
 
 
+def _labelled_folder(folder: Path, count: int, content: str, patient: str) -> Path:
+    """A labelled-images folder of `count` images (distinct bytes ``"{content} {i}"``, never
+    decoded), labels cycling through `LABELS`, patient ``"{patient}{i}"`` each."""
+    (folder / "images").mkdir(parents=True)
+    rows = ["filename,labels,view,patient_id"]
+    for i in range(count):
+        (folder / "images" / f"img{i}.png").write_bytes(f"{content} {i}".encode())
+        rows.append(f"img{i}.png,{LABELS[i % 3]},PA,{patient}{i}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _paired_build(root: Path, folders: list[Path]) -> tuple[Path, list[Report]]:
+    """`folders` paired with 400 OpenI reports and built into ``root / "out"``."""
+    studies, _ = pair_labelled_images(
+        folders, split=SPLIT, openi_reports=list(read_openi(limit=400))
+    )
+    config = BuildConfig(split=SPLIT, alternate_directions=False)
+    save_dataset(build_dataset(studies, config), studies, config, root / "out")
+    return root / "out", studies
+
+
 @pytest.fixture(scope="module")
 def paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Report]]:
     """A labelled folder of 24 images (one patient each; the bytes are never decoded) paired with
     400 OpenI reports, built with both directions into ``out``."""
     root = tmp_path_factory.mktemp("paired")
-    folder = root / "nihlike"
-    (folder / "images").mkdir(parents=True)
-    rows = ["filename,labels,view,patient_id"]
-    for i in range(24):
-        (folder / "images" / f"img{i}.png").write_bytes(f"image {i}".encode())
-        rows.append(f"img{i}.png,{LABELS[i % 3]},PA,p{i}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    studies, _ = pair_labelled_images(
-        [folder], split=SPLIT, openi_reports=list(read_openi(limit=400))
-    )
-    config = BuildConfig(split=SPLIT, alternate_directions=False)
-    save_dataset(build_dataset(studies, config), studies, config, root / "out")
-    return root / "out", studies
+    return _paired_build(root, [_labelled_folder(root / "nihlike", 24, "image", "p")])
 
 
 def test_study_pools_are_label_matched_and_of_the_images_split(paired) -> None:
@@ -309,22 +319,8 @@ def two_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A paired build from two labelled folders (12 images each), so its records have two
     ``source`` names."""
     root = tmp_path_factory.mktemp("two_sources")
-    folders = []
-    for name in ("big", "small"):
-        folder = root / name
-        (folder / "images").mkdir(parents=True)
-        rows = ["filename,labels,view,patient_id"]
-        for i in range(12):
-            (folder / "images" / f"img{i}.png").write_bytes(f"{name} {i}".encode())
-            rows.append(f"img{i}.png,{LABELS[i % 3]},PA,{name}{i}")
-        (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-        folders.append(folder)
-    studies, _ = pair_labelled_images(
-        folders, split=SPLIT, openi_reports=list(read_openi(limit=400))
-    )
-    config = BuildConfig(split=SPLIT, alternate_directions=False)
-    save_dataset(build_dataset(studies, config), studies, config, root / "out")
-    return root / "out"
+    folders = [_labelled_folder(root / name, 12, name, name) for name in ("big", "small")]
+    return _paired_build(root, folders)[0]
 
 
 def test_source_weights_multiply_task_weights_in_the_sampler(two_sources, encoder) -> None:
