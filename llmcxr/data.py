@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from cxrcommon.resumable import EpochSampler, ResumableLoader, lightning_trained_batches
 from instructions.report_pool import ReportPools
 from llmcxr.image_tokens import ImageTokenMap, encode_text_with_images
 from llmcxr.token_cache import ImageTokenCache, build_token_cache, default_cache_dir
@@ -341,7 +342,9 @@ class InstructionDataModule(L.LightningDataModule):
                 pipeline's unconditional prompt), redrawn every epoch, so classifier-free
                 guidance (``guidance_scale`` > 1) has a learnt unconditional branch; LLM-CXR-style
                 recipes use about 0.1. Validation keeps every report.
-            seed: seed of the ``cfg_drop`` draws and of the paired-report draws.
+            seed: seed of the training order (fixed per epoch, so a stopped run resumes
+                mid-epoch with the batches it had not trained), of the ``cfg_drop`` draws and of
+                the paired-report draws.
             redraw_paired_reports: training records of a paired build (labelled images matched
                 with label-matched OpenI reports) get a report drawn afresh from their pool every
                 epoch, the same draw on every worker and rank for one (seed, epoch, record);
@@ -485,21 +488,25 @@ class InstructionDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.datasets[split]
-        sampler = None
-        if shuffle and (self.task_weights or self.source_weights):
+        collate = PadCollator(self._pad_id())
+        if not shuffle:
+            return DataLoader(
+                data, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate
+            )
+        weights = None
+        if self.task_weights or self.source_weights:
             weights = [
                 self.task_weights.get(e.task, 1.0) * self.source_weights.get(e.source, 1.0)
                 for e in data.examples
             ]
-            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True)
-            shuffle = False
-        return DataLoader(
+        # resumable: a run stopped mid-epoch (max_time) goes on with the batches it had not seen
+        return ResumableLoader(
             data,
+            sampler=EpochSampler(len(data), weights, seed=self.seed),
+            trained_batches=lightning_trained_batches(self),
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=PadCollator(self._pad_id()),
+            collate_fn=collate,
         )
 
     def _pad_id(self) -> int:

@@ -284,4 +284,5 @@ class LabelledCXRDataModule(L.LightningDataModule):
             transform,
             extra=_Targets(items),
         )
-        return make_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, shuffle)
+        hp = self.hparams
+        return make_loader(dataset, hp.batch_size, hp.num_workers, shuffle, hp.seed, owner=self)

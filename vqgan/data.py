@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrcommon.manifest import read_image_manifest
+from cxrcommon.resumable import EpochSampler, ResumableLoader, lightning_trained_batches
 from vqgan.image_io import IMAGE_SUFFIXES, CXRReadError, is_dicom, load_cxr_tensor
 
 logger = logging.getLogger(__name__)
@@ -236,16 +237,32 @@ def light_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
     )
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
-    """The DataLoader both datamodules use (training loaders drop a ragged last batch)."""
-    return DataLoader(
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int = 0,
+    owner: L.LightningDataModule | None = None,
+) -> DataLoader:
+    """The DataLoader both datamodules use. Training loaders (``shuffle``) drop a ragged last
+    batch, and their order is fixed by (``seed``, epoch) so that a run stopped mid-epoch resumes
+    with the batches it had not trained (`cxrcommon.resumable`; ``owner``'s trainer counts them).
+    """
+    common: dict = {
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    if not shuffle:
+        return DataLoader(dataset, batch_size=batch_size, **common)
+    return ResumableLoader(
         dataset,
+        sampler=EpochSampler(len(dataset), seed=seed),
+        trained_batches=lightning_trained_batches(owner),
         batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=shuffle and len(dataset) > batch_size,
+        drop_last=len(dataset) > batch_size,
+        **common,
     )
 
 
@@ -325,7 +342,8 @@ class CXRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         transform = light_augmentation() if self.hparams.augment else None
         dataset = CXRImageDataset(self.train_records, self.hparams.image_size, transform)
-        return make_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
+        hp = self.hparams
+        return make_loader(dataset, hp.batch_size, hp.num_workers, True, hp.seed, owner=self)
 
     def val_dataloader(self) -> DataLoader | list:
         """The held-out images, or an empty list (Lightning then skips validation)."""
