@@ -17,7 +17,9 @@ Measured per device:
 - cold: fresh `python -m llmcxr` processes to the written result, model load included, on each
   engine (`--engine auto`, the transformers-free default, and `--engine transformers`), and a
   fresh plain-transformers process generating as many tokens from the same merged weights;
-  `--cold-runs` each (medians reported).
+  `--cold-runs` each (medians reported). `--cold-only` runs just the cold cases, every mode and
+  plain transformers interleaved in rounds so that a drifting machine touches them alike: the
+  comparison a default speed mode is chosen on.
 "Ours" is the pipeline as users get it (engine "auto"); the plain-transformers rows use the same
 weights loaded by transformers (`engine="transformers"`), and `ours_loop_transformers_engine`
 runs our decoding loop on that model, which separates the engine's gain from the loop's.
@@ -289,45 +291,35 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {**ordered[(len(ordered) - 1) // 2], "runs_s": [r["seconds"] for r in runs]}
 
 
+def cold_commands(
+    model: Path, device: str, max_new_tokens: int, mode: str, engine: str, out_dir: str
+) -> dict[str, list[str]]:
+    """The fresh-process command of each cold case. `generate_image` turns guidance off, so it
+    decodes what the plain-transformers process does; `generate_image_model_guidance` keeps the
+    model's default."""
+    draw = ["generate-image", REPORT, "-o", str(Path(out_dir) / "x.png"), "--seed", "0"]
+    commands = {
+        # one row per step, as the plain-transformers process decodes
+        "generate_image": [*draw, "--guidance-scale", "1"],
+        # as users get it: the model's own guidance
+        "generate_image_model_guidance": draw,
+        "report": ["report", str(FIXTURE), "--max-new-tokens", str(max_new_tokens), "--seed", "0"],
+    }
+    options = ["--model", str(model), "--device", device, *MODE_ARGS[mode], "--engine", engine]
+    return {
+        name: [sys.executable, "-m", "llmcxr", *args, *options] for name, args in commands.items()
+    }
+
+
 def bench_cold(
     model: Path, device: str, max_new_tokens: int, mode: str, engine: str, repeats: int
 ) -> dict[str, Any]:
     """Fresh processes: `python -m llmcxr ...` from start to the written result (median of
-    `repeats`; the merged-model cache is already built by the warm runs). `generate_image` turns
-    guidance off, so it decodes what the plain-transformers process does;
-    `generate_image_model_guidance` keeps the model's default."""
+    `repeats`; the merged-model cache is already built by the warm runs)."""
     results: dict[str, Any] = {}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:
-        draw = ["generate-image", REPORT, "-o", str(Path(tmp) / "x.png"), "--seed", "0"]
-        commands = {
-            # one row per step, as the plain-transformers process decodes
-            "generate_image": [*draw, "--guidance-scale", "1"],
-            # as users get it: the model's own guidance (the default model's is 2: two rows)
-            "generate_image_model_guidance": draw,
-            "report": [
-                "report",
-                str(FIXTURE),
-                "--max-new-tokens",
-                str(max_new_tokens),
-                "--seed",
-                "0",
-            ],
-        }
-        for name, args in commands.items():
-            argv = [
-                sys.executable,
-                "-m",
-                "llmcxr",
-                *args,
-                "--model",
-                str(model),
-                "--device",
-                device,
-                *MODE_ARGS[mode],
-                "--engine",
-                engine,
-            ]
-            env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for name, argv in cold_commands(model, device, max_new_tokens, mode, engine, tmp).items():
             results[name] = median_of([timed_process(argv, env=env) for _ in range(repeats)])
             print(
                 f"  cold {name}, engine {engine} (process start to result): median "
@@ -335,6 +327,35 @@ def bench_cold(
                 f"{results[name]['cpu_seconds']:.1f} s CPU",
                 flush=True,
             )
+    return results
+
+
+def bench_cold_interleaved(
+    commands: dict[str, dict[str, list[str]]], repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Fresh processes of several setups (speed modes, plain transformers) in rounds, each round
+    every setup once with the order rotated per round, so a machine that slows or speeds up
+    during the run touches every setup alike: the comparison a default is chosen on. An untimed
+    first round fills the page cache; then medians of `repeats` per setup and case."""
+    setups = list(commands)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {s: {} for s in setups}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for round_ in range(repeats + 1):
+        shift = round_ % len(setups)
+        for setup in setups[shift:] + setups[:shift]:
+            for name, argv in commands[setup].items():
+                timing = timed_process(argv, env=env)
+                if round_:
+                    runs[setup].setdefault(name, []).append(timing)
+        note = " (untimed)" if not round_ else ""
+        print(f"  cold round {round_}/{repeats} done{note}", flush=True)
+    results = {s: {n: median_of(r) for n, r in cases.items()} for s, cases in runs.items()}
+    for setup, cases in results.items():
+        print(
+            f"  cold {setup}: "
+            + ", ".join(f"{n} {c['seconds']:.1f} s of {c['runs_s']}" for n, c in cases.items()),
+            flush=True,
+        )
     return results
 
 
@@ -351,15 +372,23 @@ model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=n, min_new_tok
 generating the same number of tokens, with no constraint, stop string or image decoding."""
 
 
+def plain_commands(ref: Any, tokens: dict[str, int], folder: str) -> dict[str, list[str]]:
+    """Plain-transformers fresh-process commands on `ref`'s weights, saved to `folder`."""
+    prompt = ref.text_tokenizer.decode(ref._image_prompt(REPORT).ids)
+    ref.model.save_pretrained(folder)
+    ref.text_tokenizer.save_pretrained(folder)
+    return {
+        name: [sys.executable, "-c", PLAIN_COLD, folder, prompt, str(count)]
+        for name, count in tokens.items()
+    }
+
+
 def bench_cold_plain(ref: Any, tokens: dict[str, int], repeats: int) -> dict[str, Any]:
     """Plain-transformers fresh processes on `ref`'s weights, saved once to a temporary folder."""
     results: dict[str, Any] = {}
-    prompt = ref.text_tokenizer.decode(ref._image_prompt(REPORT).ids)
     with tempfile.TemporaryDirectory() as tmp:
-        ref.model.save_pretrained(tmp)
-        ref.text_tokenizer.save_pretrained(tmp)
-        for name, count in tokens.items():
-            argv = [sys.executable, "-c", PLAIN_COLD, tmp, prompt, str(count)]
+        for name, argv in plain_commands(ref, tokens, tmp).items():
+            count = tokens[name]
             runs = [timed_process(argv) for _ in range(repeats)]
             results[name] = {**median_of(runs), "tokens": count}
             print(
@@ -443,6 +472,35 @@ def cold_summary(entry: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def cold_only(
+    model: Path, device: str, modes: list[str], max_new_tokens: int, repeats: int
+) -> dict[str, Any]:
+    """`bench_cold_interleaved` over `modes` (engine auto) and plain transformers generating as
+    many tokens (the report's count from one fp32 report on the fixture)."""
+    ref, _ = load_mode(model, device, "fp32", "transformers")
+    report_tokens = bench_reports(ref, ref, max_new_tokens, 1)["ours_batch1"]["tokens"]
+    tokens = {"generate_image": ref.token_map.tokens_per_image, "report": max(1, report_tokens)}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {
+            mode: cold_commands(model, device, max_new_tokens, mode, "auto", tmp) for mode in modes
+        }
+        commands["plain_transformers"] = plain_commands(ref, tokens, str(Path(tmp) / "plain"))
+        del ref
+        results = bench_cold_interleaved(commands, repeats)
+    plain = results["plain_transformers"] = {
+        name: {**case, "tokens": tokens[name]}
+        for name, case in results["plain_transformers"].items()
+    }
+    for mode in modes:
+        ratios = ", ".join(
+            f"{name} {results[mode][name]['seconds']:.1f} s vs plain {plain[name]['seconds']:.1f} s"
+            f" ({plain[name]['seconds'] / results[mode][name]['seconds']:.2f}x)"
+            for name in tokens
+        )
+        print(f"{device} {mode}, cold, ours vs plain transformers: {ratios}", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -473,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated speed modes: fp32, bf16, int8, fp16, auto (default: see above)",
     )
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument(
+        "--cold-only",
+        action="store_true",
+        help="only cold processes, the modes and plain transformers interleaved in rounds "
+        "(`--cold-runs` rounds): the comparison to pick a default speed mode on",
+    )
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold case")
     parser.add_argument("--warm-runs", type=int, default=3, help="runs per warm image case")
     parser.add_argument(
@@ -508,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for device in devices:
         report["devices"][device] = {}
+        if args.cold_only:
+            modes = args.modes.split(",") if args.modes else default_modes(device)
+            report["devices"][device]["cold_interleaved"] = cold_only(
+                model, device, modes, args.report_tokens, args.cold_runs
+            )
+            continue
         for mode in args.modes.split(",") if args.modes else default_modes(device):
             print(f"[{device}, {mode}] loading {model}", flush=True)
             ref, _ = load_mode(model, device, mode, "transformers")  # builds the merged cache
