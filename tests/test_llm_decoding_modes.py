@@ -281,3 +281,26 @@ def test_drawing_uses_the_kv_cache_argument_this_transformers_names(llm: LLMCXR)
         )
     assert not [w for w in caught if "past_key_values" in str(w.message)]
     assert torch.equal(restricted, full)
+
+
+def test_weight_modes_load_fp32_weights_even_where_auto_would_pick_bf16(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 / fp16 weights are made from fp32 ones: with dtype auto on a CPU with native bf16
+    the model is loaded in fp32 for them (not in bf16 and upcast, which rounds every weight),
+    an explicit bf16 is refused, and quantising a bf16-loaded model is refused."""
+    from llmcxr import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    plain = LLMCXR.from_pretrained(folder, device="cpu", quantize="none", cache=False)
+    assert plain.model.dtype == torch.bfloat16  # what auto picks on such a CPU
+    int8 = LLMCXR.from_pretrained(folder, device="cpu", quantize="int8", cache=False)
+    assert int8.quantization == "int8"
+    head = int8.model.get_output_embeddings().weight  # kept in float by int8 mode
+    assert head.dtype == torch.float32
+    exact = LLMCXR.from_pretrained(folder, device="cpu", dtype="float32", cache=False)
+    assert torch.equal(head, exact.model.get_output_embeddings().weight)  # never rounded
+    with pytest.raises(ValueError, match="--dtype bfloat16 would round them"):
+        LLMCXR.from_pretrained(folder, device="cpu", dtype="bfloat16", quantize="int8")
+    with pytest.raises(ValueError, match="loaded in bfloat16: load it in float32"):
+        plain.quantize("int8")

@@ -93,16 +93,20 @@ def run(argv: list[str] | None = None) -> int:
         raise InputError(f"llmcxr demo needs gradio ({err}): pip install 'llmcxr[demo]'") from err
     from llmcxr.pipeline import LLMCXR
 
+    quantize = args.quantize
+    if quantize == "auto":
+        from llmcxr.devices import long_run_quantize, resolve_device
+
+        try:
+            quantize = long_run_quantize(resolve_device(args.device))
+        except ValueError as err:
+            raise InputError(f"cannot load the model: {err}") from err
     try:
         model = LLMCXR.from_pretrained(
-            args.model, device=args.device, base_model=args.base_model, quantize=args.quantize
+            args.model, device=args.device, base_model=args.base_model, quantize=quantize
         )
     except (FileNotFoundError, ValueError) as err:
         raise InputError(f"cannot load the model: {err}") from err
-    if args.quantize == "auto":
-        from llmcxr.devices import long_run_quantize
-
-        model.quantize(long_run_quantize(model.device))
     with tempfile.TemporaryDirectory(prefix="llmcxr-demo-") as output_dir, _exit_on_sigterm():
         demo = build_demo(model, output_dir)
         try:
