@@ -16,6 +16,7 @@ is not part of the state.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -91,6 +92,15 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, batches = int(state["epoch"]), int(state["batches"])
+        if not isinstance(self.sampler, EpochSampler):
+            # Lightning's distributed wrapper shards our order per rank; skipping inside it
+            # would misalign the shards, so a distributed run draws the epoch again instead
+            warnings.warn(
+                "a distributed run resumed mid-epoch draws that epoch again (exact mid-epoch "
+                "resumption is for single-device runs)",
+                stacklevel=2,
+            )
+            return
         self.sampler.resume_at(epoch, batches * self.batch_size)
 
 

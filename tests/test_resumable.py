@@ -98,3 +98,18 @@ def test_epoch_sampler_orders_are_fixed_by_seed_and_epoch_and_weighted() -> None
 def test_epoch_sampler_refuses_bad_weights(weights) -> None:
     with pytest.raises(ValueError):
         EpochSampler(2, weights)
+
+
+def test_a_distributed_wrapper_resumes_by_drawing_the_epoch_again() -> None:
+    """Under DDP Lightning wraps the sampler to shard it; the loader then warns and does not
+    skip (skipping inside the shards would misalign them), and still iterates."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    wrapped = DistributedSamplerWrapper(EpochSampler(SIZE, seed=3), num_replicas=2, rank=0)
+    loader = ResumableLoader(
+        TensorDataset(torch.arange(SIZE)), sampler=wrapped, trained_batches=lambda: 1, batch_size=2
+    )
+    assert loader.state_dict() == {"epoch": 0, "batches": 1}
+    with pytest.warns(UserWarning, match="draws that epoch again"):
+        loader.load_state_dict({"epoch": 0, "batches": 1})
+    assert sum(len(b[0]) for b in loader) == SIZE // 2
