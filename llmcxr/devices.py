@@ -23,6 +23,11 @@ Measured 2026-12-04 on a 2-core AMD EPYC with avx512_bf16 (quiet, medians of 3,
 3.74 s fp32, 2.37 s bf16, 1.78 s int8, 1.90 s fp16 weights; cold `generate-image` with guidance 2
 7.7 / 5.4 / 5.2 / 5.3 s; held-out NLL in bf16 2.8514 against 2.8534 in fp32, every greedy report
 identical (`quantization_quality_bf16.json`). So `resolve_dtype`'s bf16 on such CPUs stands.
+
+Measured 2026-12-05 on the same CPU type with the new default model, cold processes of every mode
+interleaved in 5 rounds (`benchmarks/results/cpu_default_mode/`): `generate-image` 5.5 s fp32,
+4.4 s bf16, 4.2 s fp16 weights; `report` 3.2 / 2.8 / 3.4 s. fp16 weights cost no quality there
+either, but their packing makes a one-shot report slower, so `CPU_AUTO_QUANTIZE` stays "none".
 """
 
 from __future__ import annotations
