@@ -190,7 +190,7 @@ class LabelledCXRDataModule(L.LightningDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
         val_fraction: share of patients (files where unknown) held out for validation.
-        seed: split and subset seed.
+        seed: split, subset and training-order seed.
         augment: light affine and brightness/contrast jitter on training images (no flip).
         limit: random subset of this many labelled images (quick runs).
         dedup: drop byte-identical images across sources before splitting.

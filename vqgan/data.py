@@ -283,7 +283,7 @@ class CXRDataModule(L.LightningDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
         val_fraction: share of patients (or files, when no patient id is known) held out.
-        seed: seed of the split and of ``limit``'s subset.
+        seed: seed of the split, of ``limit``'s subset and of the training order.
         augment: apply the light augmentation to training images.
         limit: use a random subset of this many images (quick runs).
         patient_id_pattern: for folders, a regex whose first group in the file name is the
