@@ -174,17 +174,17 @@ class LLMCXR:
             )
         torch_device = resolve_device(device)
         chosen = resolve_quantize(quantize, torch_device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        if chosen in WEIGHT_MODES:
-            # int8 / fp16 weights are made from fp32 ones and compute in fp32: loading bf16
-            # first would round every weight to bf16 on the way
-            if dtype is None or dtype == "auto":
-                torch_dtype = torch.float32
-            elif torch_dtype != torch.float32:
-                raise ValueError(
-                    f"--quantize {chosen} computes in float32 from float32 weights; "
-                    f"--dtype {dtype} would round them first: leave --dtype out or use float32"
-                )
+        # int8 / fp16 weights are made from fp32 ones and compute in fp32: loading bf16 first
+        # would round every weight to bf16 on the way
+        weight_mode = chosen in WEIGHT_MODES
+        torch_dtype = resolve_dtype(
+            "float32" if weight_mode and dtype in (None, "auto") else dtype, torch_device
+        )
+        if weight_mode and torch_dtype != torch.float32:
+            raise ValueError(
+                f"--quantize {chosen} computes in float32 from float32 weights; "
+                f"--dtype {dtype} would round them first: leave --dtype out or use float32"
+            )
         parts = load_model_folder(
             path,
             device=torch_device,

@@ -91,17 +91,13 @@ def run(argv: list[str] | None = None) -> int:
         from llmcxr.demo.app import build_demo, launch_demo
     except ImportError as err:
         raise InputError(f"llmcxr demo needs gradio ({err}): pip install 'llmcxr[demo]'") from err
+    from llmcxr.devices import long_run_quantize, resolve_device
     from llmcxr.pipeline import LLMCXR
 
-    quantize = args.quantize
-    if quantize == "auto":
-        from llmcxr.devices import long_run_quantize, resolve_device
-
-        try:
-            quantize = long_run_quantize(resolve_device(args.device))
-        except ValueError as err:
-            raise InputError(f"cannot load the model: {err}") from err
     try:
+        quantize = args.quantize
+        if quantize == "auto":  # loads once, draws many times: the long-run mode
+            quantize = long_run_quantize(resolve_device(args.device))
         model = LLMCXR.from_pretrained(
             args.model, device=args.device, base_model=args.base_model, quantize=quantize
         )
