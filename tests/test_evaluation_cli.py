@@ -124,6 +124,8 @@ def test_evaluate_writes_metrics_table_and_plots(
     nih = metrics["nih"]  # 4 NIH test images (one without a stage record), 2 by --limit
     assert nih["n_items"] == 2 and len(nih["per_label"]) == 11
     assert nih["baseline_no_finding"]["per_label"]["No Finding"]["f1"] is not None
+    for reader in ("classifier_real", "classifier_reconstruction"):
+        assert nih[reader]["n_items"] == 2 and len(nih[reader]["per_label"]) == 11
     image = metrics["image"]
     assert image["classes"] == [
         "Atelectasis",
@@ -172,6 +174,7 @@ def test_evaluate_writes_metrics_table_and_plots(
         "Micro averages",
         "tokenizer reconstructions (ceiling)",
         "precision",
+        "classifier on the real film (reference)",
     ):
         assert heading in table
     for plot in (

@@ -358,3 +358,52 @@ def test_lowpass_keeps_flat_images_and_removes_sharpness() -> None:
     assert smooth.shape == checker.shape
     assert metrics.gradient_energy(smooth) < 0.05 * metrics.gradient_energy(checker)
     assert smooth.mean() == pytest.approx(checker.mean(), abs=0.02)  # the blur keeps the mean
+
+
+def test_classifier_reader_scores_hand_computed() -> None:
+    classes = ["Lung Lesion", "No Finding", "Pleural Effusion", "Pneumothorax"]
+    probs = np.array([[0.2, 0.7, 0.1, 0.3], [0.9, 0.1, 0.4, 0.8]])
+    # Lung Lesion = max(Mass, Nodule); Pneumothorax unknown -> 0; No Finding from its own label.
+    with_nf = nih_task.classifier_reader_scores(
+        probs, ["Mass", "Nodule", "Effusion", "No Finding"], classes
+    )
+    assert with_nf.tolist() == [[0.7, 0.3, 0.1, 0.0], [0.9, 0.8, 0.4, 0.0]]
+    # Without a "No Finding" label: one minus the largest finding probability.
+    without = nih_task.classifier_reader_scores(
+        probs[:, :3], ["Mass", "Nodule", "Effusion"], classes
+    )
+    assert without[:, 1] == pytest.approx([1 - 0.7, 1 - 0.9])
+
+
+def test_nih_summary_scores_the_classifier_reference_readers() -> None:
+    from types import SimpleNamespace
+
+    labels = ["Effusion", "Mass", "No Finding"]
+    findings = {"a.png": ["Effusion"], "b.png": ["No Finding"], "c.png": ["Mass"]}
+    right = {"a.png": [0.9, 0.1, 0.1], "b.png": [0.1, 0.1, 0.9], "c.png": [0.1, 0.9, 0.1]}
+    reference = [
+        {"image_id": f"nih_chestxray14/{name}", "real_probs": p, "recon_probs": [0.1, 0.1, 0.9]}
+        for name, p in right.items()
+    ]
+    rows = [
+        {"image_id": f"nih_chestxray14/{name}", "generated": ["No acute disease."]}
+        for name in findings
+    ]
+    config = SimpleNamespace(
+        split="test",
+        report_section="impression",
+        uncertain_as_positive=False,
+        min_positives=1,
+        bootstrap=10,
+        seed=0,
+    )
+    ctx = SimpleNamespace(config=config, classifier=SimpleNamespace(labels=labels))
+    out = nih_task.summarize(ctx, rows, findings, reference)
+    # The real-film reader names exactly the truth: micro F1 1. The reconstruction reader says
+    # "No Finding" for all three: TP 1, FP 2, FN 2 -> 2 / (2 + 2 + 2).
+    assert out["classifier_real"]["f1"]["micro"] == pytest.approx(1.0)
+    assert out["classifier_reconstruction"]["f1"]["micro"] == pytest.approx(2 / 6)
+    assert out["classifier_reconstruction"]["f1"]["micro"] == pytest.approx(
+        out["baseline_no_finding"]["f1"]["micro"]
+    )
+    assert "classifier_real" not in nih_task.summarize(ctx, rows, findings)

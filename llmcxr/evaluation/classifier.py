@@ -26,6 +26,17 @@ def _normalise(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
+def chexpert_columns(labels: Sequence[str], classes: Sequence[str]) -> dict[str, list[int]]:
+    """``CheXpert class -> output columns`` of a classifier with output ``labels``, for the classes
+    it knows (several for Lung Lesion: NIH's Mass and Nodule; a label named like the class itself,
+    e.g. torchxrayvision's "Lung Lesion", counts too)."""
+    by_name: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        if label:
+            by_name.setdefault(_normalise(label), []).append(i)
+    return {c: by_name[_normalise(c)] for c in classes if _normalise(c) in by_name}
+
+
 class ImageClassifier:
     """Wraps a frozen :class:`vqgan.clinical.ClinicalFeatureExtractor` for batched numpy use."""
 
@@ -40,14 +51,8 @@ class ImageClassifier:
         return cls(ClinicalFeatureExtractor.from_weights(weights), batch_size)
 
     def chexpert_columns(self, classes: Sequence[str]) -> dict[str, list[int]]:
-        """``CheXpert class -> classifier output columns`` for the classes the classifier knows
-        (several for Lung Lesion: NIH's Mass and Nodule; a label named like the class itself,
-        e.g. torchxrayvision's "Lung Lesion", counts too)."""
-        by_name: dict[str, list[int]] = {}
-        for i, label in enumerate(self.labels):
-            if label:
-                by_name.setdefault(_normalise(label), []).append(i)
-        return {c: by_name[_normalise(c)] for c in classes if _normalise(c) in by_name}
+        """:func:`chexpert_columns` of this classifier's labels."""
+        return chexpert_columns(self.labels, classes)
 
     @staticmethod
     def class_scores(probs: np.ndarray, columns: dict[str, list[int]]) -> np.ndarray:

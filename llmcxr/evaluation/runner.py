@@ -80,9 +80,10 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         if records:
             findings = nih_task.read_findings(nih_task.labels_csv_for(records, config.nih_labels))
             rows, metrics["skipped"]["nih"] = _finished(nih_task.run(ctx, cap(records)))
+            reference = nih_task.classify_films(ctx, cap(records)) if ctx.classifier else []
         else:
-            findings, rows = {}, []
-        metrics["nih"] = nih_task.summarize(ctx, rows, findings)
+            findings, rows, reference = {}, [], []
+        metrics["nih"] = nih_task.summarize(ctx, rows, findings, _finished(reference)[0])
     if "image" in config.tasks:
         rows, metrics["skipped"]["image"] = _finished(
             image_task.run(ctx, cap(split.records("report_to_cxr")))

@@ -98,10 +98,14 @@ def nih_table(result: Mapping[str, Any]) -> list[str]:
     """CXR -> report on real NIH images against their NIH labels, beside always "No Finding"."""
     header = ["system", "F1 micro", "AUROC macro", "F1 macro", "AUROC micro"]
     rows = []
-    for name, m in (
-        ("ours (this run)", result),
-        ('always "No Finding"', result["baseline_no_finding"]),
+    systems = [("ours (this run)", result), ('always "No Finding"', result["baseline_no_finding"])]
+    for name, key in (
+        ("classifier on the real film (reference)", "classifier_real"),
+        ("classifier on the tokenizer's reconstruction", "classifier_reconstruction"),
     ):
+        if key in result:
+            systems.append((name, result[key]))
+    for name, m in systems:
         ci = m.get("ci95", {})
         rows.append(
             [
@@ -277,7 +281,21 @@ def render(metrics: Mapping[str, Any]) -> str:
             ),
             "",
         ]
-        lines += per_label_table({"ours": n, '"No Finding"': n["baseline_no_finding"]}) + [""]
+        if "classifier_real" in n:
+            lines += [
+                (
+                    "Reference readers: the evaluation's classifier on each real film and on its "
+                    "reconstruction by the model's tokenizer, at the tokenizer's size (class "
+                    "probability as the score, positive at its calibrated 0.5). A report reader "
+                    "is not expected to beat the classifier on the real film; where that is near "
+                    "chance, these labels cannot show a reading gain."
+                ),
+                "",
+            ]
+        per_label = {"ours": n, '"No Finding"': n["baseline_no_finding"]}
+        if "classifier_real" in n:
+            per_label["classifier (real)"] = n["classifier_real"]
+        lines += per_label_table(per_label) + [""]
     if "image" in metrics and metrics["image"].get("generated"):
         im = metrics["image"]
         lines += [
