@@ -121,6 +121,10 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert set(report["nlg"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"}
     # The baseline answers the training split's most common report for every image.
     assert report["baseline_most_common_report"]["report"] == "No acute cardiopulmonary process."
+    # The classifier reference readers score the same 2 films against the same report labels.
+    for reader in ("classifier_real", "classifier_reconstruction"):
+        assert report[reader]["n_items"] == 2
+        assert set(report[reader]["per_label"]) == set(report["per_label"])
     nih = metrics["nih"]  # 4 NIH test images (one without a stage record), 2 by --limit
     assert nih["n_items"] == 2 and len(nih["per_label"]) == 11
     assert nih["baseline_no_finding"]["per_label"]["No Finding"]["f1"] is not None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llmcxr.evaluation import labelling, metrics, nih_task, nlg
+from llmcxr.evaluation import labelling, metrics, nih_task, nlg, reference_readers
 from llmcxr.evaluation.report_task import label_matched_references
 
 CLASSES = ["A", "B", "C"]
@@ -364,12 +364,12 @@ def test_classifier_reader_scores_hand_computed() -> None:
     classes = ["Lung Lesion", "No Finding", "Pleural Effusion", "Pneumothorax"]
     probs = np.array([[0.2, 0.7, 0.1, 0.3], [0.9, 0.1, 0.4, 0.8]])
     # Lung Lesion = max(Mass, Nodule); Pneumothorax unknown -> 0; No Finding from its own label.
-    with_nf = nih_task.classifier_reader_scores(
+    with_nf = reference_readers.classifier_reader_scores(
         probs, ["Mass", "Nodule", "Effusion", "No Finding"], classes
     )
     assert with_nf.tolist() == [[0.7, 0.3, 0.1, 0.0], [0.9, 0.8, 0.4, 0.0]]
     # Without a "No Finding" label: one minus the largest finding probability.
-    without = nih_task.classifier_reader_scores(
+    without = reference_readers.classifier_reader_scores(
         probs[:, :3], ["Mass", "Nodule", "Effusion"], classes
     )
     assert without[:, 1] == pytest.approx([1 - 0.7, 1 - 0.9])

@@ -8,6 +8,9 @@ import numpy as np
 
 from llmcxr.evaluation.metrics import binarize_labels
 
+NO_FINDING = "No Finding"
+"""The class of a report or film with no finding."""
+
 NIH_TO_CHEXPERT = {
     "Atelectasis": "Atelectasis",
     "Cardiomegaly": "Cardiomegaly",

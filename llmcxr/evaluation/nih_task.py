@@ -9,11 +9,8 @@ always-"No Finding" baseline, a constant answer that already scores well on micr
 Reports are generated exactly as in the report task and shared with it through its result store:
 an NIH image the report task has already read costs nothing here.
 
-With a classifier, two reference readers stand beside the model: the classifier on the real film
-(what supervised training on the same data reads from it) and the classifier on the film's
-reconstruction by the model's tokenizer (what survives the image tokens the LLM reads). A report
-reader is not expected to beat the first; when the first is near chance, these labels cannot show
-a reading gain.
+With a classifier, the reference readers of :mod:`llmcxr.evaluation.reference_readers` stand
+beside the model.
 """
 
 from __future__ import annotations
@@ -26,23 +23,19 @@ from typing import Any
 import numpy as np
 
 from llmcxr.evaluation import report_task
-from llmcxr.evaluation.classifier import ImageClassifier, chexpert_columns
 from llmcxr.evaluation.config import RunContext
 from llmcxr.evaluation.data import EvalRecord, EvalSplit
-from llmcxr.evaluation.image_task import read_real, reconstruct
-from llmcxr.evaluation.labelling import nih_classes, nih_label_matrix
+from llmcxr.evaluation.labelling import NO_FINDING, nih_classes, nih_label_matrix
 from llmcxr.evaluation.metrics import MIN_POSITIVES, classification_metrics, headline_intervals
-from llmcxr.evaluation.store import run_pending
+from llmcxr.evaluation.reference_readers import reference_reader_metrics
 
 SOURCE = "nih_chestxray14"
 """Image ids of NIH images start with this folder name (``instructions.paired``)."""
-NO_FINDING = "No Finding"
-REFERENCE_STORE = "nih_classifier"
-REFERENCE_READERS = {
-    "classifier_real": "real_probs",
-    "classifier_reconstruction": "recon_probs",
-}
-"""Reference reader -> the field of its stored classifier outputs."""
+
+
+def _file(row: dict[str, Any]) -> str:
+    """The NIH file name of a result row (its image id without the source folder)."""
+    return row["image_id"].split("/", 1)[-1]
 
 
 def nih_records(split: EvalSplit) -> list[EvalRecord]:
@@ -117,53 +110,6 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     return report_task.run(ctx, records)
 
 
-def classify_films(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
-    """Classifier outputs of each NIH film and of its reconstruction by the model's tokenizer, both
-    at the tokenizer's size (stored, so a resumed run does not classify again)."""
-    tokenizer = ctx.model.image_tokenizer
-    size = tokenizer.image_size
-
-    def classify(part: Sequence[EvalRecord], start: int) -> list[tuple[list, list]]:
-        real = [read_real(record, size) for record in part]
-        probs, _ = ctx.classifier(real + list(reconstruct(tokenizer, real)[0]))
-        n = len(part)
-        return [(probs[i].tolist(), probs[n + i].tolist()) for i in range(n)]
-
-    return run_pending(
-        ctx.store(REFERENCE_STORE),
-        [r for r in records if r.image_path is not None],
-        key=lambda r: r.id,
-        generate=classify,
-        make_row=lambda r, out: {
-            "image_id": r.image_id,
-            "real_probs": out[0],
-            "recon_probs": out[1],
-        },
-        batch_size=ctx.config.batch_size,
-        desc="NIH classifier reference",
-    )
-
-
-def classifier_reader_scores(
-    probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]
-) -> np.ndarray:
-    """``[N, len(classes)]`` scores of a classifier read as a report reader: each class's
-    probability (:meth:`ImageClassifier.class_scores`; 0.5 is the calibrated operating point),
-    0 for a class the classifier does not know, and for "No Finding" without its own label, one
-    minus the largest finding probability (no finding is positive when no finding is)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    columns = chexpert_columns(labels, classes)
-    known = ImageClassifier.class_scores(probs, columns) if columns else np.zeros((len(probs), 0))
-    out = np.zeros((len(probs), len(classes)))
-    for k, name in enumerate(columns):
-        out[:, list(classes).index(name)] = known[:, k]
-    if NO_FINDING in classes and NO_FINDING not in columns:
-        finding_cols = [k for k, name in enumerate(columns) if name != NO_FINDING]
-        largest = known[:, finding_cols].max(axis=1) if finding_cols else np.zeros(len(probs))
-        out[:, list(classes).index(NO_FINDING)] = 1.0 - largest
-    return out
-
-
 def summarize(
     ctx: RunContext,
     rows: Sequence[dict[str, Any]],
@@ -171,16 +117,17 @@ def summarize(
     reference_rows: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Label metrics of the generated reports against NIH labels, of always "No Finding", and of
-    the classifier reference readers when ``reference_rows`` (:func:`classify_films`) are given."""
+    the classifier reference readers when ``reference_rows``
+    (:func:`~llmcxr.evaluation.reference_readers.classify_films`) are given."""
     cfg = ctx.config
-    rows = [r for r in rows if r["image_id"].split("/", 1)[-1] in findings]
+    rows = [r for r in rows if _file(r) in findings]
     if not rows:
         return {
             "n_items": 0,
             "note": f"no {SOURCE} images with NIH labels in the {cfg.split} split",
         }
     classes = nih_classes()
-    truth = nih_label_matrix([findings[r["image_id"].split("/", 1)[-1]] for r in rows], classes)
+    truth = nih_label_matrix([findings[_file(r)] for r in rows], classes)
     score, pred = report_task.sampled_label_scores(
         [r["generated"] for r in rows],
         classes,
@@ -200,19 +147,12 @@ def summarize(
         n_boot=cfg.bootstrap,
         seed=cfg.seed,
     )
-    kw = {"min_positives": cfg.min_positives}
-    reference_rows = [r for r in reference_rows if r["image_id"].split("/", 1)[-1] in findings]
-    if reference_rows and ctx.classifier is not None:
-        ref_truth = nih_label_matrix(
-            [findings[r["image_id"].split("/", 1)[-1]] for r in reference_rows], classes
+    out.update(
+        reference_reader_metrics(
+            ctx,
+            reference_rows,
+            lambda kept: nih_label_matrix([findings[_file(r)] for r in kept], classes),
+            keep=lambda r: _file(r) in findings,
         )
-        for name, field in REFERENCE_READERS.items():
-            score = classifier_reader_scores(
-                np.array([r[field] for r in reference_rows]), ctx.classifier.labels, classes
-            )
-            pred = (score >= 0.5).astype(np.int64)
-            out[name] = classification_metrics(ref_truth, score, pred, classes, **kw)
-            out[name]["ci95"] = headline_intervals(
-                ref_truth, score, pred, n_boot=cfg.bootstrap, seed=cfg.seed, **kw
-            )
+    )
     return out

@@ -24,6 +24,7 @@ from llmcxr.evaluation.metrics import (
     mean_interval,
 )
 from llmcxr.evaluation.nlg import NLG_NOTES, cider_d, nlg_metrics, rouge_l
+from llmcxr.evaluation.reference_readers import reference_reader_metrics
 from llmcxr.evaluation.store import run_pending
 
 STORE = "report"
@@ -131,9 +132,14 @@ def score_reports(
 
 
 def summarize(
-    ctx: RunContext, rows: Sequence[dict[str, Any]], baseline_report: str | None
+    ctx: RunContext,
+    rows: Sequence[dict[str, Any]],
+    baseline_report: str | None,
+    reference_rows: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Metrics of the stored rows, and of the most-common-report baseline on the same items."""
+    """Metrics of the stored rows, of the most-common-report baseline on the same items, and of
+    the classifier reference readers when ``reference_rows``
+    (:func:`~llmcxr.evaluation.reference_readers.classify_films`) are given."""
     cfg = ctx.config
     if not rows:
         return {"n_items": 0, "note": "no CXR->report records with an available image"}
@@ -160,4 +166,19 @@ def summarize(
         baseline = score_reports(references, [[baseline_report]] * len(rows), ctx.classes, **kw)
         baseline["report"] = baseline_report
         out["baseline_most_common_report"] = baseline
+    reference_of = {r["key"]: r["reference"] for r in rows}
+    out.update(
+        reference_reader_metrics(
+            ctx,
+            reference_rows,
+            lambda kept: label_matrix(
+                [reference_of[r["key"]] for r in kept],
+                ctx.classes,
+                section=cfg.report_section,
+                uncertain_as_positive=cfg.uncertain_as_positive,
+            ),
+            classes=ctx.classes,
+            keep=lambda r: r["key"] in reference_of,
+        )
+    )
     return out

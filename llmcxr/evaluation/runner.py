@@ -26,6 +26,7 @@ from llmcxr.evaluation.config import EvaluationConfig, RunContext, check_run_ide
 from llmcxr.evaluation.data import EvalSplit
 from llmcxr.evaluation.labelling import chexpert_classes, label_matrix
 from llmcxr.evaluation.metrics import LABEL_CONVENTIONS
+from llmcxr.evaluation.reference_readers import classify_films
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +67,21 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "skipped": {},
     }
     if "report" in config.tasks:
-        rows, metrics["skipped"]["report"] = _finished(
-            report_task.run(ctx, cap(split.records("cxr_to_report", need_image=True)))
-        )
+        records = cap(split.records("cxr_to_report", need_image=True))
+        rows, metrics["skipped"]["report"] = _finished(report_task.run(ctx, records))
+        reference = classify_films(ctx, records) if ctx.classifier else []
         try:
             baseline = split.most_common_report()
         except ValueError as err:
             logger.warning("%s", err)
             baseline = None
-        metrics["report"] = report_task.summarize(ctx, rows, baseline)
+        metrics["report"] = report_task.summarize(ctx, rows, baseline, _finished(reference)[0])
     if "nih" in config.tasks:
         records = nih_task.nih_records(split)
         if records:
             findings = nih_task.read_findings(nih_task.labels_csv_for(records, config.nih_labels))
             rows, metrics["skipped"]["nih"] = _finished(nih_task.run(ctx, cap(records)))
-            reference = nih_task.classify_films(ctx, cap(records)) if ctx.classifier else []
+            reference = classify_films(ctx, cap(records)) if ctx.classifier else []
         else:
             findings, rows, reference = {}, [], []
         metrics["nih"] = nih_task.summarize(ctx, rows, findings, _finished(reference)[0])

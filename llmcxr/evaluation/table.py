@@ -40,6 +40,23 @@ def _report_row(name: str, m: Mapping[str, Any]) -> list[str]:
     ]
 
 
+REFERENCE_NAMES = {
+    "classifier_real": "classifier on the real film (reference)",
+    "classifier_reconstruction": "classifier on the tokenizer's reconstruction",
+}
+REFERENCE_NOTE = (
+    "Reference readers: the evaluation's classifier on each real film and on its reconstruction "
+    "by the model's tokenizer, at the tokenizer's size (class probability as the score, positive "
+    "at its calibrated 0.5). A report reader is not expected to beat the classifier on the real "
+    "film; where that is near chance, these labels cannot show a reading gain."
+)
+
+
+def _reference_readers(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The classifier reference readers a CXR -> report result carries, with their table names."""
+    return [(name, result[key]) for key, name in REFERENCE_NAMES.items() if key in result]
+
+
 def _micro_footnote(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """Micro averages, as a footnote: the most frequent class dominates them."""
     parts = [
@@ -89,6 +106,7 @@ def report_table(result: Mapping[str, Any]) -> list[str]:
         rows.append(
             _report_row("most common training report", result["baseline_most_common_report"])
         )
+    rows += [_report_row(name, m) for name, m in _reference_readers(result)]
     for name, p in published.REPORT_ROWS.items():
         rows.append([name, "-", "-", fmt(p["auroc_macro"]), fmt(p["f1_macro"])] + ["-"] * 6)
     return _table(header, rows)
@@ -99,13 +117,7 @@ def nih_table(result: Mapping[str, Any]) -> list[str]:
     header = ["system", "F1 micro", "AUROC macro", "F1 macro", "AUROC micro"]
     rows = []
     systems = [("ours (this run)", result), ('always "No Finding"', result["baseline_no_finding"])]
-    for name, key in (
-        ("classifier on the real film (reference)", "classifier_real"),
-        ("classifier on the tokenizer's reconstruction", "classifier_reconstruction"),
-    ):
-        if key in result:
-            systems.append((name, result[key]))
-    for name, m in systems:
+    for name, m in systems + _reference_readers(result):
         ci = m.get("ci95", {})
         rows.append(
             [
@@ -257,9 +269,13 @@ def render(metrics: Mapping[str, Any]) -> str:
             ),
             "",
         ]
+        if "classifier_real" in r:
+            lines += [REFERENCE_NOTE, ""]
         systems = {"ours": r}
         if "baseline_most_common_report" in r:
             systems["most common report"] = r["baseline_most_common_report"]
+        if "classifier_real" in r:
+            systems["classifier (real)"] = r["classifier_real"]
         lines += per_label_table(systems) + [""]
         lines += [_micro_footnote([(name, m) for name, m in systems.items()]), ""]
     if "nih" in metrics and metrics["nih"].get("n_items"):
@@ -282,16 +298,7 @@ def render(metrics: Mapping[str, Any]) -> str:
             "",
         ]
         if "classifier_real" in n:
-            lines += [
-                (
-                    "Reference readers: the evaluation's classifier on each real film and on its "
-                    "reconstruction by the model's tokenizer, at the tokenizer's size (class "
-                    "probability as the score, positive at its calibrated 0.5). A report reader "
-                    "is not expected to beat the classifier on the real film; where that is near "
-                    "chance, these labels cannot show a reading gain."
-                ),
-                "",
-            ]
+            lines += [REFERENCE_NOTE, ""]
         per_label = {"ours": n, '"No Finding"': n["baseline_no_finding"]}
         if "classifier_real" in n:
             per_label["classifier (real)"] = n["classifier_real"]
