@@ -32,12 +32,11 @@ READERS = {
 def classify_films(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
     """Classifier outputs of each record's film and of its reconstruction by the model's
     tokenizer, both at the tokenizer's size. One store for every task: a film two tasks read is
-    classified once, and a resumed run does not classify again."""
-    tokenizer = ctx.model.image_tokenizer
-    size = tokenizer.image_size
+    classified once, and a resumed run neither classifies again nor loads the model."""
 
     def classify(part: Sequence[EvalRecord], start: int) -> list[tuple[list, list]]:
-        real = [read_real(record, size) for record in part]
+        tokenizer = ctx.model.image_tokenizer
+        real = [read_real(record, tokenizer.image_size) for record in part]
         probs, _ = ctx.classifier(real + list(reconstruct(tokenizer, real)[0]))
         n = len(part)
         return [(probs[i].tolist(), probs[n + i].tolist()) for i in range(n)]
