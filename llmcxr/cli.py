@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    """`llmcxr export tokenizer|classifier|llm`: one option name per thing across the three."""
+    """`llmcxr export tokenizer|classifier|llm|decoder`: one option name per thing across them."""
     export = sub.add_parser(
         "export",
         help="write a training checkpoint as a folder to load or ship "
@@ -332,8 +332,10 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "tokenizer": "VQ-GAN checkpoint -> tokenizer folder (config.json + model.safetensors)",
         "classifier": "classifier checkpoint -> classifier.safetensors + classifier.json",
         "llm": "LLM checkpoint -> model folder (LoRA merged)",
+        "decoder": "VQ-GAN checkpoint trained with model.train_decoder_only -> a copy of --model "
+        "that draws with its decoder (the same codes, so the LLM is unchanged)",
     }
-    tokenizer, _, llm = (
+    tokenizer, _, llm, decoder = (
         jobs.add_parser(name, parents=[common], help=text, description=text)
         for name, text in texts.items()
     )
@@ -343,7 +345,13 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     llm.add_argument(
         "--dtype", choices=DTYPE_NAMES, default=None, help="cast weights (default: as trained)"
     )
-    llm.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    decoder.add_argument(
+        "--model", required=True, metavar="FOLDER", help="model folder whose decoder to replace"
+    )
+    for job in (llm, decoder):
+        job.add_argument(
+            "--overwrite", action="store_true", help="replace an existing --out folder"
+        )
 
 
 # ----------------------------------------------------------------------------- commands
@@ -718,6 +726,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from vqgan.classifier_train import export_checkpoint
 
         print(f"classifier exported to {export_checkpoint(checkpoint, args.out)}")
+    elif args.job == "decoder":
+        if Path(args.out).exists() and not args.overwrite:
+            raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")
+        from llmcxr.model_folder import replace_image_decoder
+
+        print(replace_image_decoder(args.model, checkpoint, args.out, args.overwrite))
     else:
         if Path(args.out).exists() and not args.overwrite:
             raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")

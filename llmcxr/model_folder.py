@@ -175,6 +175,63 @@ def save_model_folder(
     return target
 
 
+def replace_image_decoder(
+    model: str | Path, tokenizer: str | Path, out: str | Path, overwrite: bool = False
+) -> Path:
+    """Write a copy of the model folder `model` whose image tokenizer is `tokenizer` (a folder or
+    a ``.ckpt``), which must give the same codes (``CXRTokenizer.gives_same_codes``: a decoder
+    fine-tuned with ``train_decoder_only``). The LLM is untouched and draws the same codes; only
+    their pixels change. The new tokenizer is stored in the dtype of the one it replaces (its
+    frozen code weights came from there, so they stay bit-identical) and the manifest records
+    the old fingerprint. `model` is only read; `out` is written atomically."""
+    from safetensors.torch import load_file
+
+    from vqgan import CXRTokenizer
+    from vqgan.tokenizer import WEIGHTS_NAME
+
+    source, target = Path(model), Path(out)
+    manifest_file = source / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise FileNotFoundError(
+            f"{source} is not an llmcxr model folder: {MANIFEST_FILE} is missing"
+        )
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if target.resolve() == source.resolve():
+        raise ValueError(f"write the new model folder beside {source}, not over it")
+    with _reading(manifest_file):
+        manifest = json.loads(manifest_file.read_text())
+    with _reading(source / "image_tokenizer"):
+        old = CXRTokenizer.from_pretrained(source / "image_tokenizer")
+        stored = {t.dtype for t in load_file(source / "image_tokenizer" / WEIGHTS_NAME).values()}
+    check_image_tokenizer(source, manifest.get("image_tokenizer_fingerprint"), old.fingerprint)
+    new = CXRTokenizer.from_pretrained(tokenizer)
+    if not old.gives_same_codes(new):
+        raise ValueError(
+            f"{tokenizer} gives other image codes than {source}'s tokenizer, so the LLM could not "
+            "read or draw with it; train only its decoder (model.train_decoder_only)"
+        )
+    dtype = torch.float16 if stored == {torch.float16} else torch.float32
+    with atomic_folder(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        shutil.rmtree(tmp / "image_tokenizer")
+        new.save_pretrained(tmp / "image_tokenizer", dtype=dtype)
+        written = CXRTokenizer.from_pretrained(tmp / "image_tokenizer")
+        if not old.gives_same_codes(written):
+            raise ValueError(
+                f"stored as {dtype}, {tokenizer}'s code weights would change; store the source "
+                "tokenizer in float32"
+            )
+        manifest["image_decoder_replaced"] = {
+            "codes_of": old.fingerprint,
+            "from": str(tokenizer),
+        }
+        manifest["image_tokenizer_fingerprint"] = written.fingerprint
+        _write_json(tmp / MANIFEST_FILE, manifest)
+    log.info("wrote %s: %s with the image decoder of %s", target, source, tokenizer)
+    return target
+
+
 def load_model_folder(
     path: str | Path,
     device: str | torch.device = "cpu",

@@ -150,3 +150,62 @@ def test_model_parts_are_what_the_pipeline_and_the_saver_take(tiny_folder: Path)
     assert set(parts) == set(inspect.signature(LLMCXR.__init__).parameters) - {"self"}
     assert set(parts) <= set(inspect.signature(save_model_folder).parameters)
     assert parts["token_map"] is not None and "manifest" not in parts
+
+
+def _with_new_decoder(folder: Path, out: Path, part: str = "decoder.") -> Path:
+    """The folder's image tokenizer with the weights under `part` moved: a new decoder, or with
+    ``part="encoder."`` a tokenizer that gives other codes."""
+    from vqgan import CXRTokenizer
+
+    tokenizer = CXRTokenizer.from_pretrained(folder / "image_tokenizer")
+    state = tokenizer.model.state_dict()
+    generator = torch.Generator().manual_seed(0)
+    for name, tensor in state.items():
+        if name.startswith(part) and tensor.is_floating_point():
+            tensor += 0.05 * torch.randn(tensor.shape, generator=generator)
+    tokenizer.model.load_state_dict(state)
+    return tokenizer.save_pretrained(out)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_export_decoder_swaps_the_pixels_and_keeps_the_codes_and_the_llm(
+    tiny_folder: Path, tmp_path: Path, dtype: torch.dtype | None
+) -> None:
+    from llmcxr.cli import main
+
+    source = tiny_folder
+    if dtype is not None:
+        source = _resave(load_model_folder(tiny_folder), tmp_path / "half", dtype=dtype)
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    decoder = _with_new_decoder(source, tmp_path / "tuned")
+    out = tmp_path / "out"
+    args = ["export", "decoder", "--model", str(source), "--checkpoint", str(decoder)]
+    assert main([*args, "--out", str(out)]) == 0
+
+    old, new = load_model_folder(source), load_model_folder(out)
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    images = torch.rand(3, 1, 64, 64)
+    codes = old.image_tokenizer.encode(images)
+    assert torch.equal(new.image_tokenizer.encode(images), codes)
+    assert not torch.allclose(new.image_tokenizer.decode(codes), old.image_tokenizer.decode(codes))
+    ids = torch.tensor([[5, 17, old.token_map.start_id, old.token_map.first_code_id + 3]])
+    with torch.no_grad():
+        assert torch.equal(new.model(ids).logits, old.model(ids).logits)
+    replaced = new.manifest["image_decoder_replaced"]
+    assert replaced["codes_of"] == old.image_tokenizer.fingerprint
+    assert new.manifest["image_tokenizer_fingerprint"] == new.image_tokenizer.fingerprint
+    assert new.image_tokenizer.fingerprint != old.image_tokenizer.fingerprint
+    assert main([*args, "--out", str(out)]) == 2  # no silent overwrite
+
+
+def test_export_decoder_refuses_a_tokenizer_that_moves_the_codes(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    from llmcxr.model_folder import replace_image_decoder
+
+    other = _with_new_decoder(tiny_folder, tmp_path / "retrained", part="encoder.")
+    with pytest.raises(ValueError, match="other image codes"):
+        replace_image_decoder(tiny_folder, other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="not over it"):
+        replace_image_decoder(tiny_folder, other, tiny_folder, overwrite=True)

@@ -181,3 +181,45 @@ def test_dead_code_restart_runs_in_training(tmp_path: Path) -> None:
     restarted = _metric(out / "logs" / "version_0" / "metrics.csv", "train/restarted_codes_step")
     # 3 fixture images x 64 tokens cannot use all 64 codes of a fresh codebook in 2 batches
     assert restarted and restarted[-1] > 0
+
+
+def test_decoder_only_training_keeps_every_code_and_changes_the_decoder(tmp_path: Path) -> None:
+    """`train_decoder_only`: the exported tokenizer encodes every image to the source's codes
+    (encoder, quant_conv and codebook bit-identical) while its decoder draws them differently."""
+    torch.manual_seed(0)
+    source = CXRTokenizer(TINY).save_pretrained(tmp_path / "source")
+    out = tmp_path / "run"
+    main(
+        _fit_args(
+            out,
+            "--trainer.max_steps",
+            "4",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.init_from",
+            str(source),
+            "--model.train_decoder_only",
+            "true",
+            "--model.learning_rate",
+            "0.001",
+        )
+    )
+    export_main([str(out / "checkpoints" / "last.ckpt"), str(tmp_path / "tuned")])
+    before = CXRTokenizer.from_pretrained(source)
+    after = CXRTokenizer.from_pretrained(tmp_path / "tuned")
+    old, new = before.model.state_dict(), after.model.state_dict()
+    frozen = ("encoder.", "quant_conv.", "quantize.")
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(frozen))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    images = torch.rand(4, 1, TINY.image_size, TINY.image_size)
+    ids = before.encode(images)
+    assert torch.equal(after.encode(images), ids)
+    assert not torch.allclose(after.decode(ids), before.decode(ids))
+
+
+def test_decoder_only_training_refuses_settings_that_would_move_the_codes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs init_from"):
+        VQGANModule(TINY, train_decoder_only=True)
+    source = CXRTokenizer(TINY).save_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match="dead_code_restart_every"):
+        VQGANModule(TINY, init_from=str(source), train_decoder_only=True, dead_code_restart_every=5)

@@ -44,6 +44,7 @@ class VQGANModule(L.LightningModule):
         num_logged_images: int = 8,
         init_from: str | None = None,
         dead_code_restart_every: int = 0,
+        train_decoder_only: bool = False,
     ) -> None:
         """
         Args:
@@ -62,6 +63,10 @@ class VQGANModule(L.LightningModule):
             dead_code_restart_every: Every this many training batches, codes no batch chose in
                 that window are moved onto random encoder outputs of the current batch (0: off).
                 Small-batch training otherwise collapses onto a handful of codes.
+            train_decoder_only: Freeze the encoder, ``quant_conv`` and the codebook and train only
+                ``post_quant_conv`` and the decoder: every image keeps exactly the codes of
+                ``init_from``, so an LLM trained on those codes draws with the new decoder
+                unchanged (the way Stable Diffusion's VAE decoder was fine-tuned).
         """
         super().__init__()
         self.automatic_optimization = False
@@ -75,6 +80,13 @@ class VQGANModule(L.LightningModule):
         if dead_code_restart_every < 0:
             raise ValueError(f"dead_code_restart_every must be >= 0, got {dead_code_restart_every}")
         self.dead_code_restart_every = dead_code_restart_every
+        if train_decoder_only and not init_from:
+            raise ValueError("train_decoder_only needs init_from: the codes to keep")
+        if train_decoder_only and dead_code_restart_every:
+            raise ValueError(
+                "train_decoder_only freezes the codebook; set dead_code_restart_every to 0"
+            )
+        self.train_decoder_only = train_decoder_only
         self.log_images_every_n_steps = log_images_every_n_steps
         self.num_logged_images = num_logged_images
         self.generator = VQGAN(config)
@@ -86,6 +98,9 @@ class VQGANModule(L.LightningModule):
                     f"init_from={init_from}: its VQGANConfig differs from this run's config"
                 )
             self.generator.load_state_dict(source.model.state_dict())
+        if train_decoder_only:
+            for frozen in self.code_modules():
+                frozen.requires_grad_(False)
         # Training batches seen: drives disc_start independently of Lightning's optimizer-step
         # count.
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
@@ -123,6 +138,10 @@ class VQGANModule(L.LightningModule):
             perceptual.requires_grad_(False)
             object.__setattr__(self, "_perceptual", perceptual)
 
+    def code_modules(self) -> list[nn.Module]:
+        """The parts of the generator that decide an image's codes and their latent vectors."""
+        return [getattr(self.generator, name) for name in VQGAN.CODE_PARTS]
+
     def _frozen(self, model: nn.Module | None) -> nn.Module | None:
         """Move a frozen helper model to this module's device on first use."""
         if model is not None:
@@ -132,10 +151,10 @@ class VQGANModule(L.LightningModule):
         return model
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Generator (encoder, quantiser, decoder, 1x1 convs) and discriminator Adam optimisers."""
-        opt_g = torch.optim.Adam(
-            self.generator.parameters(), lr=self.learning_rate, betas=self.adam_betas
-        )
+        """Generator (encoder, quantiser, decoder, 1x1 convs; only the trainable ones) and
+        discriminator Adam optimisers."""
+        trainable = [p for p in self.generator.parameters() if p.requires_grad]
+        opt_g = torch.optim.Adam(trainable, lr=self.learning_rate, betas=self.adam_betas)
         opt_d = torch.optim.Adam(
             self.discriminator.parameters(), lr=self.disc_learning_rate, betas=self.adam_betas
         )
@@ -173,8 +192,11 @@ class VQGANModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         opt_g, opt_d = self.optimizers()
         x = self._network_input(batch)
-        latents = self.generator.pre_quant(x)
-        z_q, codebook_loss, ids = self.generator.quantize_latents(latents)
+        if self.train_decoder_only:
+            self.generator.encoder.eval()
+        with torch.set_grad_enabled(not self.train_decoder_only):
+            latents = self.generator.pre_quant(x)
+            z_q, codebook_loss, ids = self.generator.quantize_latents(latents)
         recon = self.generator.decode(z_q)
 
         g_loss, terms = self._generator_loss(x, recon, codebook_loss, training=True)

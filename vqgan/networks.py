@@ -23,6 +23,10 @@ from vqgan.config import VQGANConfig
 class VQGAN(nn.Module):
     """Encoder, vector quantiser and decoder of the image tokenizer."""
 
+    # The submodules that decide an image's codes and each code's latent vector: two tokenizers
+    # equal on these give every image the same codes, whatever their decoders.
+    CODE_PARTS = ("encoder", "quant_conv", "quantize")
+
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config

@@ -78,6 +78,19 @@ class CXRTokenizer(nn.Module):
             self._fingerprint = _fingerprint(self.config, self.model.state_dict())
         return self._fingerprint
 
+    def gives_same_codes(self, other: CXRTokenizer) -> bool:
+        """True when `other` encodes every image to this tokenizer's codes and maps each code to
+        the same latent vector (same config, bit-identical ``VQGAN.CODE_PARTS`` weights): an LLM
+        trained on one's codes reads and draws with the other. Decoders may differ."""
+        if self.config != other.config:
+            return False
+        mine, theirs = self.model.state_dict(), other.model.state_dict()
+        return all(
+            torch.equal(mine[name].float().cpu(), theirs[name].float().cpu())
+            for name in mine
+            if name.split(".")[0] in VQGAN.CODE_PARTS
+        )
+
     def codebook_vectors(self) -> torch.Tensor:
         """The codebook, ``[codebook_size, embed_dim]`` float32 (row ``i`` is the vector of id
         ``i``)."""
