@@ -183,7 +183,8 @@ def replace_image_decoder(
     fine-tuned with ``train_decoder_only``). The LLM is untouched and draws the same codes; only
     their pixels change. The new tokenizer is stored in the dtype of the one it replaces (its
     frozen code weights came from there, so they stay bit-identical) and the manifest records
-    the old fingerprint. `model` is only read; `out` is written atomically."""
+    where the decoder came from. The fingerprint (of the code weights) stays the same, so the
+    token caches of `model` stay valid. `model` is only read; `out` is written atomically."""
     from safetensors.torch import load_file
 
     from vqgan import CXRTokenizer
@@ -222,11 +223,7 @@ def replace_image_decoder(
                 f"stored as {dtype}, {tokenizer}'s code weights would change; store the source "
                 "tokenizer in float32"
             )
-        manifest["image_decoder_replaced"] = {
-            "codes_of": old.fingerprint,
-            "from": str(tokenizer),
-        }
-        manifest["image_tokenizer_fingerprint"] = written.fingerprint
+        manifest["image_decoder_from"] = str(tokenizer)
         _write_json(tmp / MANIFEST_FILE, manifest)
     log.info("wrote %s: %s with the image decoder of %s", target, source, tokenizer)
     return target

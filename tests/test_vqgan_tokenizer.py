@@ -135,6 +135,19 @@ def test_fingerprint_tracks_weights_and_config(tokenizer: CXRTokenizer) -> None:
     assert len({tokenizer.fingerprint, other_weights.fingerprint, other_config.fingerprint}) == 3
 
 
+def test_fingerprint_is_of_the_codes_not_of_the_decoder(tokenizer: CXRTokenizer) -> None:
+    """A new decoder keeps the fingerprint (the codes, hence LLMs and token caches, stay valid);
+    any change to the encoder, quant_conv or codebook changes it."""
+    state = tokenizer.model.state_dict()
+    for part in ("decoder.", "post_quant_conv.", "encoder.", "quant_conv.", "quantize."):
+        other = CXRTokenizer(TINY)
+        moved = {k: v + 0.01 if k.startswith(part) else v for k, v in state.items()}
+        other.model.load_state_dict(moved)
+        same = part in ("decoder.", "post_quant_conv.")
+        assert (other.fingerprint == tokenizer.fingerprint) is same, part
+        assert tokenizer.gives_same_codes(other) is same, part
+
+
 def test_lightning_checkpoint_round_trip(tmp_path, images: torch.Tensor) -> None:
     module = VQGANModule(TINY)
     checkpoint = {"state_dict": module.state_dict(), "epoch": 0}

@@ -73,7 +73,9 @@ class CXRTokenizer(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Short sha256 of config + weights; changes whenever the tokens could change."""
+        """Short sha256 of the config and the weights that decide the codes (``VQGAN.CODE_PARTS``):
+        it changes whenever the tokens could change, and not for a new decoder, which an LLM
+        trained on the codes uses unchanged (token caches and model folders stay valid)."""
         if self._fingerprint is None:
             self._fingerprint = _fingerprint(self.config, self.model.state_dict())
         return self._fingerprint
@@ -209,9 +211,11 @@ class CXRTokenizer(nn.Module):
 
 
 def _fingerprint(config: VQGANConfig, state: dict[str, torch.Tensor]) -> str:
-    """Short sha256 of a config and its weights (compared in float32)."""
+    """Short sha256 of a config and its code-deciding weights (compared in float32). Folders and
+    caches written before 2026-12-05 hashed every weight, the decoder's too."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(state.items()):
+    code_state = {k: v for k, v in state.items() if k.split(".")[0] in VQGAN.CODE_PARTS}
+    for name, tensor in sorted(code_state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
