@@ -3,7 +3,9 @@
 # The shipped model (2026-12-04) took the GPU route: WINDOW_MODEL=runs/gpu/latest/model (a GPU
 # window's LLM, docs/gpu_training.md, unpacked) builds the paired data and continues that LLM on the
 # CPU (configs/llmcxr/window_llm_continue_cpu.yaml, 85 minutes on 2 cores with avx512_bf16;
-# PRECISION=32-true on AVX2-only CPUs), then ships it with guidance 1.
+# PRECISION=32-true on AVX2-only CPUs), fine-tunes the tokenizer's decoder alone (the codes stay;
+# CLASSIFIER names the clinical loss's classifier, by default the window's), then ships it with
+# guidance 1.
 # Without WINDOW_MODEL it makes the previous, CPU-only default model:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2
 # -> five CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
@@ -23,12 +25,22 @@ llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
   --labelled "$data/covid_radiography_224" --out "$out/data" --both-directions
 
 if [[ -n "${WINDOW_MODEL:-}" ]]; then
-  step "2/2 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
+  step "2/3 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
   llmcxr train llm -c configs/llmcxr/window_llm_continue_cpu.yaml --model.init_from "$WINDOW_MODEL" \
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/window_continue" \
     --trainer.precision "${PRECISION:-bf16-mixed}"
+  step "3/3 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
+  llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
+    --model.loss.clinical_weights "${CLASSIFIER:-runs/gpu/latest/classifier_export}" \
+    --model.init_from "$out/window_continue/model/image_tokenizer" \
+    --trainer.default_root_dir "$out/decoder_ft" --trainer.max_time 00:00:54:00
+  llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
+    --model.loss.clinical_weights "${CLASSIFIER:-runs/gpu/latest/classifier_export}" \
+    --model.init_from "$out/decoder_ft/checkpoints/last.ckpt" --model.learning_rate 0.00002 \
+    --trainer.default_root_dir "$out/decoder_ft2" --trainer.max_time 00:00:35:00
   rm -rf llmcxr/default_model
-  cp -r "$out/window_continue/model" llmcxr/default_model
+  llmcxr export decoder --model "$out/window_continue/model" \
+    --checkpoint "$out/decoder_ft2/checkpoints/last.ckpt" --out llmcxr/default_model
   du -sh llmcxr/default_model
   exit 0
 fi

@@ -1,5 +1,5 @@
 """The first GPU window's tokenizer (models/cxr_tokenizer_window1): loads, is the tokenizer its
-README names, and reconstructs the real fixture X-rays better than the shipped tokenizer."""
+README names, and reconstructs the real fixture X-rays as well as the shipped tokenizer."""
 
 from __future__ import annotations
 
@@ -37,10 +37,14 @@ def test_the_candidate_is_the_tokenizer_its_readme_names(tokenizers) -> None:
 
 
 @pytest.mark.parametrize("name", ["00000001_000.png", "00027426_000.png", "16747_3_1.jpg"])
-def test_the_candidate_reconstructs_real_xrays_better_than_the_shipped_one(
+def test_the_candidate_reconstructs_real_xrays_as_well_as_the_shipped_one(
     tokenizers, name: str
 ) -> None:
+    """Measured 2026-12-05: the candidate 21.28, 22.82, 21.61 dB on these three; the shipped
+    tokenizer, since its decoder was fine-tuned, 21.05, 22.83, 20.95 (before: 19.26, 20.23,
+    14.78); on the 688 test images 22.96 against 22.78 dB. Its gain is now in its codes (they
+    keep more of the film: benchmarks/reading_ceiling.py), which needs an LLM trained on them."""
     shipped, candidate = tokenizers
     image = load_cxr_tensor(FIXTURES / name, 128)[None]
-    # measured: +2.0, +2.6 and +6.8 dB on these three; 22.96 against 18.36 dB on 690 test images
-    assert _psnr(candidate, image) > _psnr(shipped, image) + 1.0
+    assert _psnr(candidate, image) > _psnr(shipped, image) - 0.5
+    assert _psnr(candidate, image) > 21.0

@@ -77,6 +77,28 @@ def test_generate_image_writes_a_256px_grayscale_cxr_png(drawn: Path) -> None:
     assert np.percentile(pixels, 95) - np.percentile(pixels, 5) > 0.2
 
 
+# PSNR (dB) of the shipped tokenizer's reconstruction of each real fixture X-ray at 128 px,
+# measured 2026-12-05 with the decoder fine-tuned alone (benchmarks/results/decoder_finetune_cpu/):
+# 21.05, 22.83, 20.95. The decoder shipped before it measured 19.26, 20.23, 14.78.
+RECONSTRUCTION_PSNR_FLOOR = {
+    "00000001_000.png": 20.5,
+    "00027426_000.png": 22.3,
+    "16747_3_1.jpg": 20.4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECONSTRUCTION_PSNR_FLOOR))
+def test_the_shipped_tokenizer_reconstructs_real_xrays_at_its_measured_quality(name: str) -> None:
+    from vqgan import CXRTokenizer
+    from vqgan.image_io import load_cxr_tensor
+
+    tokenizer = CXRTokenizer.from_pretrained(DEFAULT_MODEL_DIR / "image_tokenizer")
+    image = load_cxr_tensor(FIXTURES / name, tokenizer.image_size)[None]
+    recon = tokenizer.decode(tokenizer.encode(image))
+    psnr = float(10 * torch.log10(1.0 / ((recon - image) ** 2).mean()))
+    assert psnr > RECONSTRUCTION_PSNR_FLOOR[name], f"{name}: {psnr:.2f} dB"
+
+
 def test_drawings_have_a_chest_layout_that_tile_shuffled_xrays_lack() -> None:
     """The default model's drawings, low-passed (so blur earns nothing), come closer to the real
     fixture X-rays than those X-rays do with their 4 x 4 tiles shuffled (same pixels, no
