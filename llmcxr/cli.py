@@ -718,6 +718,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise InputError(f"--checkpoint {checkpoint}: no such file or folder")
+    if args.job in ("llm", "decoder") and not args.overwrite and Path(args.out).exists():
+        raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")
     if args.job == "tokenizer":
         from vqgan.export import export_tokenizer
 
@@ -727,14 +729,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         print(f"classifier exported to {export_checkpoint(checkpoint, args.out)}")
     elif args.job == "decoder":
-        if Path(args.out).exists() and not args.overwrite:
-            raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")
         from llmcxr.model_folder import replace_image_decoder
 
         print(replace_image_decoder(args.model, checkpoint, args.out, args.overwrite))
     else:
-        if Path(args.out).exists() and not args.overwrite:
-            raise InputError(f"--out {args.out} already exists; pass --overwrite to replace it")
         from llmcxr.train import export
 
         print(export(str(checkpoint), args.out, args.dtype, args.overwrite))

@@ -27,6 +27,11 @@ class VQGAN(nn.Module):
     # equal on these give every image the same codes, whatever their decoders.
     CODE_PARTS = ("encoder", "quant_conv", "quantize")
 
+    @classmethod
+    def code_weights(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of a state dict that belong to ``CODE_PARTS``."""
+        return {k: v for k, v in state.items() if k.split(".")[0] in cls.CODE_PARTS}
+
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
         self.config = config

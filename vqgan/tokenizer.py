@@ -86,11 +86,10 @@ class CXRTokenizer(nn.Module):
         trained on one's codes reads and draws with the other. Decoders may differ."""
         if self.config != other.config:
             return False
-        mine, theirs = self.model.state_dict(), other.model.state_dict()
+        mine = VQGAN.code_weights(self.model.state_dict())
+        theirs = VQGAN.code_weights(other.model.state_dict())
         return all(
-            torch.equal(mine[name].float().cpu(), theirs[name].float().cpu())
-            for name in mine
-            if name.split(".")[0] in VQGAN.CODE_PARTS
+            torch.equal(mine[name].float().cpu(), theirs[name].float().cpu()) for name in mine
         )
 
     def codebook_vectors(self) -> torch.Tensor:
@@ -214,8 +213,7 @@ def _fingerprint(config: VQGANConfig, state: dict[str, torch.Tensor]) -> str:
     """Short sha256 of a config and its code-deciding weights (compared in float32). Folders and
     caches written before 2026-12-05 hashed every weight, the decoder's too."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-    code_state = {k: v for k, v in state.items() if k.split(".")[0] in VQGAN.CODE_PARTS}
-    for name, tensor in sorted(code_state.items()):
+    for name, tensor in sorted(VQGAN.code_weights(state).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
