@@ -133,3 +133,55 @@ def test_an_llm_only_dry_run_trains_both_stages_and_returns_no_image_results(
     }
     assert {p.name.split(".")[0] for p in run.returned} == {"logs", "model"}
     assert load_model_folder(run.model).token_map.tokens_per_image == 16
+
+
+def test_a_dry_run_continuing_a_model_folder_trains_one_phase_from_it(tmp_path: Path) -> None:
+    # pack --continue-from (docs/gpu_training.md, section 0): the LLM lane continues the packed
+    # model folder, as the next window continues the shipped default model
+    from safetensors.torch import load_file
+
+    run = dry_run(tmp_path, llm_only=True, continue_model=True)
+    statuses = {name: phase["status"] for name, phase in run.report["phases"].items()}
+    assert statuses == {"llm_continue": "done"}
+    assert {p.name.split(".")[0] for p in run.returned} == {"logs", "model"}
+    manifest = json.loads((run.model / "llmcxr.json").read_text())
+    # the packed copy (the seed lies outside the project), as the driver passes it
+    assert manifest["training"]["init_from"].endswith("gpu_bundle/work/continue_from")
+    # the tiny base is not reproducible, so both folders store merged weights, not an adapter
+    seed, continued = (
+        {
+            k: v
+            for part in sorted((m / "llm").rglob("*.safetensors"))
+            for k, v in load_file(part).items()
+        }
+        for m in (tmp_path / "seed_model" / "model", run.model)
+    )
+    assert seed
+    assert seed.keys() == continued.keys()
+    assert all(seed[k].shape == continued[k].shape for k in seed)
+    assert any(not (seed[k] == continued[k]).all() for k in seed)  # it trained from the seed
+
+
+def test_pack_refuses_a_model_to_continue_that_the_token_cache_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    from llmcxr.gpu_kit.dry_run import tiny_inputs
+    from llmcxr.gpu_kit.pack import pack
+
+    dataset, tokenizer = tiny_inputs(tmp_path)
+    model = tmp_path / "other_model"
+    model.mkdir()
+    old_part = tmp_path / "bundle" / "send-1" / "part"
+    old_part.parent.mkdir(parents=True)
+    old_part.write_bytes(b"a packed part")
+    manifests = [
+        (None, FileNotFoundError, "llmcxr.json not found"),
+        (json.dumps({"image_tokenizer_fingerprint": "0123"}), ValueError, "image tokenizer 0123"),
+        ("[1, 2", ValueError, "not a model folder's manifest"),
+    ]
+    for text, error, message in manifests:
+        if text is not None:
+            (model / "llmcxr.json").write_text(text)
+        with pytest.raises(error, match=message):
+            pack(dataset, tmp_path / "bundle", image_tokenizer=tokenizer, continue_from=model)
+    assert old_part.read_bytes() == b"a packed part"  # a refused pack keeps the old bundle

@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-per-source", type=int, default=None)
     p.add_argument("--part-mib", type=float, default=None, help="part size (default: the most)")
     p.add_argument("--budget", type=int, default=540, help="seconds the driver may take")
+    p.add_argument(
+        "--continue-from",
+        type=Path,
+        default=None,
+        help="model folder the LLM lane continues (one phase) instead of training from the base",
+    )
 
     r = sub.add_parser("receive", help="check one arrived part (GPU machine)")
     r.add_argument("--bundle", type=Path, default=Path("gpu_bundle"))
@@ -105,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
             limit_per_source=args.limit_per_source,
             part_bytes=int(args.part_mib * MIB) if args.part_mib else None,
             budget=args.budget,
+            continue_from=args.continue_from,
         )
         print((args.bundle / "COMMANDS.md").read_text())
         return 0 if plan["commands"] else 1

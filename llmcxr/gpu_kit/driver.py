@@ -5,8 +5,9 @@ Runs from a plain copy of the project tree with the bundle folder anywhere (no g
     python3 -m llmcxr.gpu_kit drive --bundle gpu_bundle --out "$OUT" [--budget 540]
 
 Two lanes share one deadline and run side by side (the 135 M-parameter LLM leaves most of an H200
-idle): lane ``llm`` trains stage 1 then stage 2; lane ``image`` (when images were packed) trains
-the classifier, then the tokenizer with its clinical loss, then builds the token cache with it.
+idle): lane ``llm`` trains stage 1 then stage 2, or continues a packed model folder in one phase;
+lane ``image`` (when images were packed) trains the classifier, then the tokenizer with its
+clinical loss, then builds the token cache with it.
 Each phase is a subprocess with its own Lightning ``max_time`` and a hard timeout; its result goes
 to ``$OUT`` (`OutBox`) as soon as it exists, and the logs archive is rewritten after every phase,
 so a later failure or a kill still returns what was done. Standard library only: the wheels it
@@ -43,6 +44,7 @@ RUNS = "runs"
 RUN_FOLDERS = {
     "llm_stage1": f"{RUNS}/stage1",
     "llm_stage2": f"{RUNS}/stage2",
+    "llm_continue": f"{RUNS}/continue",
     "classifier": f"{RUNS}/classifier",
     "tokenizer": f"{RUNS}/vqgan",
 }
@@ -161,14 +163,18 @@ class Driver:
         log.info("%d wheels installed into %s", len(wheels), site)
 
     # ------------------------------------------------------------------ phases
-    def image_tokenizer(self) -> str:
-        """The tokenizer the packed token cache was built with (in the payload or the project)."""
-        source = self.kit["image_tokenizer"]
+    def kit_folder(self, name: str) -> str:
+        """A folder the kit names (`pack._place`): in the payload or in the project."""
+        source = self.kit[name]
         return str(
             self.work / source["payload"]
             if "payload" in source
             else self.project / source["project"]
         )
+
+    def image_tokenizer(self) -> str:
+        """The tokenizer the packed token cache was built with."""
+        return self.kit_folder("image_tokenizer")
 
     def plan(self, phase: str) -> PhasePlan:
         return PhasePlan(**self.kit["budgets"][phase])
@@ -273,20 +279,25 @@ class Driver:
             *self.kit.get("overrides", {}).get(phase, []),
         ]
 
+    def llm_phase(self, phase: str, name: str, *extra: str, replaces: tuple[str, ...] = ()) -> bool:
+        """One LLM training phase; its exported model goes to ``$OUT`` as `name`."""
+        if not self.run_phase(phase, lambda t: [self.fit("llmcxr.train", phase, t, *extra)]):
+            return False
+        model = self.work / RUN_FOLDERS[phase] / "model"
+        self.deliver(phase, name, model, replaces, self.same_tokenizer(model))
+        return True
+
     def lane_llm(self) -> None:
-        """Stage 1, then stage 2 continuing its adapter; each model returned when written."""
-        tokenizer = f"--model.image_tokenizer={self.image_tokenizer()}"
-        if self.run_phase(
-            "llm_stage1", lambda t: [self.fit("llmcxr.train", "llm_stage1", t, tokenizer)]
+        """Stage 1, then stage 2 continuing its adapter; each model returned when written. With
+        a packed ``continue_from`` model folder, one phase continuing that model instead."""
+        if "continue_from" in self.kit:
+            init = f"--model.init_from={self.kit_folder('continue_from')}"
+            self.llm_phase("llm_continue", "model", init)
+        elif self.llm_phase(
+            "llm_stage1", "stage1_model", f"--model.image_tokenizer={self.image_tokenizer()}"
         ):
-            model = self.work / RUN_FOLDERS["llm_stage1"] / "model"
-            self.deliver("llm_stage1", "stage1_model", model, exclude=self.same_tokenizer(model))
             self.write_logs()
-            if self.run_phase("llm_stage2", lambda t: [self.fit("llmcxr.train", "llm_stage2", t)]):
-                model = self.work / RUN_FOLDERS["llm_stage2"] / "model"
-                self.deliver(
-                    "llm_stage2", "model", model, ("stage1_model",), self.same_tokenizer(model)
-                )
+            self.llm_phase("llm_stage2", "model", replaces=("stage1_model",))
         self.write_logs()
 
     def lane_image(self) -> None:

@@ -24,6 +24,7 @@ from llmcxr.gpu_kit.unpack import unpack
 TINY_REPORTS = "configs/llmcxr/tiny_reports.csv"
 FIXTURES = "tests/fixtures"
 TOKENIZER_CONFIG = "configs/vqgan/gpu_dryrun.yaml"
+SEED_MODEL_CONFIG = "configs/llmcxr/gpu_dryrun_stage1.yaml"
 DRY_RUN_PARTS = 3
 DRY_RUN_BUDGET = 1800
 """The driver's deadline: tiny phases end by their step counts long before it on a quiet CPU."""
@@ -100,6 +101,31 @@ def tiny_labelled_source(work: Path, project: Path) -> Path:
     return source
 
 
+def tiny_trained_model(work: Path, dataset: Path, tokenizer: Path, project: Path) -> Path:
+    """A tiny LoRA model folder trained for a few steps on the tiny data (the stage-1 dry-run
+    config, run here), for a dry run that continues a model folder as the shipped one is."""
+    root = work / "seed_model"
+    model = root / "model"
+    if not (model / "llmcxr.json").is_file():
+        command = [
+            sys.executable,
+            "-m",
+            "llmcxr.train",
+            "fit",
+            "-c",
+            str(project / SEED_MODEL_CONFIG),
+            f"--model.image_tokenizer={tokenizer}",
+            f"--data.dataset_dir={dataset}",
+            f"--trainer.default_root_dir={root}",
+        ]
+        done = subprocess.run(command, check=False, cwd=work, capture_output=True, text=True)
+        if done.returncode != 0 or not (model / "llmcxr.json").is_file():
+            raise RuntimeError(
+                f"training the tiny model to continue failed:\n{done.stderr[-3000:]}"
+            )
+    return model
+
+
 def copy_checkout(project: Path, target: Path) -> Path:
     """Copy what a device command sends (tracked and untracked-not-ignored files) to `target`."""
     listed = (
@@ -127,16 +153,20 @@ def dry_run(
     wheels: Path | None = None,
     machine_python: str | None = None,
     llm_only: bool = False,
+    continue_model: bool = False,
 ) -> DryRun:
     """Run the whole path in `work` and check what each step leaves; raises on any failure.
 
     `wheels` are carried and installed as on the GPU machine; `machine_python` runs the device
     commands (e.g. a venv with the GPU machine's package versions, which lacks those wheels);
-    `llm_only` packs no labelled images, as a window that trains only the LLM does.
+    `llm_only` packs no labelled images, as a window that trains only the LLM does;
+    `continue_model` packs a tiny trained model folder for the LLM lane to continue
+    (`pack --continue-from`).
     """
     limits = limits or DeviceLimits()
     work = work.resolve()
     dataset, tokenizer = tiny_inputs(work)
+    seed = tiny_trained_model(work, dataset, tokenizer, project) if continue_model else None
     bundle = work / "bundle" / "gpu_bundle"
     plan = pack(
         dataset,
@@ -150,6 +180,7 @@ def dry_run(
         min_parts=DRY_RUN_PARTS,
         wheels=wheels,
         budget=DRY_RUN_BUDGET,
+        continue_from=seed,
     )
     machine = work / "machine" / "project"
     if machine.exists():

@@ -65,6 +65,7 @@ PROFILES = {
         configs={
             "llm_stage1": "configs/llmcxr/gpu_stage1.yaml",
             "llm_stage2": "configs/llmcxr/gpu_stage2.yaml",
+            "llm_continue": "configs/llmcxr/gpu_continue.yaml",
             "classifier": "configs/classifier/gpu_kit.yaml",
             "tokenizer": "configs/vqgan/gpu_kit.yaml",
         },
@@ -74,6 +75,8 @@ PROFILES = {
         budgets={
             "llm_stage1": {"train": 340, "overhead": 50, "minimum": 60},
             "llm_stage2": {"train": 150, "overhead": 40, "minimum": 30},
+            # the whole budget but stage 2's measured overhead (a packed --continue-from only)
+            "llm_continue": {"train": 480, "overhead": 45, "minimum": 60},
             "classifier": {"train": 100, "overhead": 30, "minimum": 20},
             "tokenizer": {"train": 300, "overhead": 40, "minimum": 30},
             "token_cache": {"train": 1, "overhead": 45, "minimum": 1},
@@ -83,12 +86,14 @@ PROFILES = {
         configs={
             "llm_stage1": "configs/llmcxr/gpu_dryrun_stage1.yaml",
             "llm_stage2": "configs/llmcxr/gpu_dryrun_stage2.yaml",
+            "llm_continue": "configs/llmcxr/gpu_dryrun_continue.yaml",
             "classifier": "configs/classifier/gpu_dryrun.yaml",
             "tokenizer": "configs/vqgan/gpu_dryrun.yaml",
         },
         budgets={
             "llm_stage1": {"train": 120, "overhead": 60, "minimum": 5},
             "llm_stage2": {"train": 120, "overhead": 60, "minimum": 5},
+            "llm_continue": {"train": 120, "overhead": 60, "minimum": 5},
             "classifier": {"train": 120, "overhead": 60, "minimum": 5},
             "tokenizer": {"train": 120, "overhead": 60, "minimum": 5},
             "token_cache": {"train": 1, "overhead": 60, "minimum": 1},
@@ -172,6 +177,47 @@ def _copy_dataset(dataset: Path, staging: Path, tokenizer: Path) -> dict:
     return {"fingerprint": fingerprint, "images_cached": meta.get("num_cached")}
 
 
+def _place(source: Path, project: Path, staging: Path, name: str) -> dict[str, str]:
+    """Where the GPU machine finds the folder `source`: in the checkout when git tracks it there
+    (every device command sends those), else copied into the payload as `name`."""
+    if source.is_relative_to(project):
+        relative = source.relative_to(project)
+        try:
+            listed = subprocess.run(
+                ["git", "ls-files", "--", str(relative)],
+                check=False,
+                cwd=project,
+                capture_output=True,
+                text=True,
+            )
+        except OSError:  # no git: copying is always safe
+            listed = None
+        if listed is not None and listed.returncode == 0 and listed.stdout.strip():
+            return {"project": str(relative)}
+    shutil.copytree(source, staging / name)
+    return {"payload": name}
+
+
+def _check_continue_from(model: Path, tokenizer: Path) -> None:
+    """`model` must be a model folder trained on `tokenizer`, the token cache's (`_copy_dataset`
+    checks the cache against it)."""
+    from vqgan import CXRTokenizer
+
+    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
+    manifest = model / "llmcxr.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: --continue-from takes a model folder")
+    try:
+        wanted = json.loads(manifest.read_text()).get("image_tokenizer_fingerprint")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{manifest} is not a model folder's manifest: {err}") from None
+    if wanted != fingerprint:
+        raise ValueError(
+            f"{model} was trained on image tokenizer {wanted}, but the token cache was made with "
+            f"{fingerprint}: tokenize the dataset with the model's own image_tokenizer"
+        )
+
+
 def _git_commit(project: Path) -> str | None:
     try:
         done = subprocess.run(
@@ -198,12 +244,24 @@ def pack(
     part_bytes: int | None = None,
     min_parts: int = 1,
     budget: int = 540,
+    continue_from: Path | None = None,
 ) -> dict:
-    """Build `bundle` (send folders, manifest, plan) and return the plan."""
+    """Build `bundle` (send folders, manifest, plan) and return the plan.
+
+    `continue_from` (a model folder) makes the LLM lane one phase that continues that model on
+    the packed data instead of training stages 1 and 2 from the base; the token cache must be of
+    its image tokenizer (the default `image_tokenizer` then)."""
     limits = limits or DeviceLimits()
     chosen = PROFILES[profile]
     project, bundle = project.resolve(), bundle.resolve()
-    tokenizer = (image_tokenizer or project / DEFAULT_TOKENIZER).resolve()
+    if continue_from is not None:
+        continue_from = continue_from.resolve()
+        default_tokenizer = continue_from / "image_tokenizer"
+    else:
+        default_tokenizer = project / DEFAULT_TOKENIZER
+    tokenizer = (image_tokenizer or default_tokenizer).resolve()
+    if continue_from is not None:  # before the old bundle is removed: a refusal keeps it
+        _check_continue_from(continue_from, tokenizer)
     for old in [*bundle.glob("send-*"), bundle / "staging", bundle / "payload.tar.gz"]:
         if old.is_dir():
             shutil.rmtree(old)
@@ -219,11 +277,9 @@ def pack(
         **asdict(chosen),
     }
     kit["dataset"] = _copy_dataset(dataset.resolve(), staging, tokenizer)
-    if tokenizer.is_relative_to(project):
-        kit["image_tokenizer"] = {"project": str(tokenizer.relative_to(project))}
-    else:
-        shutil.copytree(tokenizer, staging / "image_tokenizer")
-        kit["image_tokenizer"] = {"payload": "image_tokenizer"}
+    kit["image_tokenizer"] = _place(tokenizer, project, staging, "image_tokenizer")
+    if continue_from is not None:
+        kit["continue_from"] = _place(continue_from, project, staging, "continue_from")
     kit["wheels"] = _copy_wheels(wheels, staging) if wheels else []
     if images:
         packed = pack_images(

@@ -93,7 +93,11 @@ def unpack(
     if "logs" in result.folders:
         report = result.folders["logs"] / "report.json"
         result.report = json.loads(report.read_text()) if report.is_file() else {}
-    for name, stage in (("model", "stage2"), ("stage1_model", "stage1")):
+    continued = "llm_continue" in result.report.get("phases", {})
+    for name, stage in (
+        ("model", "continued" if continued else "stage2"),
+        ("stage1_model", "stage1"),
+    ):
         if name in result.folders:
             result.model, result.model_stage = result.folders[name], stage
             break
