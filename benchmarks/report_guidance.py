@@ -1,0 +1,136 @@
+"""Does classifier-free guidance of each report token make the reports read the film?
+
+Guidance contrasts each step's log-probs with those after a "null" prompt:
+`null + scale * (cond - null)`. `LLMCXR.generate_report(guidance_scale=...)` uses the
+instruction without an image as the null; this script also tries an average film (the codes of
+the pixel mean of 512 training images) and the same film with half its codes replaced at random
+(as visual contrastive decoding, Leng et al. 2023, contrasts with a distorted image), which
+amplify what this film changes rather than "an image is present". The last two need prompts the
+public API does not build, so it drives `LLMCXR._generate_text` directly.
+
+Scored as `llmcxr evaluate`'s report task (`score_reports`: the labeler on 3 sampled reports per
+film against the label-matched reference), on the films of the stage-1 validation split, so a
+setting is chosen without the test split::
+
+    python benchmarks/report_guidance.py --data runs/default_model/data \
+        --out benchmarks/results/report_guidance_val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrcommon.batching import chunks
+from instructions import IMAGE_PLACEHOLDER, default_instruction
+from llmcxr.evaluation.data import EvalSplit
+from llmcxr.evaluation.labelling import chexpert_classes
+from llmcxr.evaluation.report_task import score_reports
+from llmcxr.pipeline import LLMCXR, _seeded
+from vqgan import prepare_image, read_cxr
+
+SETTINGS = {
+    "none": (None, None),
+    "noimage_1.5": ("noimage", 1.5),
+    "mean_1.5": ("mean", 1.5),
+    "mean_2.5": ("mean", 2.5),
+    "noised50_2": ("noised", 2.0),
+}
+SAMPLES = 3
+
+
+def mean_film_codes(llm: LLMCXR, data: Path, count: int = 512) -> torch.Tensor:
+    """Codes [N] of the pixel mean of `count` seeded random training images."""
+    rows = [json.loads(line) for line in (data / "images.jsonl").open()]
+    train = [r for r in rows if r["split"] == "train"]
+    pick = np.random.default_rng(0).choice(len(train), count, replace=False)
+    size = llm.image_tokenizer.image_size
+    mean = torch.stack([prepare_image(read_cxr(train[i]["path"]), size) for i in pick]).mean(0)
+    return llm.image_tokenizer.encode(mean[None].to(llm.image_tokenizer.device)).cpu()[0]
+
+
+def noised(codes: torch.Tensor, fraction: float, k: int, generator: torch.Generator):
+    """`codes` with about `fraction` of them replaced by random codes in [0, k)."""
+    codes = codes.clone()
+    replace = torch.rand(codes.shape, generator=generator) < fraction
+    codes[replace] = torch.randint(0, k, (int(replace.sum()),), generator=generator)
+    return codes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="built instruction dataset")
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of SETTINGS")
+    parser.add_argument("--limit", type=int, default=None, help="first N validation films")
+    parser.add_argument("--out", type=Path, required=True, help="results JSON (resumed)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    llm = LLMCXR.from_pretrained(args.model)
+    records = EvalSplit(args.data, 1, "val").records("cxr_to_report", need_image=True)
+    records = records[: args.limit]
+    classes = chexpert_classes()
+    instruction = default_instruction("cxr_to_report")
+    text = llm.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
+    no_image = llm.encode_prompt(llm.prompt_format.render(instruction))
+    mean_prompt = llm.encode_prompt(text, [mean_film_codes(llm, args.data)])
+    k = llm.token_map.codebook_size
+    paths = [str(r.image_path) for r in records]
+    codes = torch.cat([llm.encode_images(paths[i : i + 16]) for i in range(0, len(paths), 16)])
+    sampling = llm._sampling(True, None, None)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name in args.settings.split(","):
+        if name in results:
+            continue
+        kind, scale = SETTINGS[name]
+        start_time = time.time()
+        generated: list[list[str]] = [[] for _ in records]
+        for sample in range(SAMPLES):
+            for start, chunk in chunks(list(range(len(records))), 8):
+                prompts = [llm.encode_prompt(text, [codes[i]]) for i in chunk]
+                if kind is None:
+                    null = None
+                elif kind == "noimage":
+                    null = [no_image] * len(chunk)
+                elif kind == "mean":
+                    null = [mean_prompt] * len(chunk)
+                else:
+                    g = torch.Generator().manual_seed(1000 * sample + start)
+                    null = [llm.encode_prompt(text, [noised(codes[i], 0.5, k, g)]) for i in chunk]
+                with _seeded(1000 * sample + start, llm.device):
+                    out = llm._generate_text(
+                        prompts, 128, sampling, guidance_scale=scale, uncond=null
+                    )
+                for i, report in zip(chunk, out, strict=True):
+                    generated[i].append(report)
+        metrics = score_reports(
+            [r.report for r in records],
+            generated,
+            classes,
+            section="full",
+            uncertain_as_positive=False,
+            n_boot=300,
+            seed=0,
+        )
+        results[name] = {
+            "films": len(records),
+            "minutes": round((time.time() - start_time) / 60, 1),
+            "macro_auroc": metrics["auroc"]["macro"],
+            "micro_auroc": metrics["auroc"]["micro"],
+            "macro_f1": metrics["f1"]["macro"],
+            "rouge_l": metrics["nlg"]["rouge_l"],
+            "ci95": metrics["ci95"],
+            "first_reports": [g[0] for g in generated[:12]],
+        }
+        args.out.write_text(json.dumps(results, indent=1))
+        print(name, json.dumps({k: results[name][k] for k in ("macro_auroc", "ci95")}))
+
+
+if __name__ == "__main__":
+    main()
