@@ -185,3 +185,23 @@ def test_pack_refuses_a_model_to_continue_that_the_token_cache_does_not_fit(
         with pytest.raises(error, match=message):
             pack(dataset, tmp_path / "bundle", image_tokenizer=tokenizer, continue_from=model)
     assert old_part.read_bytes() == b"a packed part"  # a refused pack keeps the old bundle
+
+
+def test_pack_finds_a_folder_in_the_checkout_only_when_git_tracks_it(tmp_path: Path) -> None:
+    # a device command sends tracked files: an untracked or ignored folder must travel in the
+    # payload instead (e.g. a model folder under runs/)
+    import subprocess
+
+    from llmcxr.gpu_kit.pack import _place
+
+    project, staging = tmp_path / "project", tmp_path / "staging"
+    for name in ("tracked", "untracked"):
+        (project / name).mkdir(parents=True)
+        (project / name / "weights").write_text(name)
+    staging.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "tracked"], cwd=project, check=True)
+    assert _place(project / "tracked", project, staging, "a") == {"project": "tracked"}
+    assert _place(project / "untracked", project, staging, "b") == {"payload": "b"}
+    assert (staging / "b" / "weights").read_text() == "untracked"
+    assert not (staging / "a").exists()
