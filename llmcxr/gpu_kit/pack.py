@@ -203,7 +203,6 @@ def _check_continue_from(model: Path, tokenizer: Path) -> None:
     checks the cache against it)."""
     from vqgan import CXRTokenizer
 
-    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
     manifest = model / "llmcxr.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: --continue-from takes a model folder")
@@ -211,6 +210,7 @@ def _check_continue_from(model: Path, tokenizer: Path) -> None:
         wanted = json.loads(manifest.read_text()).get("image_tokenizer_fingerprint")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise ValueError(f"{manifest} is not a model folder's manifest: {err}") from None
+    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
     if wanted != fingerprint:
         raise ValueError(
             f"{model} was trained on image tokenizer {wanted}, but the token cache was made with "
