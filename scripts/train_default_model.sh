@@ -30,12 +30,13 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/window_continue" \
     --trainer.precision "${PRECISION:-bf16-mixed}"
   step "3/3 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
+  classifier="${CLASSIFIER:-runs/gpu/latest/classifier_export}"
   llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
-    --model.loss.clinical_weights "${CLASSIFIER:-runs/gpu/latest/classifier_export}" \
+    --model.loss.clinical_weights "$classifier" \
     --model.init_from "$out/window_continue/model/image_tokenizer" \
     --trainer.default_root_dir "$out/decoder_ft" --trainer.max_time 00:00:54:00
   llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
-    --model.loss.clinical_weights "${CLASSIFIER:-runs/gpu/latest/classifier_export}" \
+    --model.loss.clinical_weights "$classifier" \
     --model.init_from "$out/decoder_ft/checkpoints/last.ckpt" --model.learning_rate 0.00002 \
     --trainer.default_root_dir "$out/decoder_ft2" --trainer.max_time 00:00:35:00
   rm -rf llmcxr/default_model

@@ -153,15 +153,13 @@ def _copy_wheels(wheels: Path, staging: Path) -> list[str]:
     return names
 
 
-def _copy_dataset(dataset: Path, staging: Path, tokenizer: Path) -> dict:
-    """The LLM build's stages and its complete token cache, checked against `tokenizer`."""
-    from vqgan import CXRTokenizer
-
+def _copy_dataset(dataset: Path, staging: Path, tokenizer: Path, fingerprint: str) -> dict:
+    """The LLM build's stages and its complete token cache, checked against `tokenizer` (whose
+    `fingerprint` is given)."""
     cache_meta = dataset / "image_tokens" / "cache.json"
     if not cache_meta.is_file():
         raise FileNotFoundError(f"{cache_meta} not found: build the token cache first")
     meta = json.loads(cache_meta.read_text())
-    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
     if not meta.get("complete") or meta["fingerprint"] != fingerprint:
         raise ValueError(
             f"{cache_meta}: incomplete or built with tokenizer {meta['fingerprint']}, "
@@ -198,11 +196,8 @@ def _place(source: Path, project: Path, staging: Path, name: str) -> dict[str, s
     return {"payload": name}
 
 
-def _check_continue_from(model: Path, tokenizer: Path) -> None:
-    """`model` must be a model folder trained on `tokenizer`, the token cache's (`_copy_dataset`
-    checks the cache against it)."""
-    from vqgan import CXRTokenizer
-
+def _continue_from_fingerprint(model: Path) -> str | None:
+    """The image tokenizer fingerprint a model folder's manifest names (it must have one)."""
     manifest = model / "llmcxr.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: --continue-from takes a model folder")
@@ -210,12 +205,7 @@ def _check_continue_from(model: Path, tokenizer: Path) -> None:
         wanted = json.loads(manifest.read_text()).get("image_tokenizer_fingerprint")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise ValueError(f"{manifest} is not a model folder's manifest: {err}") from None
-    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
-    if wanted != fingerprint:
-        raise ValueError(
-            f"{model} was trained on image tokenizer {wanted}, but the token cache was made with "
-            f"{fingerprint}: tokenize the dataset with the model's own image_tokenizer"
-        )
+    return wanted
 
 
 def _git_commit(project: Path) -> str | None:
@@ -251,6 +241,8 @@ def pack(
     `continue_from` (a model folder) makes the LLM lane one phase that continues that model on
     the packed data instead of training stages 1 and 2 from the base; the token cache must be of
     its image tokenizer (the default `image_tokenizer` then)."""
+    from vqgan import CXRTokenizer
+
     limits = limits or DeviceLimits()
     chosen = PROFILES[profile]
     project, bundle = project.resolve(), bundle.resolve()
@@ -260,8 +252,14 @@ def pack(
     else:
         default_tokenizer = project / DEFAULT_TOKENIZER
     tokenizer = (image_tokenizer or default_tokenizer).resolve()
-    if continue_from is not None:  # before the old bundle is removed: a refusal keeps it
-        _check_continue_from(continue_from, tokenizer)
+    # checked before the old bundle is removed: a refusal keeps it
+    wanted = _continue_from_fingerprint(continue_from) if continue_from is not None else None
+    fingerprint = CXRTokenizer.from_pretrained(tokenizer).fingerprint
+    if continue_from is not None and wanted != fingerprint:
+        raise ValueError(
+            f"{continue_from} was trained on image tokenizer {wanted}, but the token cache was "
+            f"made with {fingerprint}: tokenize the dataset with the model's own image_tokenizer"
+        )
     for old in [*bundle.glob("send-*"), bundle / "staging", bundle / "payload.tar.gz"]:
         if old.is_dir():
             shutil.rmtree(old)
@@ -276,7 +274,7 @@ def pack(
         "commit": _git_commit(project),
         **asdict(chosen),
     }
-    kit["dataset"] = _copy_dataset(dataset.resolve(), staging, tokenizer)
+    kit["dataset"] = _copy_dataset(dataset.resolve(), staging, tokenizer, fingerprint)
     kit["image_tokenizer"] = _place(tokenizer, project, staging, "image_tokenizer")
     if continue_from is not None:
         kit["continue_from"] = _place(continue_from, project, staging, "continue_from")
