@@ -1,4 +1,4 @@
-"""Does classifier-free guidance of each report token make the reports read the film?
+"""Which report decoding makes the reports read the film: guidance of each token, or temperature?
 
 Guidance contrasts each step's log-probs with those after a "null" prompt:
 `null + scale * (cond - null)`. `LLMCXR.generate_report(guidance_scale=...)` uses the
@@ -8,12 +8,20 @@ the pixel mean of 512 training images) and the same film with half its codes rep
 amplify what this film changes rather than "an image is present". The last two need prompts the
 public API does not build, so it drives `LLMCXR._generate_text` directly.
 
-Scored as `llmcxr evaluate`'s report task (`score_reports`: the labeler on 3 sampled reports per
-film against the label-matched reference), on the films of the stage-1 validation split, so a
-setting is chosen without the test split::
+Lower temperatures (and greedy decoding) are the other lever: a sampled report names a finding
+with the model's probability, so three samples of a probability that the film moves a little
+read near chance, while a sharper distribution turns a small shift into a changed report.
 
-    python benchmarks/report_guidance.py --data runs/default_model/data \
-        --out benchmarks/results/report_guidance_val.json
+Scored as `llmcxr evaluate`'s report task (`score_reports` with the split's label-matched
+reference pool and `min_positives`: the labeler on 3 sampled reports per film), on the films of a
+validation split, so a setting is chosen without the test split::
+
+    python benchmarks/report_guidance.py --data runs/default_model/data --stage 2 \
+        --settings default,t0.7,t0.5,t0.3,greedy \
+        --out benchmarks/results/report_sampling_val.json
+
+(`report_guidance_val.json` was written before `--stage` and the reference pool: stage 1, each
+film's own reference for ROUGE-L.)
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +43,28 @@ from llmcxr.evaluation.report_task import score_reports
 from llmcxr.pipeline import LLMCXR, _seeded
 from vqgan import prepare_image, read_cxr
 
+
+@dataclass(frozen=True)
+class Setting:
+    """One decoding setting; None fields keep the model's defaults."""
+
+    null: str | None = None
+    scale: float | None = None
+    temperature: float | None = None
+    do_sample: bool = True
+
+
 SETTINGS = {
-    "none": (None, None),
-    "noimage_1.5": ("noimage", 1.5),
-    "mean_1.5": ("mean", 1.5),
-    "mean_2.5": ("mean", 2.5),
-    "noised50_2": ("noised", 2.0),
+    "none": Setting(),
+    "default": Setting(),
+    "noimage_1.5": Setting("noimage", 1.5),
+    "mean_1.5": Setting("mean", 1.5),
+    "mean_2.5": Setting("mean", 2.5),
+    "noised50_2": Setting("noised", 2.0),
+    "t0.7": Setting(temperature=0.7),
+    "t0.5": Setting(temperature=0.5),
+    "t0.3": Setting(temperature=0.3),
+    "greedy": Setting(do_sample=False),
 }
 SAMPLES = 3
 
@@ -67,14 +92,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="built instruction dataset")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of SETTINGS")
+    parser.add_argument("--stage", type=int, default=2, help="dataset stage (evaluate's is 2)")
     parser.add_argument("--limit", type=int, default=None, help="first N validation films")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (resumed)")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
     llm = LLMCXR.from_pretrained(args.model)
-    records = EvalSplit(args.data, 1, "val").records("cxr_to_report", need_image=True)
-    records = records[: args.limit]
+    split = EvalSplit(args.data, args.stage, "val")
+    records = split.records("cxr_to_report", need_image=True)[: args.limit]
+    pool = [r.report for t in ("cxr_to_report", "report_to_cxr") for r in split.records(t)]
     classes = chexpert_classes()
     instruction = default_instruction("cxr_to_report")
     text = llm.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
@@ -83,15 +110,17 @@ def main() -> None:
     k = llm.token_map.codebook_size
     paths = [str(r.image_path) for r in records]
     codes = torch.cat([llm.encode_images(paths[i : i + 16]) for i in range(0, len(paths), 16)])
-    sampling = llm._sampling(True, None, None)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.settings.split(","):
         if name in results:
             continue
-        kind, scale = SETTINGS[name]
+        setting = SETTINGS[name]
+        kind, scale = setting.null, setting.scale
+        sampling = llm._sampling(setting.do_sample, setting.temperature, None)
         start_time = time.time()
         generated: list[list[str]] = [[] for _ in records]
-        for sample in range(SAMPLES):
+        # Greedy decoding gives one report per film whatever the seed: decode it once.
+        for sample in range(SAMPLES if setting.do_sample else 1):
             for start, chunk in chunks(list(range(len(records))), 8):
                 prompts = [llm.encode_prompt(text, [codes[i]]) for i in chunk]
                 if kind is None:
@@ -109,6 +138,8 @@ def main() -> None:
                     )
                 for i, report in zip(chunk, out, strict=True):
                     generated[i].append(report)
+        if not setting.do_sample:
+            generated = [g * SAMPLES for g in generated]
         metrics = score_reports(
             [r.report for r in records],
             generated,
@@ -117,8 +148,10 @@ def main() -> None:
             uncertain_as_positive=False,
             n_boot=300,
             seed=0,
+            reference_pool=pool,
         )
         results[name] = {
+            "setting": {"stage": args.stage, **vars(setting), "top_p": sampling.top_p},
             "films": len(records),
             "minutes": round((time.time() - start_time) / 60, 1),
             "macro_auroc": metrics["auroc"]["macro"],
