@@ -20,6 +20,14 @@ validation split, so a setting is chosen without the test split::
         --settings default,t0.7,t0.5,t0.3,greedy \
         --out benchmarks/results/report_sampling_val.json
 
+The third lever keeps the sampling and reranks: `CANDIDATES` reports are sampled per film and
+the `SAMPLES` scored are those that best single out *this* film among the films of its group (a
+pragmatic speaker: Andreas & Klein 2016, Vedantam et al. 2017): score
+`log p(c | film) - contrast * log mean_j p(c | film j)` over the group's films, by teacher-forced
+log-probability (`LLMCXR.score_responses`). `contrast` 0 keeps the most likely candidates (the
+control). The first `SAMPLES` candidates use the default setting's seeds, so the default's reports
+are among them; candidates are cached beside `--out`.
+
 (`report_guidance_val.json` was written before `--stage` and the reference pool: stage 1, each
 film's own reference for ROUGE-L.)
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +61,8 @@ class Setting:
     scale: float | None = None
     temperature: float | None = None
     do_sample: bool = True
+    contrast: float | None = None
+    """Rerank `CANDIDATES` sampled reports per film with this contrast weight (None: no rerank)."""
 
 
 SETTINGS = {
@@ -65,8 +76,13 @@ SETTINGS = {
     "t0.5": Setting(temperature=0.5),
     "t0.3": Setting(temperature=0.3),
     "greedy": Setting(do_sample=False),
+    "pmi6": Setting(contrast=1.0),
+    "lik6": Setting(contrast=0.0),
 }
 SAMPLES = 3
+CANDIDATES = 6
+RERANK_GROUP = 8
+"""Films whose candidates are pooled and scored under each other for the contrast."""
 
 
 def mean_film_codes(llm: LLMCXR, data: Path, count: int = 512) -> torch.Tensor:
@@ -87,19 +103,83 @@ def noised(codes: torch.Tensor, fraction: float, k: int, generator: torch.Genera
     return codes
 
 
+def sample_reports(
+    llm: LLMCXR,
+    text: str,
+    codes: torch.Tensor,
+    samples: int,
+    setting: Setting,
+    null_prompts: dict,
+) -> list[list[str]]:
+    """`samples` reports per film (seeded as the report task: one seed per sample and batch)."""
+    k = llm.token_map.codebook_size
+    sampling = llm._sampling(setting.do_sample, setting.temperature, None)
+    generated: list[list[str]] = [[] for _ in codes]
+    for sample in range(samples):
+        for start, chunk in chunks(list(range(len(codes))), 8):
+            prompts = [llm.encode_prompt(text, [codes[i]]) for i in chunk]
+            if setting.null is None:
+                null = None
+            elif setting.null == "noised":
+                g = torch.Generator().manual_seed(1000 * sample + start)
+                null = [llm.encode_prompt(text, [noised(codes[i], 0.5, k, g)]) for i in chunk]
+            else:
+                null = [null_prompts[setting.null]] * len(chunk)
+            with _seeded(1000 * sample + start, llm.device):
+                out = llm._generate_text(
+                    prompts, 128, sampling, guidance_scale=setting.scale, uncond=null
+                )
+            for i, report in zip(chunk, out, strict=True):
+                generated[i].append(report)
+    return generated
+
+
+def score_groups(llm: LLMCXR, paths: list[str], candidates: list[list[str]]) -> list[dict]:
+    """For each group of `RERANK_GROUP` films: its films, the pool of their distinct candidates and
+    the log-probability [films, pool] of each candidate after each film (answers batched by length,
+    so short ones are not padded to the longest)."""
+    groups = []
+    for _, group in chunks(list(range(len(paths))), RERANK_GROUP):
+        pool = sorted({c for i in group for c in candidates[i]}, key=lambda c: (len(c), c))
+        films = [paths[i] for i in group]
+        parts = [
+            llm.score_responses(films, part, batch_size=len(part)) for _, part in chunks(pool, 8)
+        ]
+        groups.append({"films": group, "pool": pool, "logp": torch.cat(parts, 1).tolist()})
+    return groups
+
+
+def rerank(groups: list[dict], candidates: list[list[str]], contrast: float) -> list[list[str]]:
+    """The `SAMPLES` candidates of each film that score highest on
+    `log p(c | film) - contrast * log mean_j p(c | film j)` within its group of films (fewer
+    distinct candidates than `SAMPLES`: the best is repeated)."""
+    chosen: dict[int, list[str]] = {}
+    for g in groups:
+        logp = torch.tensor(g["logp"])
+        marginal = torch.logsumexp(logp, 0) - math.log(len(g["films"]))
+        score = logp - contrast * marginal
+        column = {c: j for j, c in enumerate(g["pool"])}
+        for row, i in enumerate(g["films"]):
+            own = sorted({column[c] for c in candidates[i]}, key=lambda j: -float(score[row, j]))
+            best = [g["pool"][j] for j in own[:SAMPLES]]
+            chosen[i] = best + [best[0]] * (SAMPLES - len(best))
+    return [chosen[i] for i in range(len(candidates))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="built instruction dataset")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of SETTINGS")
     parser.add_argument("--stage", type=int, default=2, help="dataset stage (evaluate's is 2)")
-    parser.add_argument("--limit", type=int, default=None, help="first N validation films")
+    parser.add_argument("--split", default="val", help="dataset split (choose on val)")
+    parser.add_argument("--limit", type=int, default=None, help="first N films")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (resumed)")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
     llm = LLMCXR.from_pretrained(args.model)
-    split = EvalSplit(args.data, args.stage, "val")
+    split = EvalSplit(args.data, args.stage, args.split)
     records = split.records("cxr_to_report", need_image=True)[: args.limit]
     pool = [r.report for t in ("cxr_to_report", "report_to_cxr") for r in split.records(t)]
     classes = chexpert_classes()
@@ -107,39 +187,35 @@ def main() -> None:
     text = llm.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
     no_image = llm.encode_prompt(llm.prompt_format.render(instruction))
     mean_prompt = llm.encode_prompt(text, [mean_film_codes(llm, args.data)])
-    k = llm.token_map.codebook_size
     paths = [str(r.image_path) for r in records]
     codes = torch.cat([llm.encode_images(paths[i : i + 16]) for i in range(0, len(paths), 16)])
+    null_prompts = {"noimage": no_image, "mean": mean_prompt}
+    cache = args.out.with_suffix(".candidates.json")
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.settings.split(","):
         if name in results:
             continue
         setting = SETTINGS[name]
-        kind, scale = setting.null, setting.scale
         sampling = llm._sampling(setting.do_sample, setting.temperature, None)
         start_time = time.time()
-        generated: list[list[str]] = [[] for _ in records]
-        # Greedy decoding gives one report per film whatever the seed: decode it once.
-        for sample in range(SAMPLES if setting.do_sample else 1):
-            for start, chunk in chunks(list(range(len(records))), 8):
-                prompts = [llm.encode_prompt(text, [codes[i]]) for i in chunk]
-                if kind is None:
-                    null = None
-                elif kind == "noimage":
-                    null = [no_image] * len(chunk)
-                elif kind == "mean":
-                    null = [mean_prompt] * len(chunk)
-                else:
-                    g = torch.Generator().manual_seed(1000 * sample + start)
-                    null = [llm.encode_prompt(text, [noised(codes[i], 0.5, k, g)]) for i in chunk]
-                with _seeded(1000 * sample + start, llm.device):
-                    out = llm._generate_text(
-                        prompts, 128, sampling, guidance_scale=scale, uncond=null
-                    )
-                for i, report in zip(chunk, out, strict=True):
-                    generated[i].append(report)
-        if not setting.do_sample:
-            generated = [g * SAMPLES for g in generated]
+        if setting.contrast is not None:
+            if not cache.is_file():
+                sampled = sample_reports(llm, text, codes, CANDIDATES, Setting(), null_prompts)
+                cache.write_text(json.dumps({"candidates": sampled}))
+            cached = json.loads(cache.read_text())
+            if len(cached["candidates"]) != len(records):
+                raise SystemExit(
+                    f"{cache} holds {len(cached['candidates'])} films, not {len(records)}"
+                )
+            if "groups" not in cached:
+                cached["groups"] = score_groups(llm, paths, cached["candidates"])
+                cache.write_text(json.dumps(cached))
+            generated = rerank(cached["groups"], cached["candidates"], setting.contrast)
+        elif setting.do_sample:
+            generated = sample_reports(llm, text, codes, SAMPLES, setting, null_prompts)
+        else:
+            # Greedy decoding gives one report per film whatever the seed: decode it once.
+            generated = [g * SAMPLES for g in sample_reports(llm, text, codes, 1, setting, {})]
         metrics = score_reports(
             [r.report for r in records],
             generated,
@@ -151,7 +227,12 @@ def main() -> None:
             reference_pool=pool,
         )
         results[name] = {
-            "setting": {"stage": args.stage, **vars(setting), "top_p": sampling.top_p},
+            "setting": {
+                "stage": args.stage,
+                "split": args.split,
+                **vars(setting),
+                "top_p": sampling.top_p,
+            },
             "films": len(records),
             "minutes": round((time.time() - start_time) / 60, 1),
             "macro_auroc": metrics["auroc"]["macro"],
