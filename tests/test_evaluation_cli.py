@@ -157,6 +157,9 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert near["lowpass_sigma"] == 2.0
     for key in ("generated", "real_leave_one_out", "control", "mean_real_image"):
         assert -1 <= low[key] <= 1
+    gap = low["generated_minus_real"]
+    assert gap == pytest.approx(low["generated"] - low["real_leave_one_out"])
+    assert low["generated_minus_real_ci95"][0] <= gap <= low["generated_minus_real_ci95"][1]
     assert near["sharpness"]["generated"] > 0 and near["sharpness"]["real"] > 0
     assert metrics["vqa"]["n_yes_no"] + metrics["vqa"]["n_open"] == metrics["vqa"]["n_items"] == 2
     assert set(metrics["roundtrip"]) == {"report_image_report", "image_report_image"}
@@ -165,6 +168,7 @@ def test_evaluate_writes_metrics_table_and_plots(
     assert "Nearest real image, in pixels" in table
     assert "negative control" in table
     assert "At matched sharpness" in table
+    assert "Generated minus real" in table
     for heading in (
         "CXR -> report",
         "Report -> CXR",

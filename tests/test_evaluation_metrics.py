@@ -160,6 +160,19 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
     assert all(math.isnan(v) for v in metrics.bootstrap_ci(lambda idx: math.nan, 5, n_boot=5))
 
 
+def test_mean_difference_interval_resamples_each_set_on_its_own() -> None:
+    # Constant sets: every resample's difference is 0.7 - 0.5 exactly, whatever the sizes.
+    low, high = metrics.mean_difference_interval([0.7] * 3, [0.5] * 5, n_boot=50)
+    assert low == pytest.approx(0.2) and high == pytest.approx(0.2)
+    # b has no spread, so the interval is a's mean interval shifted by b's mean.
+    a = np.random.default_rng(2).normal(1.0, 1.0, size=300)
+    diff = metrics.mean_difference_interval(a, [0.25] * 4, n_boot=400, seed=1)
+    assert diff[0] < a.mean() - 0.25 < diff[1]
+    assert 0.15 < diff[1] - diff[0] < 0.3  # ~ 2 x 1.96 x 1 / sqrt(300) = 0.23
+    assert diff == metrics.mean_difference_interval(a, [0.25] * 4, n_boot=400, seed=1)
+    assert all(math.isnan(v) for v in metrics.mean_difference_interval([], [1.0]))
+
+
 def test_frechet_distance_known_gaussians() -> None:
     a = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]])  # mean 0, cov diag(2/3, 2/3)
     b = 2 * a + np.array([3.0, 4.0])  # mean (3, 4), cov diag(8/3, 8/3)

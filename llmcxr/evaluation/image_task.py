@@ -33,6 +33,7 @@ from llmcxr.evaluation.metrics import (
     kernel_inception_distance,
     knn_precision_recall,
     lowpass,
+    mean_difference_interval,
     mean_interval,
     mean_pairwise_ssim,
     nearest_ssim,
@@ -286,6 +287,11 @@ def _nearest_real(
         out: dict[str, Any] = {}
         for name, v in values.items():
             out[name], out[f"{name}_ci95"] = float(v.mean()), mean_interval(v.tolist(), **boot)
+        # Higher is not better past the real level (an average chest scores far above it): the
+        # signed gap to real films is what a comparison of two models should read.
+        gen, ref = values["generated"], values["real_leave_one_out"]
+        out["generated_minus_real"] = float(gen.mean() - ref.mean())
+        out["generated_minus_real_ci95"] = mean_difference_interval(gen, ref, **boot)
         return out
 
     smooth = matched_sharpness(real)

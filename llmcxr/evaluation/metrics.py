@@ -398,6 +398,24 @@ def mean_interval(
     return bootstrap_ci(lambda idx: float(arr[idx].mean()), len(arr), n_boot=n_boot, seed=seed)
 
 
+def mean_difference_interval(
+    a: Sequence[float], b: Sequence[float], *, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap 95 % interval of ``mean(a) - mean(b)``, each sample resampled on its own (two
+    independent sets of items, such as drawings and real films)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.size == 0 or b.size == 0 or n_boot < 1:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    diffs = [
+        a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
+        for _ in range(n_boot)
+    ]
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return (float(low), float(high))
+
+
 def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
     """Improved precision and recall of generated samples (Kynkäänniemi et al., NeurIPS 2019).
 

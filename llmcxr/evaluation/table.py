@@ -365,7 +365,16 @@ def render(metrics: Mapping[str, Any]) -> str:
                     f"{fmt(low['real_leave_one_out'], low['real_leave_one_out_ci95'])}; tiles "
                     f"shuffled {fmt(low['control'], low['control_ci95'])}; the mean real image "
                     f"{fmt(low['mean_real_image'])} (an average chest scores high: read diversity "
-                    f"beside it). Sharpness (mean gradient magnitude): generated "
+                    "beside it)."
+                    + (
+                        " Generated minus real "
+                        f"{fmt(low['generated_minus_real'], low['generated_minus_real_ci95'])} "
+                        "(0 is the real level; above it, more average than real films; below, "
+                        "less chest-like)."
+                        if "generated_minus_real" in low
+                        else ""
+                    )
+                    + " Sharpness (mean gradient magnitude): generated "
                     f"{fmt(sharp['generated'], digits=4)}, real {fmt(sharp['real'], digits=4)}."
                 ),
                 "",
