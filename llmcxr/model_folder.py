@@ -89,10 +89,20 @@ class GenerationDefaults:
     answer_max_new_tokens: int = 128
     guidance_scale: float = 1.0
     """Classifier-free guidance for images; 1.0 turns it off."""
+    report_temperature: float | None = None
+    """Temperature of reports (`LLMCXR.generate_report`) when it differs from `temperature`,
+    which images and answers use; None: `temperature`."""
     image_size: int | None = None
     """Side of generated images in pixels; None keeps the tokenizer's size. A larger side upsamples
     the decoded image (bicubic): a small tokenizer keeps CPU generation short, while users and
     evaluators still get the usual 256 px image."""
+
+    def __post_init__(self) -> None:
+        if self.report_temperature is not None and not self.report_temperature > 0:
+            raise ValueError(
+                f"generation defaults: report_temperature must be above 0, "
+                f"got {self.report_temperature!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -274,6 +274,8 @@ class LLMCXR:
         # The unconditional branch: the instruction with no image (Alpaca's no-input form).
         uncond = self.encode_prompt(self.prompt_format.render(instruction)) if guided else None
         max_new = max_new_tokens or self.generation_defaults.report_max_new_tokens
+        if temperature is None:
+            temperature = self.generation_defaults.report_temperature
         sampling = self._sampling(do_sample, temperature, top_p)
         reports: list[str] = []
         with _seeded(seed, self.device):

@@ -10,13 +10,20 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from llmcxr.model_folder import GenerationDefaults
+
 
 class FakeLLMCXR:
     """Deterministic fake: reports mention the image's mean brightness; images encode the seed."""
 
     def __init__(
-        self, image_size: int = 32, tokens_per_image: int = 16, fail: bool = False
+        self,
+        image_size: int = 32,
+        tokens_per_image: int = 16,
+        fail: bool = False,
+        generation_defaults: GenerationDefaults | None = None,
     ) -> None:
+        self.generation_defaults = generation_defaults or GenerationDefaults()
         self.image_size = image_size
         self.tokens_per_image = tokens_per_image
         self.fail = fail

@@ -18,6 +18,7 @@ from demo_fake_model import FakeLLMCXR
 from llmcxr.demo.actions import DemoActions, DemoLimits
 from llmcxr.demo.app import DemoCallbacks, build_demo, chat_messages, gr
 from llmcxr.demo.findings import highlight_findings, label_rows, split_sentences
+from llmcxr.model_folder import GenerationDefaults
 
 
 @pytest.fixture
@@ -191,6 +192,15 @@ def test_page_builds_with_named_api(callbacks: DemoCallbacks, tmp_path: Path) ->
     assert {"report", "draw", "ask"} <= api_names
     model_events = [dep for dep in demo.fns.values() if dep.concurrency_id == "llmcxr-model"]
     assert len(model_events) == 4 and all(dep.concurrency_limit == 1 for dep in model_events)
+
+
+def test_sampling_controls_start_at_the_models_defaults(tmp_path: Path) -> None:
+    defaults = GenerationDefaults(temperature=0.9, top_p=0.8, report_temperature=0.3)
+    demo = build_demo(FakeLLMCXR(generation_defaults=defaults), tmp_path)
+    sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider)]
+    temperatures = [s.value for s in sliders if s.label == "Temperature"]
+    assert temperatures == [0.3, 0.9]  # the Report tab's, then the Draw tab's
+    assert [s.value for s in sliders if s.label == "Top-p"] == [0.8, 0.8]
 
 
 def test_an_upload_is_decoded_once_under_the_model_lock(

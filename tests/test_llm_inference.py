@@ -4,6 +4,7 @@ API."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from llmcxr.decoding import (
     generate_text,
 )
 from llmcxr.devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from llmcxr.model_folder import GenerationDefaults
 from llmcxr.pipeline import LLMCXR, ModelNotFoundError, PromptTooLongError
 
 
@@ -250,6 +252,26 @@ def test_ask_with_history_keeps_one_image(llm: LLMCXR, monkeypatch: pytest.Monke
     assert seen[0].ids.count(llm.token_map.start_id) == 1
     with pytest.raises(ValueError, match="empty"):
         llm.ask(np.zeros((64, 64), np.float32), "   ")
+
+
+def test_report_temperature_applies_to_reports_only(
+    llm: LLMCXR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clone = copy.copy(llm)
+    clone.generation_defaults = replace(llm.generation_defaults, report_temperature=0.3)
+    used: list[float] = []
+    original = clone._sampling
+    monkeypatch.setattr(
+        clone, "_sampling", lambda *a: used.append(original(*a).temperature) or original(*a)
+    )
+    image = np.full((64, 64), 0.3, np.float32)
+    clone.generate_report([image], max_new_tokens=2, seed=0)
+    clone.generate_report([image], max_new_tokens=2, seed=0, temperature=0.9)
+    clone.ask(image, "Is there an effusion?", max_new_tokens=2, seed=0)
+    clone.generate_images(["Left pleural effusion."], seed=0)
+    assert used == [0.3, 0.9, 1.0, 1.0]
+    with pytest.raises(ValueError, match="report_temperature"):
+        GenerationDefaults.from_dict({"report_temperature": 0})
 
 
 def test_bad_inputs_raise_clear_errors(llm: LLMCXR, tmp_path: Path) -> None:

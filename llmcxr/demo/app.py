@@ -164,10 +164,10 @@ def _upload_with_preview(elem_id: str) -> tuple[Any, Any]:
     return upload, preview
 
 
-def _sampling_controls() -> tuple[Any, Any, Any]:
-    """Temperature, top-p and seed inputs (defaults: LLM-CXR's sampling, seed 0)."""
-    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
-    top_p = gr.Slider(0.05, 1.0, value=0.92, step=0.01, label="Top-p")
+def _sampling_controls(temperature: float, top_p: float) -> tuple[Any, Any, Any]:
+    """Temperature, top-p and seed inputs (defaults: the model's, seed 0)."""
+    temperature = gr.Slider(0.1, 2.0, value=temperature, step=0.05, label="Temperature")
+    top_p = gr.Slider(0.05, 1.0, value=top_p, step=0.01, label="Top-p")
     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
     return temperature, top_p, seed
 
@@ -181,6 +181,8 @@ def build_demo(
 ) -> Any:
     """Build (not launch) the demo page for ``model``; generated PNGs go under ``output_dir``."""
     limits = limits or DemoLimits()
+    defaults = model.generation_defaults
+    report_temperature = defaults.report_temperature or defaults.temperature
     callbacks = DemoCallbacks(DemoActions(model, Path(output_dir), limits))
     model_event = {"concurrency_limit": 1, "concurrency_id": MODEL_QUEUE}
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -194,7 +196,7 @@ def build_demo(
                     report_file, report_preview = _upload_with_preview("report-upload")
                     with gr.Accordion("Sampling", open=False):
                         report_sample = gr.Checkbox(value=True, label="Sample (off: greedy)")
-                        report_sampling = _sampling_controls()
+                        report_sampling = _sampling_controls(report_temperature, defaults.top_p)
                     report_button = gr.Button(
                         "Write report", variant="primary", elem_id="report-button"
                     )
@@ -220,7 +222,7 @@ def build_demo(
                     draw_count = gr.Slider(
                         1, limits.max_images, value=1, step=1, label="Number of images"
                     )
-                    draw_sampling = _sampling_controls()
+                    draw_sampling = _sampling_controls(defaults.temperature, defaults.top_p)
                     draw_button = gr.Button("Draw", variant="primary", elem_id="draw-button")
                 with gr.Column(scale=1):
                     draw_gallery = gr.Gallery(
