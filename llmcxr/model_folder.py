@@ -98,7 +98,10 @@ class GenerationDefaults:
     evaluators still get the usual 256 px image."""
 
     def __post_init__(self) -> None:
-        if self.report_temperature is not None and not self.report_temperature > 0:
+        value = self.report_temperature
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        ):
             raise ValueError(
                 f"generation defaults: report_temperature must be above 0, "
                 f"got {self.report_temperature!r}"

@@ -270,8 +270,9 @@ def test_report_temperature_applies_to_reports_only(
     clone.ask(image, "Is there an effusion?", max_new_tokens=2, seed=0)
     clone.generate_images(["Left pleural effusion."], seed=0)
     assert used == [0.3, 0.9, 1.0, 1.0]
-    with pytest.raises(ValueError, match="report_temperature"):
-        GenerationDefaults.from_dict({"report_temperature": 0})
+    for bad in (0, -1.0, "0.3", True):
+        with pytest.raises(ValueError, match="report_temperature"):
+            GenerationDefaults.from_dict({"report_temperature": bad})
 
 
 def test_bad_inputs_raise_clear_errors(llm: LLMCXR, tmp_path: Path) -> None:
