@@ -1,4 +1,4 @@
-"""Which report decoding makes the reports read the film: guidance of each token, or temperature?
+"""Which report decoding makes the reports read the film: guidance, temperature or reranking?
 
 Guidance contrasts each step's log-probs with those after a "null" prompt:
 `null + scale * (cond - null)`. `LLMCXR.generate_report(guidance_scale=...)` uses the
@@ -28,8 +28,8 @@ log-probability (`LLMCXR.score_responses`). `contrast` 0 keeps the most likely c
 control). The first `SAMPLES` candidates use the default setting's seeds, so the default's reports
 are among them; candidates are cached beside `--out`.
 
-(`report_guidance_val.json` was written before `--stage` and the reference pool: stage 1, each
-film's own reference for ROUGE-L.)
+(`report_guidance_val.json` was written before `--stage` and the reference pool: `--stage 1`,
+and each film's own reference alone for ROUGE-L; its `none` is today's `default`.)
 """
 
 from __future__ import annotations
