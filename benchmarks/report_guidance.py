@@ -28,6 +28,11 @@ log-probability (`LLMCXR.score_responses`). `contrast` 0 keeps the most likely c
 control). The first `SAMPLES` candidates use the default setting's seeds, so the default's reports
 are among them; candidates are cached beside `--out`.
 
+The fourth retrieves: `retrieve16` scores the `BANK` most frequent training reports after each
+film, minus each one's mean over `CALIBRATION_FILMS` training films, and returns the best (a
+fixed bank compared across films can use a likelihood shift too small to decide a sampled
+report).
+
 (`report_guidance_val.json` was written before `--stage` and the reference pool: `--stage 1`,
 and each film's own reference alone for ROUGE-L; its `none` is today's `default`.)
 """
@@ -38,6 +43,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +69,8 @@ class Setting:
     do_sample: bool = True
     contrast: float | None = None
     """Rerank `CANDIDATES` sampled reports per film with this contrast weight (None: no rerank)."""
+    retrieve: bool = False
+    """Return the bank report with the highest calibrated log-probability (`retrieve`)."""
 
 
 SETTINGS = {
@@ -78,10 +86,13 @@ SETTINGS = {
     "greedy": Setting(do_sample=False),
     "pmi6": Setting(contrast=1.0),
     "lik6": Setting(contrast=0.0),
+    "retrieve16": Setting(retrieve=True),
 }
 SAMPLES = 3
 CANDIDATES = 6
 RERANK_GROUP = 8
+BANK = 16
+CALIBRATION_FILMS = 128
 """Films whose candidates are pooled and scored under each other for the contrast."""
 
 
@@ -166,6 +177,20 @@ def rerank(groups: list[dict], candidates: list[list[str]], contrast: float) -> 
     return [chosen[i] for i in range(len(candidates))]
 
 
+def retrieve(llm: LLMCXR, data: Path, stage: int, paths: list[str]) -> tuple[list[str], list]:
+    """Per film, the `BANK` report with the highest log-probability minus its mean over
+    `CALIBRATION_FILMS` seeded random training films; also the bank."""
+    train = EvalSplit(data, stage, "train")
+    bank = [
+        t for t, _ in Counter(r.report for r in train.records("cxr_to_report")).most_common(BANK)
+    ]
+    films = sorted({str(r.image_path) for r in train.records("cxr_to_report", need_image=True)})
+    pick = np.random.default_rng(0).choice(len(films), CALIBRATION_FILMS, replace=False)
+    offset = llm.score_responses([films[i] for i in pick], bank, batch_size=len(bank)).mean(0)
+    scores = llm.score_responses(paths, bank, batch_size=len(bank)) - offset
+    return [bank[int(j)] for j in scores.argmax(1)], bank
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="built instruction dataset")
@@ -198,7 +223,12 @@ def main() -> None:
         setting = SETTINGS[name]
         sampling = llm._sampling(setting.do_sample, setting.temperature, None)
         start_time = time.time()
-        if setting.contrast is not None:
+        extra: dict = {}
+        if setting.retrieve:
+            picked, bank = retrieve(llm, args.data, args.stage, paths)
+            generated = [[r] * SAMPLES for r in picked]
+            extra = {"bank": bank, "bank_picks": dict(Counter(picked))}
+        elif setting.contrast is not None:
             if not cache.is_file():
                 sampled = sample_reports(llm, text, codes, CANDIDATES, Setting(), null_prompts)
                 cache.write_text(json.dumps({"candidates": sampled}))
@@ -241,6 +271,7 @@ def main() -> None:
             "rouge_l": metrics["nlg"]["rouge_l"],
             "ci95": metrics["ci95"],
             "first_reports": [g[0] for g in generated[:12]],
+            **extra,
         }
         args.out.write_text(json.dumps(results, indent=1))
         print(name, json.dumps({k: results[name][k] for k in ("macro_auroc", "ci95")}))
