@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from cxrcommon.batching import chunks
-from instructions import IMAGE_PLACEHOLDER, default_instruction
+from instructions import IMAGE_PLACEHOLDER, default_instruction, label_report
 from llmcxr.evaluation.data import EvalSplit
 from llmcxr.evaluation.labelling import chexpert_classes
 from llmcxr.evaluation.report_task import score_reports
@@ -71,6 +71,8 @@ class Setting:
     """Rerank `CANDIDATES` sampled reports per film with this contrast weight (None: no rerank)."""
     retrieve: bool = False
     """Return the bank report with the highest calibrated log-probability (`retrieve`)."""
+    by_group: bool = False
+    """With `retrieve`: first choose the normal or the abnormal half of the bank by its mean."""
 
 
 SETTINGS = {
@@ -87,6 +89,7 @@ SETTINGS = {
     "pmi6": Setting(contrast=1.0),
     "lik6": Setting(contrast=0.0),
     "retrieve16": Setting(retrieve=True),
+    "retrieve16g": Setting(retrieve=True, by_group=True),
 }
 SAMPLES = 3
 CANDIDATES = 6
@@ -177,9 +180,13 @@ def rerank(groups: list[dict], candidates: list[list[str]], contrast: float) -> 
     return [chosen[i] for i in range(len(candidates))]
 
 
-def retrieve(llm: LLMCXR, data: Path, stage: int, paths: list[str]) -> tuple[list[str], list]:
+def retrieve(
+    llm: LLMCXR, data: Path, stage: int, paths: list[str], by_group: bool
+) -> tuple[list[str], list]:
     """Per film, the `BANK` report with the highest log-probability minus its mean over
-    `CALIBRATION_FILMS` seeded random training films; also the bank."""
+    `CALIBRATION_FILMS` seeded random training films; also the bank. `by_group`: first the
+    film is called normal when the bank's "No Finding" reports (the project's labeler) score
+    higher on average than the others, and the best report of that group is returned."""
     train = EvalSplit(data, stage, "train")
     bank = [
         t for t, _ in Counter(r.report for r in train.records("cxr_to_report")).most_common(BANK)
@@ -188,6 +195,10 @@ def retrieve(llm: LLMCXR, data: Path, stage: int, paths: list[str]) -> tuple[lis
     pick = np.random.default_rng(0).choice(len(films), CALIBRATION_FILMS, replace=False)
     offset = llm.score_responses([films[i] for i in pick], bank, batch_size=len(bank)).mean(0)
     scores = llm.score_responses(paths, bank, batch_size=len(bank)) - offset
+    if by_group:
+        normal = torch.tensor([label_report(t).get("No Finding") == 1 for t in bank])
+        calls_normal = scores[:, normal].mean(1) > scores[:, ~normal].mean(1)
+        scores = scores.masked_fill(calls_normal[:, None] != normal[None, :], -math.inf)
     return [bank[int(j)] for j in scores.argmax(1)], bank
 
 
@@ -225,7 +236,7 @@ def main() -> None:
         start_time = time.time()
         extra: dict = {}
         if setting.retrieve:
-            picked, bank = retrieve(llm, args.data, args.stage, paths)
+            picked, bank = retrieve(llm, args.data, args.stage, paths, setting.by_group)
             generated = [[r] * SAMPLES for r in picked]
             extra = {"bank": bank, "bank_picks": dict(Counter(picked))}
         elif setting.contrast is not None:
