@@ -127,7 +127,8 @@ def sample_reports(
 ) -> list[list[str]]:
     """`samples` reports per film (seeded as the report task: one seed per sample and batch)."""
     k = llm.token_map.codebook_size
-    sampling = llm._sampling(setting.do_sample, setting.temperature, None)
+    temperature = setting.temperature or llm.generation_defaults.temperature_for_reports
+    sampling = llm._sampling(setting.do_sample, temperature, None)
     generated: list[list[str]] = [[] for _ in codes]
     for sample in range(samples):
         for start, chunk in chunks(list(range(len(codes))), 8):
@@ -232,7 +233,6 @@ def main() -> None:
         if name in results:
             continue
         setting = SETTINGS[name]
-        sampling = llm._sampling(setting.do_sample, setting.temperature, None)
         start_time = time.time()
         extra: dict = {}
         if setting.retrieve:
@@ -272,7 +272,7 @@ def main() -> None:
                 "stage": args.stage,
                 "split": args.split,
                 **vars(setting),
-                "top_p": sampling.top_p,
+                "top_p": llm.generation_defaults.top_p,
             },
             "films": len(records),
             "minutes": round((time.time() - start_time) / 60, 1),

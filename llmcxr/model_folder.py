@@ -107,6 +107,11 @@ class GenerationDefaults:
                 f"got {self.report_temperature!r}"
             )
 
+    @property
+    def temperature_for_reports(self) -> float:
+        """`report_temperature`, or `temperature` when it is not set."""
+        return self.temperature if self.report_temperature is None else self.report_temperature
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -275,7 +275,7 @@ class LLMCXR:
         uncond = self.encode_prompt(self.prompt_format.render(instruction)) if guided else None
         max_new = max_new_tokens or self.generation_defaults.report_max_new_tokens
         if temperature is None:
-            temperature = self.generation_defaults.report_temperature
+            temperature = self.generation_defaults.temperature_for_reports
         sampling = self._sampling(do_sample, temperature, top_p)
         reports: list[str] = []
         with _seeded(seed, self.device):

@@ -182,7 +182,6 @@ def build_demo(
     """Build (not launch) the demo page for ``model``; generated PNGs go under ``output_dir``."""
     limits = limits or DemoLimits()
     defaults = model.generation_defaults
-    report_temperature = defaults.report_temperature or defaults.temperature
     callbacks = DemoCallbacks(DemoActions(model, Path(output_dir), limits))
     model_event = {"concurrency_limit": 1, "concurrency_id": MODEL_QUEUE}
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -196,7 +195,9 @@ def build_demo(
                     report_file, report_preview = _upload_with_preview("report-upload")
                     with gr.Accordion("Sampling", open=False):
                         report_sample = gr.Checkbox(value=True, label="Sample (off: greedy)")
-                        report_sampling = _sampling_controls(report_temperature, defaults.top_p)
+                        report_sampling = _sampling_controls(
+                            defaults.temperature_for_reports, defaults.top_p
+                        )
                     report_button = gr.Button(
                         "Write report", variant="primary", elem_id="report-button"
                     )
