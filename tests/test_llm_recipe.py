@@ -3,6 +3,7 @@ learning rate for the new image-token rows, image and text validation losses apa
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from llmcxr.image_tokens import ImageTokenMap
 from llmcxr.lit_module import (
     LLMCXRModule,
     LoraSettings,
+    LossSettings,
     ModelSettings,
     OptimizerSettings,
+    lead_text_weights,
     split_token_losses,
+    weighted_token_loss,
 )
 from llmcxr.pipeline import LLMCXR
 
@@ -102,6 +106,75 @@ def test_split_token_losses_by_hand() -> None:
     assert terms["loss_text"].item() == pytest.approx(math.log(3))
     assert terms["loss"].item() == pytest.approx((math.log(2) + math.log(3)) / 2)
     assert (terms["image_tokens"].item(), terms["text_tokens"].item()) == (1, 1)
+
+
+def _two_code_map() -> ImageTokenMap:
+    return ImageTokenMap(codebook_size=2, first_code_id=3, start_id=5, end_id=6, tokens_per_image=1)
+
+
+def test_lead_text_weights_by_hand() -> None:
+    targets = torch.tensor(
+        [
+            [-100, -100, 1, 2, 0, 1],  # written response: its first 2 targets weighted
+            [-100, 5, 3, 6, 0, -100],  # drawn response (start, code, end): weights stay 1
+            [-100, -100, -100, -100, 2, -100],  # one-token answer ("Yes"): weighted
+        ]
+    )
+    weights = lead_text_weights(targets, _two_code_map(), LossSettings(2, 4.0))
+    assert weights.tolist() == [
+        [0, 0, 4, 4, 1, 1],
+        [0, 1, 1, 1, 1, 0],
+        [0, 0, 0, 0, 4, 0],
+    ]
+
+
+def test_weighted_token_loss_by_hand() -> None:
+    token_map = _two_code_map()
+    # vocabulary of 7, logits 0 except where set, so CE = log-sum-exp - logit
+    logits = torch.zeros(1, 4, 7)
+    logits[0, 0, 1] = math.log(3.0)  # target 1: p = 3/9, CE = log 3 (the first written target)
+    logits[0, 1, 2] = math.log(6.0)  # target 2: p = 6/12, CE = log 2
+    labels = torch.tensor([[-100, 1, 2, 0]])  # target 0 from uniform logits: CE = log 7
+    loss = weighted_token_loss(logits, labels, token_map, LossSettings(1, 3.0))
+    assert loss.item() == pytest.approx((3 * math.log(3) + math.log(2) + math.log(7)) / 3)
+    plain = weighted_token_loss(logits, labels, token_map, LossSettings())
+    assert plain.item() == pytest.approx(split_token_losses(logits, labels, token_map)["loss"])
+
+
+def test_loss_settings_refuse_bad_values() -> None:
+    assert not LossSettings().active and not LossSettings(8, 1.0).active
+    assert LossSettings(8, 5.0).active
+    for bad in ({"lead_text_tokens": -1}, {"lead_text_tokens": True}, {"lead_text_weight": 0.0}):
+        with pytest.raises(ValueError, match="loss.lead_text"):
+            LossSettings(**bad)
+
+
+def test_weighted_loss_trains_the_module_and_is_recorded(folder: Path, tmp_path: Path) -> None:
+    module = LLMCXRModule(
+        init_from=str(folder),
+        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
+        loss=LossSettings(lead_text_tokens=2, lead_text_weight=5.0),
+    )
+    example = module.record_encoder().encode(
+        {"instruction": "Is there a pleural effusion?", "input": "", "response": "Yes."}, None
+    )
+    ids = torch.tensor([example.input_ids])
+    labels = torch.tensor([example.labels])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    weighted = module(batch)
+    logits = module.model(input_ids=ids).logits
+    by_hand = weighted_token_loss(logits, labels, module.token_map, LossSettings(2, 5.0))
+    assert weighted.item() == pytest.approx(by_hand.item(), rel=1e-4)
+    module.loss_settings = LossSettings()
+    plain = module(batch)  # the library's own loss path
+    assert plain.item() == pytest.approx(
+        split_token_losses(logits, labels, module.token_map)["loss"].item(), rel=1e-4
+    )
+    assert weighted.item() > plain.item()
+    weighted.backward()
+    module.loss_settings = LossSettings(2, 5.0)
+    manifest = json.loads((module.export(tmp_path / "out") / "llmcxr.json").read_text())
+    assert manifest["training"]["loss"] == {"lead_text_tokens": 2, "lead_text_weight": 5.0}
 
 
 def test_new_token_rows_get_their_own_learning_rate(folder: Path) -> None:
