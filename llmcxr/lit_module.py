@@ -373,20 +373,25 @@ class LLMCXRModule(L.LightningModule):
         )
 
 
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position's next-token target, in fp32 (0 where it is -100)."""
+    targets = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view_as(targets)
+
+
 def split_token_losses(
     logits: torch.Tensor, labels: torch.Tensor, token_map: Any
 ) -> dict[str, torch.Tensor]:
     """Next-token cross-entropy over all supervised tokens, and over image-code targets and text
     targets apart (sums divided by counts; counts returned as ``*_tokens``)."""
-    shift_logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     supervised = targets != -100
-    per_token = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    ).view_as(targets)
+    per_token = next_token_losses(logits, labels)
     is_image = token_map.is_code_id(targets) & supervised
     out: dict[str, torch.Tensor] = {}
     for name, mask in (("", supervised), ("_image", is_image), ("_text", supervised & ~is_image)):
@@ -416,13 +421,8 @@ def weighted_token_loss(
     """Next-token cross-entropy weighted by `lead_text_weights`, summed and divided by the number
     of supervised targets (so with all weights 1 it is the plain mean)."""
     targets = labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    ).view_as(targets)
     weights = lead_text_weights(targets, token_map, settings)
+    per_token = next_token_losses(logits, labels)
     return (per_token * weights).sum() / (targets != -100).sum().clamp(min=1)
 
 
