@@ -94,9 +94,11 @@ SETTINGS = {
 SAMPLES = 3
 CANDIDATES = 6
 RERANK_GROUP = 8
-BANK = 16
-CALIBRATION_FILMS = 128
 """Films whose candidates are pooled and scored under each other for the contrast."""
+BANK = 16
+"""Most frequent training reports that `retrieve` chooses among."""
+CALIBRATION_FILMS = 128
+"""Training films whose mean log-probability of each bank report is subtracted."""
 
 
 def mean_film_codes(llm: LLMCXR, data: Path, count: int = 512) -> torch.Tensor:
