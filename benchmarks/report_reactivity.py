@@ -24,6 +24,14 @@ fixed abnormal impressions than fixed normal ones after it (mean log-probability
 ``ABNORMAL_REFERENCES`` minus that of ``NORMAL_REFERENCES``: the most frequent stage-2 impressions
 of each kind in the paired build's training split), and, for the VQA side, log P("No.") - log
 P("Yes.") to "Is this chest X-ray normal?". Both are AUROC'd like the sampled score.
+
+``--score matching`` asks whether a film makes its own report likelier: for a seeded ``--limit``
+of the split's paired CXR->report records (stage ``--stage``), each record's report is scored
+after its own film and after the film of another seeded record whose report pool (label match)
+differs. Printed: the mean gap, log P(report | own film) - log P(report | other film) in nats
+over the whole report, and the fraction of records with a positive gap (0.5: the film is
+ignored), each with a bootstrap 95 % interval. The film-contrast loss
+(`llmcxr.lit_module.LossSettings.film_contrast_weight`) trains exactly this gap.
 """
 
 from __future__ import annotations
@@ -94,6 +102,73 @@ def labelled_images(data: Path, split: str) -> list[tuple[str, str, bool]]:
     return out
 
 
+def paired_reports(data: Path, split: str, stage: int) -> list[tuple[str, str, str, str]]:
+    """``(image_id, path, report, pool)`` of the split's CXR->report records that name a report
+    pool (paired films), in the build's order."""
+    from datasets import load_from_disk
+
+    paths = {
+        row["image_id"]: row["path"]
+        for row in map(json.loads, (data / "images.jsonl").read_text().splitlines())
+    }
+    records = load_from_disk(str(data / f"stage{stage}" / split))
+    return [
+        (r["image_id"], paths[r["image_id"]], r["response"], r["report_pool"])
+        for r in records
+        if r["task"] == "cxr_to_report" and r["report_pool"] and r["image_id"] in paths
+    ]
+
+
+def matching_pairs(pools: list[str], limit: int, seed: int) -> list[tuple[int, int]]:
+    """Seeded ``(record, other)`` index pairs: up to `limit` records, each with another record
+    whose pool differs (records whose pool is the only one are skipped)."""
+    rng = random.Random(seed)
+    order = list(range(len(pools)))
+    rng.shuffle(order)
+    pairs = []
+    for i in order[:limit]:
+        others = [j for j in range(len(pools)) if pools[j] != pools[i]]
+        if others:
+            pairs.append((i, rng.choice(others)))
+    return pairs
+
+
+def matching_gaps(
+    llm: Any, rows: list[tuple[str, str, str, str]], pairs: list[tuple[int, int]]
+) -> np.ndarray:
+    """log P(report | own film) - log P(report | other film) per pair, in nats."""
+    from tqdm import tqdm
+
+    gaps = []
+    for i, j in tqdm(pairs, desc="matching", unit="record"):
+        logp = llm.score_responses([rows[i][1], rows[j][1]], [rows[i][2]])
+        gaps.append(float(logp[0, 0] - logp[1, 0]))
+    return np.array(gaps)
+
+
+def matching_summary(gaps: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean gap and fraction of positive gaps, each with a bootstrap 95 % interval."""
+    from llmcxr.evaluation.metrics import bootstrap_ci
+
+    def mean(idx: np.ndarray) -> float:
+        return float(gaps[idx].mean())
+
+    def positive(idx: np.ndarray) -> float:
+        return float((gaps[idx] > 0).mean())
+
+    return {
+        "records": len(gaps),
+        "mean_gap_nats": round(float(gaps.mean()), 4),
+        "mean_gap_ci95": [
+            round(v, 4) for v in bootstrap_ci(mean, len(gaps), n_boot=n_boot, seed=seed)
+        ],
+        "own_film_likelier": round(float((gaps > 0).mean()), 4),
+        "own_film_likelier_ci95": [
+            round(v, 4) for v in bootstrap_ci(positive, len(gaps), n_boot=n_boot, seed=seed)
+        ],
+    }
+
+
 def states_finding(report: str) -> bool:
     """True when the labeler finds a positive class other than No Finding / Support Devices."""
     from instructions import label_report
@@ -154,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=3, help="sampled reports per image")
     parser.add_argument(
         "--score",
-        choices=("sampled", "likelihood"),
+        choices=("sampled", "likelihood", "matching"),
         default="sampled",
-        help="sampled reports (default) or deterministic reference log-probs",
+        help="sampled reports (default), deterministic reference log-probs, or own-film matching",
     )
+    parser.add_argument("--stage", type=int, default=2, help="records' stage (matching)")
     parser.add_argument(
         "--guidance-scale", type=float, default=None, help="report guidance (none: the default)"
     )
@@ -175,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.score == "matching":
+        return _matching(args)
     images = labelled_images(args.data, args.split)
     if not images:
         raise SystemExit(f"no labelled images in the {args.split} split of {args.data}")
@@ -237,6 +315,40 @@ def main(argv: list[str] | None = None) -> int:
     result.update(summaries(states.mean(axis=1), "finding_rate"))
     result["reports"] = {image_id: texts for (image_id, _, _), texts in zip(images, reports)}
     print(json.dumps({k: v for k, v in result.items() if k != "reports"}, indent=2))
+    atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _matching(args: argparse.Namespace) -> int:
+    """The ``--score matching`` run: gaps, summary, JSON."""
+    import torch
+
+    from llmcxr.pipeline import LLMCXR
+
+    rows = paired_reports(args.data, args.split, args.stage)
+    pairs = matching_pairs([pool for *_, pool in rows], args.limit, args.seed)
+    if not pairs:
+        raise SystemExit(f"no paired records of two pools in stage {args.stage} {args.split}")
+    llm = LLMCXR.from_pretrained(args.model, device="cpu")
+    start = time.perf_counter()
+    gaps = matching_gaps(llm, rows, pairs)
+    result: dict[str, Any] = {
+        "model": str(args.model or "llmcxr/default_model"),
+        "data": str(args.data),
+        "split": args.split,
+        "stage": args.stage,
+        "score": "matching",
+        "seed": args.seed,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "seconds": round(time.perf_counter() - start, 1),
+        **matching_summary(gaps, args.bootstrap, args.seed),
+    }
+    result["per_record"] = [
+        {"image_id": rows[i][0], "other": rows[j][0], "gap": round(float(g), 4)}
+        for (i, j), g in zip(pairs, gaps, strict=True)
+    ]
+    print(json.dumps({k: v for k, v in result.items() if k != "per_record"}, indent=2))
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"wrote {args.out}")
     return 0

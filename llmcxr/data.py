@@ -54,6 +54,10 @@ class EncodedExample:
     `EncodedDataset` serves it instead with probability ``cfg_drop``."""
     draw: PoolDraw | None = None
     """What it takes to encode this record again with another report of its pool."""
+    film_group: str = ""
+    """For a record that reads a film (image in the prompt, written response) from a report pool:
+    the pool's key (split and label match). Films of one group share interchangeable reports, so
+    the film-contrast loss only swaps films between rows of different groups."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +164,8 @@ class RecordEncoder:
             key = record.get("report_pool") or ""
             if pools is not None and key and codes is not None:
                 example.draw = _pool_draw(record, codes, pools, key)
+            if key and codes is not None and record["response"].strip() != self.placeholder:
+                example.film_group = key
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
@@ -201,6 +207,7 @@ class ReportRedraw:
         if text == draw.record[field]:
             return example
         redrawn = self.encoder.encode({**draw.record, field: text}, draw.codes)
+        redrawn.film_group = example.film_group
         return redrawn if len(redrawn.input_ids) <= self.max_length else example
 
 
@@ -279,7 +286,8 @@ class RedrawEpoch(L.Callback):
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch; padding gets attention 0 and label -100."""
+    """Right-pads a batch; padding gets attention 0 and label -100. ``film_group`` numbers the
+    rows' film groups within the batch (-1: the row reads no pooled film)."""
 
     pad_token_id: int
 
@@ -293,7 +301,16 @@ class PadCollator:
             ids[row, :n] = torch.tensor(example.input_ids)
             labels[row, :n] = torch.tensor(example.labels)
             mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        numbers: dict[str, int] = {}
+        groups = [
+            numbers.setdefault(e.film_group, len(numbers)) if e.film_group else -1 for e in batch
+        ]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "film_group": torch.tensor(groups, dtype=torch.long),
+        }
 
 
 class InstructionDataModule(L.LightningDataModule):

@@ -12,7 +12,7 @@ import torch
 from llm_fixtures import make_tiny_model_folder
 
 from instructions.prompt_format import IMAGE_PLACEHOLDER
-from llmcxr.data import EncodedDataset, EncodedExample, RecordEncoder
+from llmcxr.data import EncodedDataset, EncodedExample, PadCollator, RecordEncoder
 from llmcxr.image_tokens import ImageTokenMap
 from llmcxr.lit_module import (
     LLMCXRModule,
@@ -20,8 +20,10 @@ from llmcxr.lit_module import (
     LossSettings,
     ModelSettings,
     OptimizerSettings,
+    film_swap_pairs,
     lead_text_weights,
     split_token_losses,
+    swap_films,
     weighted_token_loss,
 )
 from llmcxr.pipeline import LLMCXR
@@ -144,9 +146,103 @@ def test_weighted_token_loss_by_hand() -> None:
 def test_loss_settings_refuse_bad_values() -> None:
     assert not LossSettings().active and not LossSettings(8, 1.0).active
     assert LossSettings(8, 5.0).active
+    assert not LossSettings().contrast and LossSettings(film_contrast_weight=0.5).contrast
     for bad in ({"lead_text_tokens": -1}, {"lead_text_tokens": True}, {"lead_text_weight": 0.0}):
         with pytest.raises(ValueError, match="loss.lead_text"):
             LossSettings(**bad)
+    for bad in ({"film_contrast_weight": -1.0}, {"film_contrast_margin": 0.0}):
+        with pytest.raises(ValueError, match="loss.film_contrast"):
+            LossSettings(**bad)
+
+
+def test_film_swap_pairs_by_hand() -> None:
+    # rows 0 and 1 share a group, row 3 reads no pooled film
+    groups = torch.tensor([0, 0, 1, -1, 2])
+    assert film_swap_pairs(groups) == [(0, 2), (1, 2), (2, 4), (4, 0)]
+    assert film_swap_pairs(torch.tensor([3, 3, -1])) == []
+    assert film_swap_pairs(None) == []
+
+
+def test_swap_films_by_hand() -> None:
+    token_map = ImageTokenMap(
+        codebook_size=4, first_code_id=3, start_id=7, end_id=8, tokens_per_image=2
+    )
+    ids = torch.tensor(
+        [
+            [1, 7, 3, 4, 8, 2, 6],  # prompt film (3, 4); the response's code 6 is not a film
+            [1, 7, 5, 6, 8, 2, 0],  # prompt film (5, 6)
+        ]
+    )
+    labels = torch.tensor([[-100] * 5 + [2, 6], [-100] * 5 + [2, 0]])
+    swapped = swap_films(ids, labels, [(0, 1), (1, 0)], token_map)
+    assert swapped.tolist() == [[1, 7, 5, 6, 8, 2, 6], [1, 7, 3, 4, 8, 2, 0]]
+    assert swap_films(ids, labels, [(1, 0)], token_map).tolist() == [[1, 7, 3, 4, 8, 2, 0]]
+    text_only = torch.tensor([[1, 1, 1, 1, 1, 2, 0]])
+    with pytest.raises(ValueError, match="one film"):
+        swap_films(
+            torch.cat([ids, text_only]), torch.cat([labels, labels[:1]]), [(0, 2)], token_map
+        )
+
+
+def test_collator_numbers_film_groups_within_the_batch() -> None:
+    rows = [EncodedExample([1], [1], "cxr_to_report", film_group=g) for g in ("b", "", "a", "b")]
+    assert PadCollator(0)(rows)["film_group"].tolist() == [0, -1, 1, 0]
+
+
+def _reading_records() -> list[dict[str, str]]:
+    return [
+        {"instruction": "Write the report.", "input": IMAGE_PLACEHOLDER, "response": text}
+        for text in ("No acute findings.", REPORT)
+    ]
+
+
+def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
+    module = LLMCXRModule(
+        init_from=str(folder),
+        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
+        loss=LossSettings(film_contrast_weight=2.0, film_contrast_margin=50.0),
+    )
+    module.eval()  # no dropout: the hand computation below runs the same model again
+    encoder = module.record_encoder()
+    n = module.token_map.tokens_per_image
+    films = [torch.arange(n) % 4, (torch.arange(n) + 2) % 4]
+    records = _reading_records()
+    rows = [encoder.encode(r, f) for r, f in zip(records, films, strict=True)]
+    for k, row in enumerate(rows):
+        row.film_group = f"pool{k}"
+    batch = PadCollator(0)(rows)
+    # each report encoded again with the other film: what the swap must give
+    crossed = PadCollator(0)(
+        [encoder.encode(records[0], films[1]), encoder.encode(records[1], films[0])]
+    )
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert torch.equal(
+        swap_films(ids, labels, [(0, 1), (1, 0)], module.token_map), crossed["input_ids"]
+    )
+    losses = module._losses(batch)
+    logits = module.model(input_ids=ids, attention_mask=mask).logits
+    other = module.model(input_ids=crossed["input_ids"], attention_mask=mask).logits
+    plain = split_token_losses(logits, labels, module.token_map)["loss"]
+    gap = torch.stack(
+        [_response_nll(other[k], labels[k]) - _response_nll(logits[k], labels[k]) for k in range(2)]
+    )
+    hinge = torch.relu(50.0 - gap).sum() / (labels[:, 1:] != -100).sum()
+    assert hinge > 0
+    assert losses["loss"].item() == pytest.approx((plain + 2.0 * hinge).item(), rel=1e-4)
+    assert losses["film_gap"].item() == pytest.approx(gap.mean().item(), rel=1e-4, abs=1e-5)
+    losses["loss"].backward()
+    # one film group for both rows: no pair, so the plain loss alone
+    batch["film_group"] = torch.tensor([0, 0])
+    same = module._losses(batch)
+    assert "contrast" not in same and same["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
+
+
+def _response_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One row's summed next-token cross-entropy over its supervised targets, by hand."""
+    targets = labels[1:]
+    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
+    keep = targets != -100
+    return -logp[keep].gather(1, targets[keep].unsqueeze(1)).sum()
 
 
 def test_weighted_loss_trains_the_module_and_is_recorded(folder: Path, tmp_path: Path) -> None:
@@ -174,7 +270,12 @@ def test_weighted_loss_trains_the_module_and_is_recorded(folder: Path, tmp_path:
     weighted.backward()
     module.loss_settings = LossSettings(2, 5.0)
     manifest = json.loads((module.export(tmp_path / "out") / "llmcxr.json").read_text())
-    assert manifest["training"]["loss"] == {"lead_text_tokens": 2, "lead_text_weight": 5.0}
+    assert manifest["training"]["loss"] == {
+        "lead_text_tokens": 2,
+        "lead_text_weight": 5.0,
+        "film_contrast_weight": 0.0,
+        "film_contrast_margin": 1.0,
+    }
 
 
 def test_new_token_rows_get_their_own_learning_rate(folder: Path) -> None:

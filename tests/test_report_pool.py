@@ -357,3 +357,23 @@ def test_source_weights_naming_no_source_or_negative_are_refused(two_sources, en
         _module(two_sources, encoder, source_weights={"paired:small+openi": -1.0})
     with pytest.raises(ValueError, match="non-negative"):
         _module(two_sources, encoder, task_weights={"vqa": float("nan")})
+
+
+def test_film_groups_follow_the_report_pool_through_redraws_and_batches(paired, encoder) -> None:
+    out, _ = paired
+    data = _module(out, encoder)
+    train = data.datasets["train"]
+    grouped = [e for e in train.examples if e.film_group]
+    # only film readers carry a group: report->CXR records share pools but read no film
+    assert grouped and all(e.task == "cxr_to_report" for e in grouped)
+    assert all(e.draw is not None for e in grouped)
+    assert len({e.film_group for e in grouped}) > 1
+    train.set_epoch(1)
+    served = [train[i] for i in range(len(train))]
+    assert [e.film_group for e in served] == [e.film_group for e in train.examples]
+    assert any(s.input_ids != e.input_ids for s, e in zip(served, train.examples) if e.film_group)
+    rows = served[:16]
+    numbers = PadCollator(0)(rows)["film_group"].tolist()
+    assert [n >= 0 for n in numbers] == [bool(e.film_group) for e in rows] and max(numbers) >= 1
+    for a, b in [(a, b) for a in range(16) for b in range(16) if numbers[a] >= 0 <= numbers[b]]:
+        assert (numbers[a] == numbers[b]) == (rows[a].film_group == rows[b].film_group)
