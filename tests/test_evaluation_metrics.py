@@ -420,3 +420,21 @@ def test_nih_summary_scores_the_classifier_reference_readers() -> None:
         out["baseline_no_finding"]["f1"]["micro"]
     )
     assert "classifier_real" not in nih_task.summarize(ctx, rows, findings)
+
+
+def test_paired_macro_auroc_difference_by_hand() -> None:
+    truth = np.array([[1], [1], [0], [0]])
+    perfect = np.array([[0.9], [0.8], [0.1], [0.2]])
+    # positives score 0 and 1, negatives 0 and 1: AUROC (0.5 + 0 + 1 + 0.5) / 4 = 0.5
+    blind = np.array([[0.0], [1.0], [0.0], [1.0]])
+    out = metrics.paired_macro_auroc_difference(
+        truth, perfect, blind, min_positives=2, n_boot=200, seed=0
+    )
+    assert (out["auroc_macro_a"], out["auroc_macro_b"]) == (1.0, 0.5)
+    assert out["difference"] == pytest.approx(0.5) and out["headline_classes"] == 1
+    low, high = out["difference_ci95"]
+    assert -0.5 <= low <= 0.5 <= high <= 1.0
+    same = metrics.paired_macro_auroc_difference(
+        truth, blind, blind, min_positives=2, n_boot=200, seed=0
+    )
+    assert same["difference"] == 0.0 and same["difference_ci95"] == (0.0, 0.0)

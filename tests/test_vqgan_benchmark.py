@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from vqgan_testing import TINY, single_thread  # noqa: F401  (autouse fixture)
 
 from vqgan import CXRTokenizer
 from vqgan.clinical import build_densenet, save_classifier_export
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenizer.py"
-
 
 def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) -> None:
-    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("tokenizer")
     tokenizer = CXRTokenizer(TINY).save_pretrained(tmp_path / "tokenizer")
     classifier = save_classifier_export(
         build_densenet(2), ["Effusion", "No Finding"], tmp_path / "classifier"
@@ -61,9 +57,7 @@ def test_tokenizer_benchmark_writes_results(tmp_path: Path, fixtures_dir: Path) 
 def test_tokenizer_benchmark_keeps_one_split_of_a_manifest(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("tokenizer")
     names = sorted(p.name for p in fixtures_dir.iterdir() if p.suffix in {".png", ".jpg"})[:3]
     manifest = tmp_path / "images.jsonl"
     manifest.write_text(
@@ -78,9 +72,7 @@ def test_tokenizer_benchmark_keeps_one_split_of_a_manifest(
 
 
 def test_loss_balance_on_hand_computed_terms() -> None:
-    spec = importlib.util.spec_from_file_location("tokenizer_benchmark", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("tokenizer")
     images = torch.rand(4, 1, 4, 4) * 0.5
     features = lambda x: x.flatten(1)  # a stand-in classifier: the pixels
     # A reconstruction 0.1 above the input everywhere, in two batches of 32 values.
