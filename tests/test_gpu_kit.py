@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmcxr.gpu_kit.dry_run import dry_run, returned_problems
 from llmcxr.gpu_kit.limits import MIB, DeviceLimits
@@ -147,6 +148,13 @@ def test_a_dry_run_continuing_a_model_folder_trains_one_phase_from_it(tmp_path: 
     manifest = json.loads((run.model / "llmcxr.json").read_text())
     # the packed copy (the seed lies outside the project), as the driver passes it
     assert manifest["training"]["init_from"].endswith("gpu_bundle/work/continue_from")
+    # the window's loss settings (gpu_continue.yaml), mirrored by the dry run, reach the training
+    configs = Path(__file__).resolve().parents[1] / "configs" / "llmcxr"
+    real, dry = (
+        yaml.safe_load((configs / name).read_text())["model"]["loss"]
+        for name in ("gpu_continue.yaml", "gpu_dryrun_continue.yaml")
+    )
+    assert real["film_contrast_weight"] > 0 and manifest["training"]["loss"] == real == dry
     # the tiny base is not reproducible, so both folders store merged weights, not an adapter
     seed, continued = (
         {
