@@ -287,8 +287,12 @@ class LLMCXRModule(L.LightningModule):
         ).logits
         loss = weighted_token_loss(logits, batch["labels"], self.token_map, settings)
         out = {"loss": loss}
+        if not settings.contrast:
+            return out
+        # a batch with no pair of films to swap logs 0 and NaN, not the last batch's values
+        out.update(contrast=loss.new_zeros(()), film_gap=loss.new_full((), float("nan")))
         pairs = film_swap_pairs(batch.get("film_group"))
-        if settings.contrast and pairs:
+        if pairs:
             gap = self._film_gap(batch, logits, pairs)
             supervised = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
             term = torch.relu(settings.film_contrast_margin - gap).sum() / supervised
@@ -486,11 +490,12 @@ def film_swap_pairs(groups: torch.Tensor | None) -> list[tuple[int, int]]:
     group is another one (rows whose groups all match get none)."""
     if groups is None:
         return []
-    rows = [i for i, g in enumerate(groups.tolist()) if g >= 0]
+    values = groups.tolist()
+    rows = [i for i, g in enumerate(values) if g >= 0]
     pairs = []
     for k, row in enumerate(rows):
         later = rows[k + 1 :] + rows[:k]
-        other = next((j for j in later if groups[j] != groups[row]), None)
+        other = next((j for j in later if values[j] != values[row]), None)
         if other is not None:
             pairs.append((row, other))
     return pairs

@@ -234,7 +234,8 @@ def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
     # one film group for both rows: no pair, so the plain loss alone
     batch["film_group"] = torch.tensor([0, 0])
     same = module._losses(batch)
-    assert "contrast" not in same and same["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
+    assert same["contrast"].item() == 0.0 and same["film_gap"].isnan()
+    assert same["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
 
 
 def _response_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
