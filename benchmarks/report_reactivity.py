@@ -104,18 +104,12 @@ def labelled_images(data: Path, split: str) -> list[tuple[str, str, bool]]:
 
 def paired_reports(data: Path, split: str, stage: int) -> list[tuple[str, str, str, str]]:
     """``(image_id, path, report, pool)`` of the split's CXR->report records that name a report
-    pool (paired films), in the build's order."""
-    from datasets import load_from_disk
+    pool (paired films) and whose image exists, in the build's order."""
+    from llmcxr.evaluation.data import EvalSplit
 
-    paths = {
-        row["image_id"]: row["path"]
-        for row in map(json.loads, (data / "images.jsonl").read_text().splitlines())
-    }
-    records = load_from_disk(str(data / f"stage{stage}" / split))
+    records = EvalSplit(data, stage=stage, split=split).records("cxr_to_report", need_image=True)
     return [
-        (r["image_id"], paths[r["image_id"]], r["response"], r["report_pool"])
-        for r in records
-        if r["task"] == "cxr_to_report" and r["report_pool"] and r["image_id"] in paths
+        (r.image_id, str(r.image_path), r.response, r.report_pool) for r in records if r.report_pool
     ]
 
 

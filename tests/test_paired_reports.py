@@ -17,7 +17,9 @@ def bench():
     return load_benchmark("paired_reports")
 
 
-def _run(root: Path, generated: list[list[str]], references: list[str]) -> Path:
+def _run(
+    root: Path, generated: list[list[str]], references: list[str], section: str = "full"
+) -> Path:
     items = root / "items"
     items.mkdir(parents=True)
     rows = [
@@ -25,6 +27,8 @@ def _run(root: Path, generated: list[list[str]], references: list[str]) -> Path:
         for i, (ref, gen) in enumerate(zip(references, generated, strict=True))
     ]
     (items / "report.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"report_section": section, "uncertain_as_positive": False, "min_positives": 5}
+    (root / "metrics.json").write_text(json.dumps({"run": settings}))
     return root
 
 
@@ -50,3 +54,6 @@ def test_runs_of_different_splits_are_refused(bench, tmp_path: Path) -> None:
         bench.main(["--a", str(a), "--b", str(b), "--out", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="items/report.jsonl is missing"):
         bench.main(["--a", str(tmp_path), "--b", str(b), "--out", str(tmp_path / "x.json")])
+    other = _run(tmp_path / "c", [[NORMAL]], [NORMAL], section="impression")
+    with pytest.raises(SystemExit, match="labelled reports differently"):
+        bench.main(["--a", str(a), "--b", str(other), "--out", str(tmp_path / "x.json")])

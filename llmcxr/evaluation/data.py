@@ -26,6 +26,8 @@ class EvalRecord:
     response: str
     image_id: str
     image_path: Path | None
+    report_pool: str = ""
+    """The paired build's label-matched report pool of the record (empty for other sources)."""
 
     @property
     def report(self) -> str:
@@ -65,6 +67,7 @@ class EvalSplit:
             response=row["response"],
             image_id=row["image_id"],
             image_path=self.image_paths.get(row["image_id"]) if row["image_id"] else None,
+            report_pool=row.get("report_pool") or "",
         )
 
     def records(self, task: str, *, need_image: bool = False) -> list[EvalRecord]:
