@@ -40,7 +40,7 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
     --model.loss.clinical_weights "$classifier" \
     --model.init_from "$out/decoder_ft/checkpoints/last.ckpt" --model.learning_rate 0.00002 \
     --trainer.default_root_dir "$out/decoder_ft2" --trainer.max_time 00:00:35:00
-  rm -rf llmcxr/default_model
+  rm -rf "$out/decoder_model"
   llmcxr export decoder --model "$out/window_continue/model" \
     --checkpoint "$out/decoder_ft2/checkpoints/last.ckpt" --out "$out/decoder_model"
   step "4/4 the reading: film contrast at weight 20, NIH films 3x (~98 minutes on 2 cores)"
