@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -303,6 +303,17 @@ def labels_from_findings(findings: Iterable[Finding]) -> dict[str, int]:
     if not abnormal:
         labels["No Finding"] = POSITIVE
     return {name: labels[name] for name in CHEXPERT_CLASSES if name in labels}
+
+
+def film_abnormal(labels: Mapping[str, int]) -> bool | None:
+    """Whether labels describe an abnormal film: True when a class outside `NOT_ABNORMAL` is
+    positive, False when "No Finding" is, None when neither is certain (an uncertain finding, or
+    no labels)."""
+    if any(v == UNCERTAIN for k, v in labels.items() if k not in NOT_ABNORMAL):
+        return None
+    if any(v == POSITIVE for k, v in labels.items() if k not in NOT_ABNORMAL):
+        return True
+    return False if labels.get("No Finding") == POSITIVE else None
 
 
 _DEFAULT: list[ReportLabeler] = []

@@ -146,6 +146,23 @@ def synthesize_vqa(
     return kept + [QAPair(ask("normal"), "No." if abnormal else "Yes.", "normal", "No Finding")]
 
 
+@cache
+def _question_kinds() -> dict[str, tuple[str, str]]:
+    wording = _wording()
+    phrases: dict[str, str] = wording["finding_phrases"]  # type: ignore[assignment]
+    kinds = {q: ("normal", "No Finding") for q in wording["normal"]}  # type: ignore[union-attr]
+    for template in wording["presence"]:  # type: ignore[union-attr]
+        kinds.update({template.format(finding=p): ("presence", c) for c, p in phrases.items()})
+    return kinds
+
+
+def question_kind(question: str) -> tuple[str, str] | None:
+    """``(kind, label)`` of a question `synthesize_vqa` asks with a yes/no answer ("normal" or
+    "presence"), None for any other question. The training loss uses it to know which other
+    films would make an answer wrong."""
+    return _question_kinds().get(question.strip())
+
+
 def _cap(pairs: list[QAPair], max_pairs: int, rng: random.Random) -> list[QAPair]:
     """At most ``max_pairs`` pairs, keeping "no" answers no more numerous than "yes"/"possibly" (or
     2)."""

@@ -10,6 +10,7 @@ name a report pool (``instructions.report_pool``) get a report drawn from it afr
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -24,7 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrcommon.resumable import EpochSampler, ResumableLoader, lightning_trained_batches
+from instructions.labeler import film_abnormal
 from instructions.report_pool import ReportPools
+from instructions.vqa import question_kind
 from llmcxr.image_tokens import ImageTokenMap, encode_text_with_images
 from llmcxr.token_cache import ImageTokenCache, build_token_cache, default_cache_dir
 
@@ -58,6 +61,13 @@ class EncodedExample:
     """For a record that reads a film (image in the prompt, written response) from a report pool:
     the pool's key (split and label match). Films of one group share interchangeable reports, so
     the film-contrast loss only swaps films between rows of different groups."""
+    film_abnormal: bool | None = None
+    """For a record that reads a film: whether its labels call the film abnormal (None: unknown or
+    uncertain), so the VQA film contrast can pick a film that makes an answer wrong."""
+    contrast_abnormal: bool | None = None
+    """For a yes/no VQA record whose answer is wrong for any film of this status (True: abnormal):
+    "Is this film normal? Yes." is wrong on every abnormal film, "Is there X? Yes." on every
+    normal one. None for other records."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,12 +174,28 @@ class RecordEncoder:
             key = record.get("report_pool") or ""
             if pools is not None and key and codes is not None:
                 example.draw = _pool_draw(record, codes, pools, key)
-            if key and codes is not None and record["response"].strip() != self.placeholder:
+            if codes is not None and record["response"].strip() != self.placeholder:
                 example.film_group = key
+                _mark_film_status(example, record)
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
         return kept, counts
+
+
+def _mark_film_status(example: EncodedExample, record: Mapping[str, Any]) -> None:
+    """Set a film-reading example's `film_abnormal` and, for a yes/no VQA record, the film status
+    its answer is wrong for (`contrast_abnormal`)."""
+    labels = record.get("labels") or "{}"
+    example.film_abnormal = film_abnormal(json.loads(labels) if isinstance(labels, str) else labels)
+    asked = question_kind(record["instruction"]) if example.task == "vqa" else None
+    answer = record["response"].strip()
+    if asked is None or not answer.startswith(("Yes.", "No.")):
+        return
+    if asked[0] == "normal":
+        example.contrast_abnormal = answer.startswith("Yes.")
+    elif answer.startswith("Yes."):
+        example.contrast_abnormal = False
 
 
 def _pool_draw(
@@ -208,6 +234,7 @@ class ReportRedraw:
             return example
         redrawn = self.encoder.encode({**draw.record, field: text}, draw.codes)
         redrawn.film_group = example.film_group
+        redrawn.film_abnormal = example.film_abnormal
         return redrawn if len(redrawn.input_ids) <= self.max_length else example
 
 
@@ -287,7 +314,8 @@ class RedrawEpoch(L.Callback):
 @dataclass
 class PadCollator:
     """Right-pads a batch; padding gets attention 0 and label -100. ``film_group`` numbers the
-    rows' film groups within the batch (-1: the row reads no pooled film)."""
+    rows' film groups within the batch (-1: the row reads no pooled film); ``film_abnormal`` and
+    ``contrast_abnormal`` hold the examples' fields as 1 / 0 (-1: None)."""
 
     pad_token_id: int
 
@@ -310,7 +338,13 @@ class PadCollator:
             "attention_mask": mask,
             "labels": labels,
             "film_group": torch.tensor(groups, dtype=torch.long),
+            "film_abnormal": _flags([e.film_abnormal for e in batch]),
+            "contrast_abnormal": _flags([e.contrast_abnormal for e in batch]),
         }
+
+
+def _flags(values: list[bool | None]) -> torch.Tensor:
+    return torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.long)
 
 
 class InstructionDataModule(L.LightningDataModule):

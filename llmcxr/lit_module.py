@@ -113,6 +113,13 @@ class LossSettings:
     It costs one more forward and backward pass over those rows."""
     film_contrast_margin: float = 1.0
     """Wanted gap, in nats over the whole response, between the other film's NLL and its own."""
+    film_contrast_vqa: bool = False
+    """Also contrast yes/no VQA rows (``contrast_abnormal``): each is scored again with the film of
+    another row of the status its answer is wrong for ("Is this film normal? Yes." with an
+    abnormal film; "Is there X? Yes." with a normal one). Report rows alone leave the answers free
+    to follow the question's prior, and did: a report-only contrast run read the films better in
+    its reports while P("Yes.") to "Is this film normal?" ran against the labels (AUROC 0.378,
+    benchmarks/results/c20nih3_cpu/README.md). Needs ``film_contrast_weight`` > 0."""
 
     def __post_init__(self) -> None:
         if isinstance(self.lead_text_tokens, bool) or self.lead_text_tokens < 0:
@@ -127,6 +134,8 @@ class LossSettings:
             raise ValueError(
                 f"loss.film_contrast_margin must be above 0, got {self.film_contrast_margin}"
             )
+        if self.film_contrast_vqa and not self.film_contrast_weight > 0:
+            raise ValueError("loss.film_contrast_vqa needs loss.film_contrast_weight above 0")
 
     @property
     def active(self) -> bool:
@@ -290,14 +299,22 @@ class LLMCXRModule(L.LightningModule):
         if not settings.contrast:
             return out
         # a batch with no pair of films to swap logs 0 and NaN, not the last batch's values
-        out.update(contrast=loss.new_zeros(()), film_gap=loss.new_full((), float("nan")))
+        nan = loss.new_full((), float("nan"))
+        out.update(contrast=loss.new_zeros(()), film_gap=nan)
         pairs = film_swap_pairs(batch.get("film_group"))
-        if pairs:
-            gap = self._film_gap(batch, logits, pairs)
+        answers: list[tuple[int, int]] = []
+        if settings.film_contrast_vqa:
+            out["vqa_gap"] = nan
+            answers = status_swap_pairs(batch.get("film_abnormal"), batch.get("contrast_abnormal"))
+        if pairs or answers:
+            gap = self._film_gap(batch, logits, pairs + answers)
             supervised = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
             term = torch.relu(settings.film_contrast_margin - gap).sum() / supervised
             out.update(loss=loss + settings.film_contrast_weight * term, contrast=term)
-            out["film_gap"] = gap.detach().mean()
+            if pairs:
+                out["film_gap"] = gap[: len(pairs)].detach().mean()
+            if answers:
+                out["vqa_gap"] = gap[len(pairs) :].detach().mean()
         return out
 
     def _film_gap(
@@ -318,7 +335,7 @@ class LLMCXRModule(L.LightningModule):
         losses = self._losses(batch)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
-        for name in ("contrast", "film_gap"):
+        for name in ("contrast", "film_gap", "vqa_gap"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=size)
         return losses["loss"]
@@ -496,6 +513,25 @@ def film_swap_pairs(groups: torch.Tensor | None) -> list[tuple[int, int]]:
     for k, row in enumerate(rows):
         later = rows[k + 1 :] + rows[:k]
         other = next((j for j in later if values[j] != values[row]), None)
+        if other is not None:
+            pairs.append((row, other))
+    return pairs
+
+
+def status_swap_pairs(
+    abnormal: torch.Tensor | None, wanted: torch.Tensor | None
+) -> list[tuple[int, int]]:
+    """(row, other) for each row that asks for a film status (``wanted`` >= 0): `other` is the next
+    row, cyclically, whose film has that status (``abnormal``; rows with none found get none)."""
+    if abnormal is None or wanted is None:
+        return []
+    status, wants = abnormal.tolist(), wanted.tolist()
+    pairs = []
+    for row, want in enumerate(wants):
+        if want < 0:
+            continue
+        later = list(range(row + 1, len(status))) + list(range(row))
+        other = next((j for j in later if status[j] == want), None)
         if other is not None:
             pairs.append((row, other))
     return pairs

@@ -139,3 +139,34 @@ def test_import_pulls_in_no_model_package() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_film_abnormal_reads_the_labels_certain_status() -> None:
+    from instructions.labeler import film_abnormal
+
+    assert film_abnormal({"Pleural Effusion": 0, "No Finding": 1}) is False
+    assert film_abnormal({"Edema": 1, "No Finding": 0}) is True
+    # support devices do not make a film abnormal; an uncertain finding leaves it unknown
+    assert film_abnormal({"Support Devices": 1, "No Finding": 1}) is False
+    assert film_abnormal({"Edema": -1, "Cardiomegaly": 1}) is None
+    assert film_abnormal({}) is None
+
+
+def test_question_kind_names_the_yes_no_questions_synthesis_asks() -> None:
+    from instructions.vqa import question_kind, synthesize_vqa
+
+    assert question_kind("Is this chest X-ray normal?") == ("normal", "No Finding")
+    assert question_kind(" Is there a pleural effusion? ") == ("presence", "Pleural Effusion")
+    assert question_kind("Can you see a lung nodule or mass in this image?") == (
+        "presence",
+        "Lung Lesion",
+    )
+    assert question_kind("Where is the pleural effusion located?") is None
+    assert question_kind("Is there a dragon?") is None
+    pairs = synthesize_vqa(
+        extract_findings("Small left pleural effusion. No pneumothorax."), "", random.Random(0)
+    )
+    for pair in pairs:
+        asked = question_kind(pair.question)
+        assert (asked is not None) == (pair.kind in ("presence", "normal"))
+        assert asked is None or asked == (pair.kind, pair.label)

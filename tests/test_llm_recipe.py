@@ -23,6 +23,7 @@ from llmcxr.lit_module import (
     film_swap_pairs,
     lead_text_weights,
     split_token_losses,
+    status_swap_pairs,
     swap_films,
     weighted_token_loss,
 )
@@ -150,7 +151,11 @@ def test_loss_settings_refuse_bad_values() -> None:
     for bad in ({"lead_text_tokens": -1}, {"lead_text_tokens": True}, {"lead_text_weight": 0.0}):
         with pytest.raises(ValueError, match="loss.lead_text"):
             LossSettings(**bad)
-    for bad in ({"film_contrast_weight": -1.0}, {"film_contrast_margin": 0.0}):
+    for bad in (
+        {"film_contrast_weight": -1.0},
+        {"film_contrast_margin": 0.0},
+        {"film_contrast_vqa": True},
+    ):
         with pytest.raises(ValueError, match="loss.film_contrast"):
             LossSettings(**bad)
 
@@ -161,6 +166,15 @@ def test_film_swap_pairs_by_hand() -> None:
     assert film_swap_pairs(groups) == [(0, 2), (1, 2), (2, 4), (4, 0)]
     assert film_swap_pairs(torch.tensor([3, 3, -1])) == []
     assert film_swap_pairs(None) == []
+
+
+def test_status_swap_pairs_by_hand() -> None:
+    # film status per row (-1: no film or unknown) and the status each row's answer is wrong for
+    abnormal = torch.tensor([1, 0, -1, 1, 0])
+    wanted = torch.tensor([1, -1, 0, 0, 1])
+    assert status_swap_pairs(abnormal, wanted) == [(0, 3), (2, 4), (3, 4), (4, 0)]
+    assert status_swap_pairs(torch.tensor([0, 0]), torch.tensor([1, -1])) == []
+    assert status_swap_pairs(None, None) == []
 
 
 def test_swap_films_by_hand() -> None:
@@ -189,6 +203,44 @@ def test_collator_numbers_film_groups_within_the_batch() -> None:
     assert PadCollator(0)(rows)["film_group"].tolist() == [0, -1, 1, 0]
 
 
+def _vqa_record(question: str, answer: str, labels: dict[str, int]) -> dict[str, str]:
+    return {
+        "id": question,
+        "task": "vqa",
+        "instruction": question,
+        "input": IMAGE_PLACEHOLDER,
+        "response": answer,
+        "image_id": "img",
+        "labels": json.dumps(labels),
+    }
+
+
+def test_reading_records_carry_their_films_status_and_what_makes_their_answer_wrong(
+    llm: LLMCXR,
+) -> None:
+    encoder = RecordEncoder(llm.text_tokenizer, llm.token_map, llm.prompt_format)
+    normal, effusion = {"No Finding": 1}, {"Pleural Effusion": 1, "No Finding": 0}
+    records = [
+        _vqa_record("Is this chest X-ray normal?", "Yes.", normal),
+        _vqa_record("Is this chest X-ray normal?", "No.", effusion),
+        _vqa_record("Is there a pleural effusion?", "Yes. Small left effusion.", effusion),
+        _vqa_record("Is there a pleural effusion?", "No. No effusion.", normal),
+        _vqa_record("Where is the pleural effusion located?", "On the left.", effusion),
+        _vqa_record("Is this chest X-ray normal?", "Yes.", {"Edema": -1}),
+        {**_reading_records()[1], "id": "rep", "task": "cxr_to_report", "image_id": "img"},
+        _draw_record(),
+    ]
+    codes = torch.arange(llm.token_map.tokens_per_image)
+    rows, _ = encoder.encode_all(records, _OneImage(codes), 4096)
+    assert [r.film_abnormal for r in rows] == [False, True, True, False, True, None, None, None]
+    # "normal? Yes." is wrong on an abnormal film, "normal? No." on a normal one, "effusion? Yes."
+    # on a normal one; a "No." to a finding, an open question and a report say nothing of the kind
+    assert [r.contrast_abnormal for r in rows] == [True, False, False, None, None, True, None, None]
+    batch = PadCollator(0)(rows)
+    assert batch["film_abnormal"].tolist() == [0, 1, 1, 0, 1, -1, -1, -1]
+    assert batch["contrast_abnormal"].tolist() == [1, 0, 0, -1, -1, 1, -1, -1]
+
+
 def _reading_records() -> list[dict[str, str]]:
     return [
         {"instruction": "Write the report.", "input": IMAGE_PLACEHOLDER, "response": text}
@@ -215,20 +267,12 @@ def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
     crossed = PadCollator(0)(
         [encoder.encode(records[0], films[1]), encoder.encode(records[1], films[0])]
     )
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    ids, labels = batch["input_ids"], batch["labels"]
     assert torch.equal(
         swap_films(ids, labels, [(0, 1), (1, 0)], module.token_map), crossed["input_ids"]
     )
     losses = module._losses(batch)
-    logits = module.model(input_ids=ids, attention_mask=mask).logits
-    other = module.model(input_ids=crossed["input_ids"], attention_mask=mask).logits
-    plain = split_token_losses(logits, labels, module.token_map)["loss"]
-    gap = torch.stack(
-        [_response_nll(other[k], labels[k]) - _response_nll(logits[k], labels[k]) for k in range(2)]
-    )
-    hinge = torch.relu(50.0 - gap).sum() / (labels[:, 1:] != -100).sum()
-    assert hinge > 0
-    assert losses["loss"].item() == pytest.approx((plain + 2.0 * hinge).item(), rel=1e-4)
+    plain, gap = _plain_loss_and_gap_by_hand(module, batch, crossed["input_ids"])
     assert losses["film_gap"].item() == pytest.approx(gap.mean().item(), rel=1e-4, abs=1e-5)
     losses["loss"].backward()
     # one film group for both rows: no pair, so the plain loss alone
@@ -236,6 +280,57 @@ def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
     same = module._losses(batch)
     assert same["contrast"].item() == 0.0 and same["film_gap"].isnan()
     assert same["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
+
+
+def test_vqa_film_contrast_scores_each_answer_with_a_film_it_is_wrong_for(folder: Path) -> None:
+    settings = {"film_contrast_weight": 2.0, "film_contrast_margin": 50.0}
+    module = LLMCXRModule(
+        init_from=str(folder),
+        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
+        loss=LossSettings(**settings, film_contrast_vqa=True),
+    )
+    module.eval()  # no dropout: the hand computation below runs the same model again
+    encoder = module.record_encoder()
+    n = module.token_map.tokens_per_image
+    films = [torch.arange(n) % 4, (torch.arange(n) + 2) % 4]
+    records = [
+        _vqa_record("Is this chest X-ray normal?", "Yes.", {"No Finding": 1}),
+        _vqa_record("Is this chest X-ray normal?", "No.", {"Edema": 1}),
+    ]
+    rows = [encoder.encode_all([r], _OneImage(f), 4096)[0][0] for r, f in zip(records, films)]
+    batch = PadCollator(0)(rows)
+    crossed = PadCollator(0)(
+        [encoder.encode(records[0], films[1]), encoder.encode(records[1], films[0])]
+    )
+    losses = module._losses(batch)
+    plain, gap = _plain_loss_and_gap_by_hand(module, batch, crossed["input_ids"])
+    assert losses["vqa_gap"].item() == pytest.approx(gap.mean().item(), rel=1e-4, abs=1e-5)
+    assert losses["film_gap"].isnan()  # no report rows to swap
+    # without the VQA switch the same batch has nothing to contrast
+    module.loss_settings = LossSettings(**settings)
+    off = module._losses(batch)
+    assert off["contrast"].item() == 0.0 and "vqa_gap" not in off
+    assert off["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
+
+
+def _plain_loss_and_gap_by_hand(
+    module: LLMCXRModule, batch: dict[str, torch.Tensor], crossed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain loss of a two-row batch and each row's response NLL with the other row's film
+    (`crossed`) minus with its own; checks that the module's loss adds the weight-2, margin-50
+    hinge of those gaps."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    logits = module.model(input_ids=ids, attention_mask=mask).logits
+    other = module.model(input_ids=crossed, attention_mask=mask).logits
+    plain = split_token_losses(logits, labels, module.token_map)["loss"]
+    gap = torch.stack(
+        [_response_nll(other[k], labels[k]) - _response_nll(logits[k], labels[k]) for k in range(2)]
+    )
+    hinge = torch.relu(50.0 - gap).sum() / (labels[:, 1:] != -100).sum()
+    assert hinge > 0
+    loss = module._losses(batch)["loss"]
+    assert loss.item() == pytest.approx((plain + 2.0 * hinge).item(), rel=1e-4)
+    return plain, gap
 
 
 def _response_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -276,6 +371,7 @@ def test_weighted_loss_trains_the_module_and_is_recorded(folder: Path, tmp_path:
         "lead_text_weight": 5.0,
         "film_contrast_weight": 0.0,
         "film_contrast_margin": 1.0,
+        "film_contrast_vqa": False,
     }
 
 
