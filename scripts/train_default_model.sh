@@ -5,8 +5,10 @@
 # CPU (configs/llmcxr/window_llm_continue_cpu.yaml, 85 minutes on 2 cores with avx512_bf16;
 # PRECISION=32-true on AVX2-only CPUs), fine-tunes the tokenizer's decoder alone (the codes stay;
 # CLASSIFIER names the clinical loss's classifier, by default the window's), then continues the
-# reading with the film contrast at weight 20 and the NIH films weighted 3x (98 minutes; the
-# shipped model of 2026-12-05, benchmarks/results/c20nih3_cpu/) and ships it with guidance 1.
+# reading with the film contrast at weight 20 and the NIH films weighted 3x (98 minutes;
+# benchmarks/results/c20nih3_cpu/), then the same with the contrast on the yes/no VQA answers too
+# (81 minutes; the shipped model of 2026-12-06, benchmarks/results/vqac_cpu/), and ships it with
+# guidance 1.
 # Without WINDOW_MODEL it makes the previous, CPU-only default model:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2
 # -> five CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
@@ -26,11 +28,11 @@ llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
   --labelled "$data/covid_radiography_224" --out "$out/data" --both-directions
 
 if [[ -n "${WINDOW_MODEL:-}" ]]; then
-  step "2/4 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
+  step "2/5 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
   llmcxr train llm -c configs/llmcxr/window_llm_continue_cpu.yaml --model.init_from "$WINDOW_MODEL" \
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/window_continue" \
     --trainer.precision "${PRECISION:-bf16-mixed}"
-  step "3/4 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
+  step "3/5 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
   classifier="${CLASSIFIER:-runs/gpu/latest/classifier_export}"
   llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
     --model.loss.clinical_weights "$classifier" \
@@ -43,7 +45,7 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
   rm -rf "$out/decoder_model"
   llmcxr export decoder --model "$out/window_continue/model" \
     --checkpoint "$out/decoder_ft2/checkpoints/last.ckpt" --out "$out/decoder_model"
-  step "4/4 the reading: film contrast at weight 20, NIH films 3x (~98 minutes on 2 cores)"
+  step "4/5 the reading: film contrast at weight 20, NIH films 3x (~98 minutes on 2 cores)"
   llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml --model.init_from "$out/decoder_model" \
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/read_contrast" \
     --model.loss.film_contrast_weight 20.0 --model.loss.film_contrast_margin 2.0 \
@@ -51,8 +53,19 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
     --data.source_weights '{"paired:nih_chestxray14+openi": 3.0}' \
     --trainer.max_steps 800 --trainer.max_time 00:01:38:00 \
     --trainer.precision "${PRECISION:-bf16-mixed}"
+  step "5/5 the answers: contrast on the yes/no VQA answers too, VQA 4x (~81 minutes on 2 cores)"
+  llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml \
+    --model.init_from "$out/read_contrast/model" --data.dataset_dir "$out/data" \
+    --trainer.default_root_dir "$out/answers_contrast" \
+    --model.loss.film_contrast_weight 20.0 --model.loss.film_contrast_margin 2.0 \
+    --model.loss.film_contrast_vqa true \
+    --model.loss.lead_text_tokens 8 --model.loss.lead_text_weight 5.0 \
+    --data.source_weights '{"paired:nih_chestxray14+openi": 3.0}' \
+    --data.task_weights '{"cxr_to_report": 4.0, "report_to_cxr": 1.0, "vqa": 2.0, "text": 0.05}' \
+    --trainer.max_steps 700 --trainer.max_time 00:01:36:00 \
+    --trainer.precision "${PRECISION:-bf16-mixed}"
   rm -rf llmcxr/default_model
-  cp -r "$out/read_contrast/model" llmcxr/default_model
+  cp -r "$out/answers_contrast/model" llmcxr/default_model
   du -sh llmcxr/default_model
   exit 0
 fi
