@@ -187,7 +187,14 @@ def _mark_film_status(example: EncodedExample, record: Mapping[str, Any]) -> Non
     """Set a film-reading example's `film_abnormal` and, for a yes/no VQA record, the film status
     its answer is wrong for (`contrast_abnormal`)."""
     labels = record.get("labels") or "{}"
-    example.film_abnormal = film_abnormal(json.loads(labels) if isinstance(labels, str) else labels)
+    try:
+        labels = json.loads(labels) if isinstance(labels, str) else labels
+        example.film_abnormal = film_abnormal(labels)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"record {record.get('id')!r}: labels must be a JSON object of class -> 1/0/-1, "
+            f"got {record.get('labels')!r:.80}"
+        ) from err
     asked = question_kind(record["instruction"]) if example.task == "vqa" else None
     answer = record["response"].strip()
     if asked is None or not answer.startswith(("Yes.", "No.")):

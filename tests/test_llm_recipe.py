@@ -239,6 +239,10 @@ def test_reading_records_carry_their_films_status_and_what_makes_their_answer_wr
     batch = PadCollator(0)(rows)
     assert batch["film_abnormal"].tolist() == [0, 1, 1, 0, 1, -1, -1, -1]
     assert batch["contrast_abnormal"].tolist() == [1, 0, 0, -1, -1, 1, -1, -1]
+    for bad in ("not json", "[1, 2]"):
+        broken = {**records[0], "labels": bad}
+        with pytest.raises(ValueError, match="'Is this chest X-ray normal\\?': labels must be"):
+            encoder.encode_all([broken], _OneImage(codes), 4096)
 
 
 def _reading_records() -> list[dict[str, str]]:
