@@ -9,6 +9,7 @@ LoRA the new token rows (input and output embeddings, tied or not) are trained t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -509,13 +510,7 @@ def film_swap_pairs(groups: torch.Tensor | None) -> list[tuple[int, int]]:
         return []
     values = groups.tolist()
     rows = [i for i, g in enumerate(values) if g >= 0]
-    pairs = []
-    for k, row in enumerate(rows):
-        later = rows[k + 1 :] + rows[:k]
-        other = next((j for j in later if values[j] != values[row]), None)
-        if other is not None:
-            pairs.append((row, other))
-    return pairs
+    return _next_fitting_rows(rows, rows, lambda row, j: values[j] != values[row])
 
 
 def status_swap_pairs(
@@ -526,12 +521,20 @@ def status_swap_pairs(
     if abnormal is None or wanted is None:
         return []
     status, wants = abnormal.tolist(), wanted.tolist()
+    rows = [i for i, w in enumerate(wants) if w >= 0]
+    return _next_fitting_rows(rows, range(len(status)), lambda row, j: status[j] == wants[row])
+
+
+def _next_fitting_rows(
+    rows: list[int], candidates: Iterable[int], fits: Callable[[int, int], bool]
+) -> list[tuple[int, int]]:
+    """(row, other) for each of `rows`: `other` is the first of `candidates` after it, cyclically
+    in batch order, that ``fits(row, other)``; rows with none get none."""
+    candidates = list(candidates)
     pairs = []
-    for row, want in enumerate(wants):
-        if want < 0:
-            continue
-        later = list(range(row + 1, len(status))) + list(range(row))
-        other = next((j for j in later if status[j] == want), None)
+    for row in rows:
+        later = [j for j in candidates if j > row] + [j for j in candidates if j < row]
+        other = next((j for j in later if fits(row, j)), None)
         if other is not None:
             pairs.append((row, other))
     return pairs
