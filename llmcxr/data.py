@@ -68,6 +68,10 @@ class EncodedExample:
     """For a yes/no VQA record whose answer is wrong for any film of this status (True: abnormal):
     "Is this film normal? Yes." is wrong on every abnormal film, "Is there X? Yes." on every
     normal one. None for other records."""
+    draw_group: str = ""
+    """For a report->CXR record whose report comes from a report pool: the pool's key. The
+    drawing-contrast loss scores its image again under the report of a row of another group. Its
+    report-dropped variant has none (no report to contrast)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +181,8 @@ class RecordEncoder:
             if codes is not None and record["response"].strip() != self.placeholder:
                 example.film_group = key
                 _mark_film_status(example, record)
+            elif codes is not None:
+                example.draw_group = key
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
@@ -242,6 +248,7 @@ class ReportRedraw:
         redrawn = self.encoder.encode({**draw.record, field: text}, draw.codes)
         redrawn.film_group = example.film_group
         redrawn.film_abnormal = example.film_abnormal
+        redrawn.draw_group = example.draw_group
         return redrawn if len(redrawn.input_ids) <= self.max_length else example
 
 
@@ -320,9 +327,10 @@ class RedrawEpoch(L.Callback):
 
 @dataclass
 class PadCollator:
-    """Right-pads a batch; padding gets attention 0 and label -100. ``film_group`` numbers the
-    rows' film groups within the batch (-1: the row reads no pooled film); ``film_abnormal`` and
-    ``contrast_abnormal`` hold the examples' fields as 1 / 0 (-1: None)."""
+    """Right-pads a batch; padding gets attention 0 and label -100. ``film_group`` and
+    ``draw_group`` number the rows' report pools within the batch (-1: the row reads no pooled
+    film / draws from no pooled report); ``film_abnormal`` and ``contrast_abnormal`` hold the
+    examples' fields as 1 / 0 (-1: None)."""
 
     pad_token_id: int
 
@@ -336,18 +344,23 @@ class PadCollator:
             ids[row, :n] = torch.tensor(example.input_ids)
             labels[row, :n] = torch.tensor(example.labels)
             mask[row, :n] = 1
-        numbers: dict[str, int] = {}
-        groups = [
-            numbers.setdefault(e.film_group, len(numbers)) if e.film_group else -1 for e in batch
-        ]
         return {
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
-            "film_group": torch.tensor(groups, dtype=torch.long),
+            "film_group": _numbered([e.film_group for e in batch]),
+            "draw_group": _numbered([e.draw_group for e in batch]),
             "film_abnormal": _flags([e.film_abnormal for e in batch]),
             "contrast_abnormal": _flags([e.contrast_abnormal for e in batch]),
         }
+
+
+def _numbered(keys: list[str]) -> torch.Tensor:
+    """Each key's number in order of first appearance; -1 for an empty key."""
+    numbers: dict[str, int] = {}
+    return torch.tensor(
+        [numbers.setdefault(k, len(numbers)) if k else -1 for k in keys], dtype=torch.long
+    )
 
 
 def _flags(values: list[bool | None]) -> torch.Tensor:

@@ -8,6 +8,7 @@ LoRA the new token rows (input and output embeddings, tied or not) are trained t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -122,6 +123,20 @@ class LossSettings:
     its reports while P("Yes.") to "Is this film normal?" ran against the labels (AUROC 0.378,
     benchmarks/results/c20nih3_cpu/README.md). Needs ``film_contrast_weight`` > 0."""
 
+    draw_contrast_weight: float = 0.0
+    """Weight of the drawing-contrast term (0: off). Each report->CXR row with a pooled report
+    (``draw_group``) has its image scored again under the prompt (report) of another drawing row
+    of the batch whose pool differs; the term is ``relu(draw_contrast_margin - (NLL under the
+    other report - NLL under its own))`` over the whole response, summed over rows and divided by
+    the supervised token count. The film contrast's mirror: the plain loss lets the drawing
+    follow the image prior whatever the report says, and the shipped model's drawings agree
+    with their reports' labels barely above chance (macro AUROC 0.573, real films 0.708;
+    benchmarks/results/vqac_cpu/README.md). Costs one more forward and backward pass over those
+    rows."""
+    draw_contrast_margin: float = 5.0
+    """Wanted gap, in nats over the whole drawing (64 codes by default), between the other report's
+    NLL and its own."""
+
     def __post_init__(self) -> None:
         if isinstance(self.lead_text_tokens, bool) or self.lead_text_tokens < 0:
             raise ValueError(f"loss.lead_text_tokens must be >= 0, got {self.lead_text_tokens!r}")
@@ -137,6 +152,14 @@ class LossSettings:
             )
         if self.film_contrast_vqa and not self.film_contrast_weight > 0:
             raise ValueError("loss.film_contrast_vqa needs loss.film_contrast_weight above 0")
+        if not self.draw_contrast_weight >= 0:
+            raise ValueError(
+                f"loss.draw_contrast_weight must be >= 0, got {self.draw_contrast_weight}"
+            )
+        if not self.draw_contrast_margin > 0:
+            raise ValueError(
+                f"loss.draw_contrast_margin must be above 0, got {self.draw_contrast_margin}"
+            )
 
     @property
     def active(self) -> bool:
@@ -147,6 +170,11 @@ class LossSettings:
     def contrast(self) -> bool:
         """Whether the film-contrast term is added."""
         return self.film_contrast_weight > 0
+
+    @property
+    def draw_contrast(self) -> bool:
+        """Whether the drawing-contrast term is added."""
+        return self.draw_contrast_weight > 0
 
 
 class LLMCXRModule(L.LightningModule):
@@ -279,13 +307,13 @@ class LLMCXRModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the supervised (response) tokens, weighted as `loss` says, plus
-        the film-contrast term when `loss` asks for it."""
+        the film- and drawing-contrast terms when `loss` asks for them."""
         return self._losses(batch)["loss"]
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The training loss, and with the film contrast its term and the rows' mean gap."""
+        """The training loss, and with a contrast its term and the rows' mean gaps."""
         settings = self.loss_settings
-        if not settings.active and not settings.contrast:
+        if not settings.active and not settings.contrast and not settings.draw_contrast:
             out = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -297,8 +325,12 @@ class LLMCXRModule(L.LightningModule):
         ).logits
         loss = weighted_token_loss(logits, batch["labels"], self.token_map, settings)
         out = {"loss": loss}
+        if settings.draw_contrast:
+            out.update(self._draw_contrast(batch, logits))
+            out["loss"] = loss + settings.draw_contrast_weight * out["draw_contrast"]
         if not settings.contrast:
             return out
+        loss = out["loss"]
         # a batch with no pair of films to swap logs 0 and NaN, not the last batch's values
         nan = loss.new_full((), float("nan"))
         out.update(contrast=loss.new_zeros(()), film_gap=nan)
@@ -318,6 +350,31 @@ class LLMCXRModule(L.LightningModule):
                 out["vqa_gap"] = gap[len(pairs) :].detach().mean()
         return out
 
+    def _draw_contrast(
+        self, batch: dict[str, torch.Tensor], logits: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The drawing-contrast hinge (before its weight) and the pairs' mean gap (NaN and 0
+        without a pair: a batch with one drawing group logs no stale value)."""
+        pairs = film_swap_pairs(batch.get("draw_group"))
+        if not pairs:
+            return {
+                "draw_contrast": logits.new_zeros(()),
+                "draw_gap": logits.new_full((), math.nan),
+            }
+        rows = [row for row, _ in pairs]
+        ids, mask, labels = swap_prompts(
+            batch["input_ids"], batch["labels"], batch["attention_mask"], pairs
+        )
+        other = self.model(input_ids=ids, attention_mask=mask).logits
+        own = next_token_losses(logits[rows], batch["labels"][rows]).sum(dim=1)
+        gap = next_token_losses(other, labels).sum(dim=1) - own
+        supervised = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
+        margin = self.loss_settings.draw_contrast_margin
+        return {
+            "draw_contrast": torch.relu(margin - gap).sum() / supervised,
+            "draw_gap": gap.detach().mean(),
+        }
+
     def _film_gap(
         self, batch: dict[str, torch.Tensor], logits: torch.Tensor, pairs: list[tuple[int, int]]
     ) -> torch.Tensor:
@@ -336,7 +393,7 @@ class LLMCXRModule(L.LightningModule):
         losses = self._losses(batch)
         size = batch["input_ids"].shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
-        for name in ("contrast", "film_gap", "vqa_gap"):
+        for name in ("contrast", "film_gap", "vqa_gap", "draw_contrast", "draw_gap"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=size)
         return losses["loss"]
@@ -504,8 +561,8 @@ def weighted_token_loss(
 
 
 def film_swap_pairs(groups: torch.Tensor | None) -> list[tuple[int, int]]:
-    """(row, other) for each row with a film group: `other` is the next row, cyclically, whose
-    group is another one (rows whose groups all match get none)."""
+    """(row, other) for each row with a group (>= 0; film or drawing groups): `other` is the next
+    row, cyclically, whose group is another one (rows whose groups all match get none)."""
     if groups is None:
         return []
     values = groups.tolist()
@@ -559,6 +616,36 @@ def swap_films(
             )
         out[k, mine] = input_ids[other, theirs]
     return out
+
+
+def swap_prompts(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pairs: list[tuple[int, int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ids, attention mask and labels, right-padded, of each pair's row with its prompt (every
+    token before its first supervised one) replaced by the other row's prompt; the row's
+    response and its labels follow unchanged. Prompts differ in length, so the rows are
+    rebuilt rather than edited in place."""
+    built = []
+    for row, other in pairs:
+        supervised = (labels[row] != -100).nonzero()
+        if not len(supervised) or not (labels[other] != -100).any():
+            raise ValueError(f"prompt swap: rows {row} and {other} must each have a response")
+        start, end = int(supervised[0]), int(attention_mask[row].sum())
+        prompt = int((labels[other] != -100).nonzero()[0])
+        built.append((input_ids[other, :prompt], input_ids[row, start:end], labels[row, start:end]))
+    width = max(len(p) + len(r) for p, r, _ in built)
+    ids = input_ids.new_zeros((len(built), width))
+    mask = attention_mask.new_zeros((len(built), width))
+    out_labels = labels.new_full((len(built), width), -100)
+    for k, (prompt, response, response_labels) in enumerate(built):
+        n = len(prompt) + len(response)
+        ids[k, :n] = torch.cat([prompt, response])
+        mask[k, :n] = 1
+        out_labels[k, len(prompt) : n] = response_labels
+    return ids, mask, out_labels
 
 
 def _image_tokenizer_source(init_from: str, manifest: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from llmcxr.lit_module import (
     split_token_losses,
     status_swap_pairs,
     swap_films,
+    swap_prompts,
     weighted_token_loss,
 )
 from llmcxr.pipeline import LLMCXR
@@ -158,6 +159,10 @@ def test_loss_settings_refuse_bad_values() -> None:
     ):
         with pytest.raises(ValueError, match="loss.film_contrast"):
             LossSettings(**bad)
+    assert not LossSettings().draw_contrast and LossSettings(draw_contrast_weight=1.0).draw_contrast
+    for bad in ({"draw_contrast_weight": -1.0}, {"draw_contrast_margin": 0.0}):
+        with pytest.raises(ValueError, match="loss.draw_contrast"):
+            LossSettings(**bad)
 
 
 def test_film_swap_pairs_by_hand() -> None:
@@ -201,6 +206,37 @@ def test_swap_films_by_hand() -> None:
 def test_collator_numbers_film_groups_within_the_batch() -> None:
     rows = [EncodedExample([1], [1], "cxr_to_report", film_group=g) for g in ("b", "", "a", "b")]
     assert PadCollator(0)(rows)["film_group"].tolist() == [0, -1, 1, 0]
+    rows = [EncodedExample([1], [1], "report_to_cxr", draw_group=g) for g in ("", "x", "x", "y")]
+    batch = PadCollator(0)(rows)
+    assert batch["draw_group"].tolist() == [-1, 0, 0, 1]
+    assert batch["film_group"].tolist() == [-1, -1, -1, -1]
+
+
+def test_swap_prompts_by_hand() -> None:
+    # row 0: prompt (1, 5, 6), response (7, 8); row 1: prompt (1, 9), response (7, 4, 8), longest
+    ids = torch.tensor([[1, 5, 6, 7, 8, 0], [1, 9, 7, 4, 8, 0]])
+    labels = torch.tensor([[-100, -100, -100, 7, 8, -100], [-100, -100, 7, 4, 8, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]])
+    out_ids, out_mask, out_labels = swap_prompts(ids, labels, mask, [(0, 1), (1, 0)])
+    assert out_ids.tolist() == [[1, 9, 7, 8, 0, 0], [1, 5, 6, 7, 4, 8]]
+    assert out_mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert out_labels.tolist() == [[-100, -100, 7, 8, -100, -100], [-100, -100, -100, 7, 4, 8]]
+    with pytest.raises(ValueError, match="each have a response"):
+        swap_prompts(ids, torch.full_like(labels, -100), mask, [(0, 1)])
+
+
+def test_drawing_records_carry_their_report_pool_but_their_dropped_variant_does_not(
+    llm: LLMCXR,
+) -> None:
+    encoder = RecordEncoder(llm.text_tokenizer, llm.token_map, llm.prompt_format)
+    codes = torch.arange(llm.token_map.tokens_per_image)
+    draw = {**_draw_record(), "report_pool": "test|effusion"}
+    read = {**draw, "task": "cxr_to_report", "input": IMAGE_PLACEHOLDER, "response": REPORT}
+    records = [draw, read, _draw_record()]
+    rows, _ = encoder.encode_all(records, _OneImage(codes), 4096, unconditional=True)
+    assert [r.draw_group for r in rows] == ["test|effusion", "", ""]
+    assert [r.film_group for r in rows] == ["", "test|effusion", ""]
+    assert rows[0].unconditional is not None and rows[0].unconditional.draw_group == ""
 
 
 def _vqa_record(question: str, answer: str, labels: dict[str, int]) -> dict[str, str]:
@@ -252,16 +288,21 @@ def _reading_records() -> list[dict[str, str]]:
     ]
 
 
-def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
+def _contrast_setup(folder: Path, loss: LossSettings) -> tuple[LLMCXRModule, RecordEncoder, list]:
+    """A tiny module in eval mode (no dropout: the hand computations run the same model again),
+    its record encoder, and two different films."""
     module = LLMCXRModule(
-        init_from=str(folder),
-        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
-        loss=LossSettings(film_contrast_weight=2.0, film_contrast_margin=50.0),
+        init_from=str(folder), model=ModelSettings(lora=LoraSettings(r=4, alpha=8)), loss=loss
     )
-    module.eval()  # no dropout: the hand computation below runs the same model again
-    encoder = module.record_encoder()
+    module.eval()
     n = module.token_map.tokens_per_image
-    films = [torch.arange(n) % 4, (torch.arange(n) + 2) % 4]
+    return module, module.record_encoder(), [torch.arange(n) % 4, (torch.arange(n) + 2) % 4]
+
+
+def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
+    module, encoder, films = _contrast_setup(
+        folder, LossSettings(film_contrast_weight=2.0, film_contrast_margin=50.0)
+    )
     records = _reading_records()
     rows = [encoder.encode(r, f) for r, f in zip(records, films, strict=True)]
     for k, row in enumerate(rows):
@@ -288,15 +329,9 @@ def test_film_contrast_adds_the_hinge_over_swapped_films(folder: Path) -> None:
 
 def test_vqa_film_contrast_scores_each_answer_with_a_film_it_is_wrong_for(folder: Path) -> None:
     settings = {"film_contrast_weight": 2.0, "film_contrast_margin": 50.0}
-    module = LLMCXRModule(
-        init_from=str(folder),
-        model=ModelSettings(lora=LoraSettings(r=4, alpha=8)),
-        loss=LossSettings(**settings, film_contrast_vqa=True),
+    module, encoder, films = _contrast_setup(
+        folder, LossSettings(**settings, film_contrast_vqa=True)
     )
-    module.eval()  # no dropout: the hand computation below runs the same model again
-    encoder = module.record_encoder()
-    n = module.token_map.tokens_per_image
-    films = [torch.arange(n) % 4, (torch.arange(n) + 2) % 4]
     records = [
         _vqa_record("Is this chest X-ray normal?", "Yes.", {"No Finding": 1}),
         _vqa_record("Is this chest X-ray normal?", "No.", {"Edema": 1}),
@@ -315,6 +350,48 @@ def test_vqa_film_contrast_scores_each_answer_with_a_film_it_is_wrong_for(folder
     off = module._losses(batch)
     assert off["contrast"].item() == 0.0 and "vqa_gap" not in off
     assert off["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
+
+
+def test_draw_contrast_adds_the_hinge_over_swapped_reports(folder: Path) -> None:
+    module, encoder, films = _contrast_setup(
+        folder, LossSettings(draw_contrast_weight=3.0, draw_contrast_margin=40.0)
+    )
+    reports = ["No acute findings.", REPORT]  # prompts of different lengths
+    records = [{**_draw_record(), "input": r} for r in reports]
+    rows = [encoder.encode(r, f) for r, f in zip(records, films, strict=True)]
+    for k, row in enumerate(rows):
+        row.draw_group = f"pool{k}"
+    batch = PadCollator(0)(rows)
+    # each drawing encoded again under the other report: what the swap must give
+    crossed = PadCollator(0)(
+        [encoder.encode(records[1], films[0]), encoder.encode(records[0], films[1])]
+    )
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    swapped = swap_prompts(ids, labels, mask, [(0, 1), (1, 0)])
+    for got, want in zip(swapped, ("input_ids", "attention_mask", "labels"), strict=True):
+        assert torch.equal(got, crossed[want])
+    losses = module._losses(batch)
+    logits = module.model(input_ids=ids, attention_mask=mask).logits
+    other = module.model(
+        input_ids=crossed["input_ids"], attention_mask=crossed["attention_mask"]
+    ).logits
+    plain = split_token_losses(logits, labels, module.token_map)["loss"]
+    gap = torch.stack(
+        [
+            _response_nll(other[k], crossed["labels"][k]) - _response_nll(logits[k], labels[k])
+            for k in range(2)
+        ]
+    )
+    hinge = torch.relu(40.0 - gap).sum() / (labels[:, 1:] != -100).sum()
+    assert hinge > 0
+    assert losses["draw_gap"].item() == pytest.approx(gap.mean().item(), rel=1e-4, abs=1e-5)
+    assert losses["loss"].item() == pytest.approx((plain + 3.0 * hinge).item(), rel=1e-4)
+    losses["loss"].backward()
+    # one report pool for both rows: no pair, so the plain loss alone
+    batch["draw_group"] = torch.tensor([0, 0])
+    same = module._losses(batch)
+    assert same["draw_contrast"].item() == 0.0 and same["draw_gap"].isnan()
+    assert same["loss"].item() == pytest.approx(plain.item(), rel=1e-4)
 
 
 def _plain_loss_and_gap_by_hand(
@@ -376,6 +453,8 @@ def test_weighted_loss_trains_the_module_and_is_recorded(folder: Path, tmp_path:
         "film_contrast_weight": 0.0,
         "film_contrast_margin": 1.0,
         "film_contrast_vqa": False,
+        "draw_contrast_weight": 0.0,
+        "draw_contrast_margin": 5.0,
     }
 
 

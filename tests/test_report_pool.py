@@ -371,6 +371,10 @@ def test_film_groups_follow_the_report_pool_through_redraws_and_batches(paired, 
     train.set_epoch(1)
     served = [train[i] for i in range(len(train))]
     assert [e.film_group for e in served] == [e.film_group for e in train.examples]
+    # report->CXR records carry their pool as a drawing group, through the redraws too
+    drawn = [e for e in train.examples if e.draw_group]
+    assert drawn and all(e.task == "report_to_cxr" and e.draw is not None for e in drawn)
+    assert [e.draw_group for e in served] == [e.draw_group for e in train.examples]
     assert any(s.input_ids != e.input_ids for s, e in zip(served, train.examples) if e.film_group)
     rows = served[:16]
     numbers = PadCollator(0)(rows)["film_group"].tolist()
