@@ -325,11 +325,29 @@ def test_nearest_ssim_takes_the_closest_reference() -> None:
     # a query equal to one reference scores 1 (the best), whatever the others are
     assert metrics.nearest_ssim([a, b], [flat, b, a]) == pytest.approx([1.0, 1.0])
     got = metrics.nearest_ssim([a], [flat, b])[0]
-    assert got == pytest.approx(max(metrics.ssim(a, flat), metrics.ssim(a, b)))
+    # float32 sums in another order than torchmetrics': equal to ~1e-7
+    assert got == pytest.approx(max(metrics.ssim(a, flat), metrics.ssim(a, b)), abs=2e-6)
     # leave one out: each image against the others only
     loo = metrics.nearest_ssim([a, b, flat], [a, b, flat], leave_one_out=True)
-    assert loo[0] == pytest.approx(max(metrics.ssim(a, b), metrics.ssim(a, flat)))
+    assert loo[0] == pytest.approx(max(metrics.ssim(a, b), metrics.ssim(a, flat)), abs=2e-6)
     assert (loo < 1.0).all()
+
+
+def test_nearest_ssim_equals_torchmetrics_on_each_pair() -> None:
+    # the separable, cross-term-only computation must give torchmetrics' SSIM for every pair:
+    # smooth and noisy images, a dark and a bright one, a non-square shape
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:40, 0:28] / 40.0
+    images = [
+        rng.random((40, 28)),
+        np.clip(0.5 + 0.4 * np.sin(6 * x) * np.cos(4 * y), 0, 1),
+        np.clip(0.1 * rng.random((40, 28)), 0, 1),
+        np.clip(0.9 - 0.3 * y + 0.05 * rng.standard_normal((40, 28)), 0, 1),
+    ]
+    for k in range(len(images)):
+        queries, refs = [images[k]], images[:k] + images[k + 1 :]
+        want = max(metrics.ssim(images[k], r) for r in refs)
+        assert metrics.nearest_ssim(queries, refs)[0] == pytest.approx(want, abs=2e-6)
 
 
 def test_tile_shuffle_moves_whole_tiles_and_keeps_the_pixels() -> None:

@@ -231,23 +231,89 @@ def _as_batch(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
 
 
+SSIM_SIGMA = 1.5
+"""Gaussian window of torchmetrics' SSIM (its default; 11 taps, Wang et al. 2004)."""
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
 def nearest_ssim(
     queries: Sequence[np.ndarray], references: Sequence[np.ndarray], *, leave_one_out: bool = False
 ) -> np.ndarray:
     """For each query image [H, W], the largest SSIM (`ssim`) to any reference image: how close
     it comes to *some* real chest X-ray, in pixels, where the classifier-feature realism metrics
     judge features. ``leave_one_out`` (queries are the references) skips each image's own
-    index, giving the reference level of a real image against the other real ones."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    index, giving the reference level of a real image against the other real ones.
+
+    The same SSIM as torchmetrics' (reflect padding, 11 x 11 Gaussian window, variances clamped
+    at 0, the whole map averaged; equal to float32 rounding, <= 2e-5), computed here rather than
+    by calling it once per query: torchmetrics filters five maps of every (query, reference) pair
+    with a 2-D convolution, while the references' means and variances do not depend on the query,
+    and the Gaussian window is separable, so filtering is two matrix products. The image task of
+    320 reports spent over 15 minutes of 2 CPU cores in this step with torchmetrics."""
+    import torch
 
     refs = _stack(references)
-    out = np.empty(len(queries))
-    for i, query in enumerate(queries):
-        q = _as_batch(query).expand(len(refs), -1, -1, -1)
-        values = structural_similarity_index_measure(q, refs, data_range=1.0, reduction="none")
-        if leave_one_out:
-            values[i] = -math.inf
-        out[i] = float(values.max())
+    height, width = refs.shape[-2:]
+    rows, cols = _ssim_filter_matrix(height), _ssim_filter_matrix(width)
+    pad = (_ssim_window().numel() - 1) // 2
+
+    def padded(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")[:, 0]
+
+    def smooth(images: torch.Tensor) -> torch.Tensor:
+        return rows @ images @ cols.T
+
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    with torch.no_grad():
+        refs_p = padded(refs)
+        mu_r = smooth(refs_p)
+        var_r = torch.clamp(smooth(refs_p * refs_p) - mu_r * mu_r, min=0.0)
+        out = np.empty(len(queries))
+        for i, query in enumerate(queries):
+            q = padded(_as_batch(query))
+            mu_q = smooth(q)
+            var_q = torch.clamp(smooth(q * q) - mu_q * mu_q, min=0.0)
+            mu_qr = mu_q * mu_r
+            cov = smooth(q * refs_p) - mu_qr
+            values = (
+                (
+                    ((2 * mu_qr + c1) * (2 * cov + c2))
+                    / ((mu_q * mu_q + mu_r * mu_r + c1) * (var_q + var_r + c2))
+                )
+                .flatten(1)
+                .mean(1)
+            )
+            if leave_one_out:
+                values[i] = -math.inf
+            out[i] = float(values.max())
+    return out
+
+
+SSIM_SIGMA = 1.5
+"""Gaussian window of torchmetrics' SSIM (its default: 11 taps; Wang et al. 2004)."""
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _ssim_window() -> torch.Tensor:
+    """torchmetrics' 1-D Gaussian SSIM window (its 2-D window is this one's outer product)."""
+    import torch
+
+    size = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1
+    dist = torch.arange((1 - size) / 2, (1 + size) / 2, 1, dtype=torch.float32)
+    gauss = torch.exp(-((dist / SSIM_SIGMA) ** 2) / 2)
+    return gauss / gauss.sum()
+
+
+def _ssim_filter_matrix(size: int) -> torch.Tensor:
+    """[size, size + 10]: row i holds the window at columns i..i+10, so ``M @ x`` filters a
+    reflect-padded axis of length size + 10 without further padding (a banded matrix product is
+    ~7x faster than a 1-channel convolution on the CPU)."""
+    import torch
+
+    window = _ssim_window()
+    out = torch.zeros(size, size + window.numel() - 1)
+    for i in range(size):
+        out[i, i : i + window.numel()] = window
     return out
 
 
