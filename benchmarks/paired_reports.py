@@ -74,9 +74,8 @@ def _classifier_labels(stored: dict[str, Any]) -> list[str]:
 def compare_images(a: Path, b: Path, n_boot: int, seed: int) -> dict[str, Any]:
     """Headline macro AUROC of the drawings' classifier scores against their reports' labels, on
     the reports both runs drew for, and the paired difference."""
-    import numpy as np
-
-    from llmcxr.evaluation.classifier import ImageClassifier, chexpert_columns
+    from llmcxr.evaluation.classifier import chexpert_columns
+    from llmcxr.evaluation.image_task import drawing_scores
     from llmcxr.evaluation.labelling import label_matrix
     from llmcxr.evaluation.metrics import paired_macro_auroc_difference
 
@@ -100,20 +99,10 @@ def compare_images(a: Path, b: Path, n_boot: int, seed: int) -> dict[str, Any]:
         uncertain_as_positive=settings["uncertain_as_positive"],
     )
 
-    def scores(rows: dict[str, dict[str, Any]]) -> np.ndarray:
-        return np.array(
-            [
-                ImageClassifier.class_scores(np.asarray(rows[k]["generated_probs"]), columns).mean(
-                    axis=0
-                )
-                for k in keys
-            ]
-        )
-
     result = paired_macro_auroc_difference(
         truth,
-        scores(rows_a),
-        scores(rows_b),
+        drawing_scores([rows_a[k] for k in keys], columns),
+        drawing_scores([rows_b[k] for k in keys], columns),
         min_positives=settings["min_positives"],
         n_boot=n_boot,
         seed=seed,

@@ -136,6 +136,17 @@ def _classify_item(ctx: RunContext, record: EvalRecord, images: list[np.ndarray]
     }
 
 
+def drawing_scores(rows: Sequence[dict[str, Any]], columns: dict[str, list[int]]) -> np.ndarray:
+    """``[reports, classes]``: per stored row, the classifier's class scores (its `columns` per
+    class) averaged over the report's drawings, the score the image task's AUROC reads."""
+    return np.array(
+        [
+            ImageClassifier.class_scores(np.asarray(r["generated_probs"]), columns).mean(axis=0)
+            for r in rows
+        ]
+    )
+
+
 def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Classifier metrics of generated, real and reconstructed images against the reports' labels;
     realism (FID, KID, precision, recall) against the real images; diversity."""
@@ -153,12 +164,7 @@ def summarize(ctx: RunContext, rows: Sequence[dict[str, Any]]) -> dict[str, Any]
     truth = label_matrix(
         [r["report"] for r in rows], classes, uncertain_as_positive=cfg.uncertain_as_positive
     )
-    gen_score = np.array(
-        [
-            ImageClassifier.class_scores(np.asarray(r["generated_probs"]), columns).mean(axis=0)
-            for r in rows
-        ]
-    )
+    gen_score = drawing_scores(rows, columns)
     gen_pred = (gen_score >= 0.5).astype(np.int64)
     kw = {"min_positives": cfg.min_positives}
     out: dict[str, Any] = {
