@@ -142,24 +142,14 @@ class LossSettings:
             raise ValueError(f"loss.lead_text_tokens must be >= 0, got {self.lead_text_tokens!r}")
         if not self.lead_text_weight > 0:
             raise ValueError(f"loss.lead_text_weight must be above 0, got {self.lead_text_weight}")
-        if not self.film_contrast_weight >= 0:
-            raise ValueError(
-                f"loss.film_contrast_weight must be >= 0, got {self.film_contrast_weight}"
-            )
-        if not self.film_contrast_margin > 0:
-            raise ValueError(
-                f"loss.film_contrast_margin must be above 0, got {self.film_contrast_margin}"
-            )
+        for kind in ("film", "draw"):
+            weight, margin = f"{kind}_contrast_weight", f"{kind}_contrast_margin"
+            if not getattr(self, weight) >= 0:
+                raise ValueError(f"loss.{weight} must be >= 0, got {getattr(self, weight)}")
+            if not getattr(self, margin) > 0:
+                raise ValueError(f"loss.{margin} must be above 0, got {getattr(self, margin)}")
         if self.film_contrast_vqa and not self.film_contrast_weight > 0:
             raise ValueError("loss.film_contrast_vqa needs loss.film_contrast_weight above 0")
-        if not self.draw_contrast_weight >= 0:
-            raise ValueError(
-                f"loss.draw_contrast_weight must be >= 0, got {self.draw_contrast_weight}"
-            )
-        if not self.draw_contrast_margin > 0:
-            raise ValueError(
-                f"loss.draw_contrast_margin must be above 0, got {self.draw_contrast_margin}"
-            )
 
     @property
     def active(self) -> bool:
@@ -341,8 +331,7 @@ class LLMCXRModule(L.LightningModule):
             answers = status_swap_pairs(batch.get("film_abnormal"), batch.get("contrast_abnormal"))
         if pairs or answers:
             gap = self._film_gap(batch, logits, pairs + answers)
-            supervised = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
-            term = torch.relu(settings.film_contrast_margin - gap).sum() / supervised
+            term = contrast_hinge(gap, settings.film_contrast_margin, batch["labels"])
             out.update(loss=loss + settings.film_contrast_weight * term, contrast=term)
             if pairs:
                 out["film_gap"] = gap[: len(pairs)].detach().mean()
@@ -368,10 +357,9 @@ class LLMCXRModule(L.LightningModule):
         other = self.model(input_ids=ids, attention_mask=mask).logits
         own = next_token_losses(logits[rows], batch["labels"][rows]).sum(dim=1)
         gap = next_token_losses(other, labels).sum(dim=1) - own
-        supervised = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
         margin = self.loss_settings.draw_contrast_margin
         return {
-            "draw_contrast": torch.relu(margin - gap).sum() / supervised,
+            "draw_contrast": contrast_hinge(gap, margin, batch["labels"]),
             "draw_gap": gap.detach().mean(),
         }
 
@@ -558,6 +546,12 @@ def weighted_token_loss(
     weights = lead_text_weights(targets, token_map, settings)
     per_token = next_token_losses(logits, labels)
     return (per_token * weights).sum() / (targets != -100).sum().clamp(min=1)
+
+
+def contrast_hinge(gap: torch.Tensor, margin: float, labels: torch.Tensor) -> torch.Tensor:
+    """``relu(margin - gap)`` summed over the contrasted rows and divided by the batch's supervised
+    token count, the main term's divisor (film and drawing contrasts alike)."""
+    return torch.relu(margin - gap).sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
 
 
 def film_swap_pairs(groups: torch.Tensor | None) -> list[tuple[int, int]]:
