@@ -278,3 +278,41 @@ def test_quantize_reaches_the_model_and_the_run_identity(
     plain = tmp_path / "plain"
     assert main(_args(assets, plain, "--tasks", "report")) == 0
     assert "quantize" not in json.loads((plain / "run.json").read_text())
+
+
+def test_guidance_scale_reaches_every_drawing_and_the_run_identity(
+    assets: dict[str, Path], tiny_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--guidance-scale 2.5` draws every image and round trip with that scale, is part of the
+    run's identity and is named in the table; without it the model's own scale is used (None
+    reaches the pipeline) and run.json is as before the option existed."""
+    from llmcxr.pipeline import LLMCXR
+
+    seen: list[float | None] = []
+    real = LLMCXR.generate_images
+
+    def spy(self: LLMCXR, reports: list[str], **kwargs: object) -> list[list[np.ndarray]]:
+        seen.append(kwargs.get("guidance_scale"))
+        return real(self, reports, **kwargs)
+
+    monkeypatch.setattr(LLMCXR, "generate_images", spy)
+    out = tmp_path / "guided"
+    tasks = ("--tasks", "image,roundtrip", "--classifier", tiny_classifier)
+    assert main(_args(assets, out, *tasks, "--guidance-scale", "2.5")) == 0
+    assert len(seen) >= 3 and set(seen) == {2.5}
+    assert json.loads((out / "run.json").read_text())["guidance_scale"] == 2.5
+    assert "Drawings with guidance scale 2.5" in (out / "table.md").read_text()
+    assert main(_args(assets, out, *tasks)) == 2  # an unguided run into that folder
+    seen.clear()
+    plain = tmp_path / "plain"
+    assert main(_args(assets, plain, "--tasks", "image", "--classifier", tiny_classifier)) == 0
+    assert seen and set(seen) == {None}
+    assert "guidance_scale" not in json.loads((plain / "run.json").read_text())
+    assert "guidance scale" not in (plain / "table.md").read_text()
+
+
+def test_guidance_scale_must_be_positive(
+    assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(assets, tmp_path / "g", "--tasks", "report", "--guidance-scale", "0")) == 2
+    assert "--guidance-scale must be > 0" in capsys.readouterr().err

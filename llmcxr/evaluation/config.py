@@ -68,6 +68,9 @@ class EvaluationConfig:
     """NIH ChestX-ray14 labels.csv for the nih task (default: the one beside the NIH images)."""
     min_positives: int = 5
     """Headline macro AUROC / F1 average the classes with at least this many positives."""
+    guidance_scale: float | None = None
+    """Classifier-free guidance of the drawings (image and roundtrip tasks); None = the model's
+    own (its generation.json), so a guidance setting is evaluated without editing a folder."""
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -97,6 +100,8 @@ class EvaluationConfig:
                 )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.guidance_scale is not None and not self.guidance_scale > 0:
+            raise ValueError(f"--guidance-scale must be > 0, got {self.guidance_scale}")
         needs_classifier = set(CLASSIFIER_TASKS) & set(self.tasks)
         if needs_classifier and not self.classifier:
             raise ValueError(
@@ -119,6 +124,7 @@ class EvaluationConfig:
             "max_new_tokens": self.max_new_tokens,
             # only when set, so folders written before the option existed still resume
             **({"quantize": self.quantize} if self.quantize != "auto" else {}),
+            **({"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def run(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
             [r.report for r in part],
             num_images=cfg.images_per_report,
             seed=cfg.seed + start,
+            guidance_scale=cfg.guidance_scale,
             batch_size=cfg.batch_size,
         )
 

@@ -32,7 +32,10 @@ def run_report_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict
         images = [
             imgs[0]
             for imgs in ctx.model.generate_images(
-                [r.report for r in part], seed=cfg.seed + start, batch_size=cfg.batch_size
+                [r.report for r in part],
+                seed=cfg.seed + start,
+                guidance_scale=cfg.guidance_scale,
+                batch_size=cfg.batch_size,
             )
         ]
         reports = ctx.model.generate_report(
@@ -76,7 +79,10 @@ def run_image_trip(ctx: RunContext, records: Sequence[EvalRecord]) -> list[dict[
         images = [
             imgs[0]
             for imgs in ctx.model.generate_images(
-                reports, seed=cfg.seed + start, batch_size=cfg.batch_size
+                reports,
+                seed=cfg.seed + start,
+                guidance_scale=cfg.guidance_scale,
+                batch_size=cfg.batch_size,
             )
         ]
         return list(zip(reports, images))

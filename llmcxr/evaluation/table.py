@@ -243,6 +243,11 @@ def render(metrics: Mapping[str, Any]) -> str:
                 if run["limit"]
                 else "all records. "
             )
+            + (
+                f"Drawings with guidance scale {run['guidance_scale']:g} (not the model's own). "
+                if run.get("guidance_scale") is not None
+                else ""
+            )
             + "Brackets: bootstrap 95 % intervals (items resampled)."
         ),
         "",
