@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -187,7 +186,6 @@ def generate_image_codes(
     uncond_attention_mask: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
     restrict_logits: bool = True,
-    guidance_plausibility: float = 0.0,
 ) -> torch.Tensor:
     """Sample `tokens_per_image` codes per prompt with a KV cache -> LongTensor [B, N] in [0, K).
 
@@ -195,9 +193,7 @@ def generate_image_codes(
     marker. With `guidance_scale` (and an unconditional prompt batch of the same shape, e.g.
     the prompt with an empty report), logits follow classifier-free guidance on log-probs:
     `uncond + scale * (cond - uncond)` (Sanchez et al. 2023, as transformers'
-    `UnbatchedClassifierFreeGuidanceLogitsProcessor`). `guidance_plausibility` > 0 keeps, before
-    guidance reweights them, only the codes whose conditional probability is at least that
-    fraction of the most likely code's (`plausible`). `restrict_logits=False` computes the
+    `UnbatchedClassifierFreeGuidanceLogitsProcessor`). `restrict_logits=False` computes the
     full-vocabulary logits and slices them (same result, slower; kept for benchmarking).
     """
     batch = input_ids.shape[0]
@@ -215,7 +211,7 @@ def generate_image_codes(
     for step in range(n_tokens):
         logits = step_logits(step_ids, attention_mask, position_ids)  # [B', K]
         if guided:
-            logits = _guide(logits, guidance_scale, guidance_plausibility)
+            logits = _guide(logits, guidance_scale)
         chosen = _pick(logits, sampling, generator)  # [B] codes in [0, K)
         codes[:, step] = chosen
         next_ids = (chosen + first).unsqueeze(1)
@@ -398,25 +394,11 @@ def _with_uncond(
     return True, ids, mask
 
 
-def _guide(logits: torch.Tensor, scale: float, plausibility: float = 0.0) -> torch.Tensor:
+def _guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance on log-probs of a [2B, V] batch (conditional rows first):
-    `uncond + scale * (cond - uncond)` -> [B, V], restricted to the `plausible` conditional
-    choices when `plausibility` > 0."""
+    `uncond + scale * (cond - uncond)` -> [B, V]."""
     cond, uncond = logits.log_softmax(-1).chunk(2)
-    guided = uncond + scale * (cond - uncond)
-    if plausibility > 0:
-        guided = guided.masked_fill(~plausible(cond, plausibility), float("-inf"))
-    return guided
-
-
-def plausible(logprobs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The adaptive plausibility constraint of contrastive decoding (Li et al., ACL 2023): a mask
-    [B, V] of the entries whose probability is >= `alpha` times the row's largest. Guidance
-    divides by the unconditional probability, so without it a code the conditional model itself
-    finds unlikely can win because the unconditional model finds it even less likely."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"plausibility must be in [0, 1], got {alpha}")
-    return logprobs >= logprobs.max(-1, keepdim=True).values + math.log(alpha)
+    return uncond + scale * (cond - uncond)
 
 
 def _stack_left_padded(

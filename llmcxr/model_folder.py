@@ -89,9 +89,6 @@ class GenerationDefaults:
     answer_max_new_tokens: int = 128
     guidance_scale: float = 1.0
     """Classifier-free guidance for images; 1.0 turns it off."""
-    guidance_plausibility: float = 0.0
-    """Under guidance, draw only codes whose conditional probability is at least this fraction of
-    the most likely code's (`llmcxr.decoding.plausible`); 0 turns it off."""
     report_temperature: float | None = None
     """Temperature of reports (`LLMCXR.generate_report`) when it differs from `temperature`,
     which images and answers use; None: `temperature`."""
@@ -108,11 +105,6 @@ class GenerationDefaults:
             raise ValueError(
                 f"generation defaults: report_temperature must be above 0, "
                 f"got {self.report_temperature!r}"
-            )
-        alpha = self.guidance_plausibility
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(
-                f"generation defaults: guidance_plausibility must be in [0, 1], got {alpha!r}"
             )
 
     @property

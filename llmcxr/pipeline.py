@@ -419,13 +419,11 @@ class LLMCXR:
         batch_size: int = 8,
         progress: ProgressCallback | None = None,
         instruction: str | None = None,
-        guidance_plausibility: float | None = None,
     ) -> list[list[np.ndarray]]:
         """`num_images` images per report: float32 [H, W] in [0, 1] at the model's image size.
 
         `guidance_scale` > 1 applies classifier-free guidance against the instruction-only
-        prompt (no report), which is also what an empty report draws from, among the codes
-        `guidance_plausibility` keeps (None: the model's defaults for both);
+        prompt (no report), which is also what an empty report draws from;
         `progress(tokens_done, tokens_total)` is called after every token.
         """
         if num_images < 1:
@@ -433,13 +431,6 @@ class LLMCXR:
         instruction = instruction or default_instruction("report_to_cxr")
         defaults = self.generation_defaults
         guidance = defaults.guidance_scale if guidance_scale is None else guidance_scale
-        plausibility = (
-            defaults.guidance_plausibility
-            if guidance_plausibility is None
-            else guidance_plausibility
-        )
-        if not 0 <= plausibility <= 1:
-            raise ValueError(f"guidance_plausibility must be in [0, 1], got {plausibility}")
         sampling = self._sampling(True, temperature, top_p)
         n_tokens = self.token_map.tokens_per_image
         prompts = []
@@ -482,7 +473,6 @@ class LLMCXR:
                     uncond_input_ids=uncond_ids,
                     uncond_attention_mask=uncond_mask,
                     progress=step_progress,
-                    guidance_plausibility=plausibility,
                 )
             )
         all_codes = torch.cat(codes)  # [R * num_images, N]

@@ -18,12 +18,10 @@ from llmcxr import pipeline
 from llmcxr.decoding import (
     ImageTokenConstraint,
     Sampling,
-    _guide,
     ban_image_tokens,
     generate_image_codes,
     generate_image_codes_hf,
     generate_text,
-    plausible,
 )
 from llmcxr.devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
 from llmcxr.model_folder import GenerationDefaults
@@ -213,86 +211,6 @@ def test_generate_images_shapes_progress_and_seed(llm: LLMCXR) -> None:
 def test_generate_images_with_guidance_and_from_an_empty_report(llm: LLMCXR) -> None:
     images = llm.generate_images(["Cardiomegaly.", ""], seed=0, guidance_scale=2.5)
     assert [im[0].shape for im in images] == [(llm.image_tokenizer.image_size,) * 2] * 2
-
-
-def test_plausible_keeps_the_codes_within_alpha_of_the_best() -> None:
-    logprobs = torch.tensor([[0.5, 0.3, 0.04, 0.16], [0.05, 0.9, 0.05, 0.0]]).log()
-    assert plausible(logprobs, 0.1).tolist() == [
-        [True, True, False, True],
-        [False, True, False, False],
-    ]
-    assert plausible(logprobs, 1.0).tolist() == [
-        [True, False, False, False],
-        [False, True, False, False],
-    ]
-    with pytest.raises(ValueError, match="plausibility"):
-        plausible(logprobs, 1.5)
-
-
-def test_plausibility_drops_a_code_that_guidance_favours_only_by_dividing() -> None:
-    """Code 3 is unlikely under the report (0.001) and far less likely without it (1e-7): guidance
-    3 makes it the best code (3 log .001 - 2 log 1e-7 = 11.5 against log .6 = -0.51 for code 0);
-    with alpha 0.1 (threshold 0.06) it is dropped, and codes 0-2 keep the formula's values."""
-    cond = torch.tensor([0.6, 0.3, 0.099, 0.001]).log()
-    uncond = torch.tensor([0.6, 0.3, 0.0999999, 1e-7]).log()
-    logits = torch.stack([cond, uncond])
-    formula = uncond + 3.0 * (cond - uncond)
-    free = _guide(logits, 3.0)[0]
-    assert int(free.argmax()) == 3 and torch.allclose(free, formula, atol=1e-4)
-    kept = _guide(logits, 3.0, plausibility=0.1)[0]
-    assert torch.isinf(kept[3]) and int(kept.argmax()) == 0
-    assert torch.allclose(kept[:3], formula[:3], atol=1e-4)
-
-
-def test_full_plausibility_turns_guided_sampling_into_conditional_greedy(llm: LLMCXR) -> None:
-    """With alpha 1 only the conditional model's best code survives, so guided sampling at any
-    scale and seed draws exactly the unguided greedy codes."""
-    ids, mask = _image_prompt(llm)
-    u_ids, u_mask = llm._pad([llm._image_prompt(llm.prompt_format.render("Draw this."))])
-    greedy = generate_image_codes(llm.model, ids, mask, llm.token_map, Sampling(do_sample=False))
-    for scale, seed in ((2.5, 0), (6.0, 1)):
-        codes = generate_image_codes(
-            llm.model,
-            ids,
-            mask,
-            llm.token_map,
-            Sampling(True, 1.0, 1.0),
-            generator=torch.Generator().manual_seed(seed),
-            guidance_scale=scale,
-            uncond_input_ids=u_ids,
-            uncond_attention_mask=u_mask,
-            guidance_plausibility=1.0,
-        )
-        assert torch.equal(codes, greedy)
-    free = generate_image_codes(
-        llm.model,
-        ids,
-        mask,
-        llm.token_map,
-        Sampling(True, 1.0, 1.0),
-        generator=torch.Generator().manual_seed(0),
-        guidance_scale=6.0,
-        uncond_input_ids=u_ids,
-        uncond_attention_mask=u_mask,
-    )
-    assert not torch.equal(free, greedy)  # the constraint, not the scale, made them equal
-
-
-def test_generate_images_takes_the_model_s_plausibility(llm: LLMCXR) -> None:
-    clone = copy.copy(llm)
-    clone.generation_defaults = replace(
-        llm.generation_defaults, guidance_scale=2.0, guidance_plausibility=1.0
-    )
-    by_default = clone.generate_images(["Cardiomegaly."], seed=3)
-    explicit = llm.generate_images(
-        ["Cardiomegaly."], seed=4, guidance_scale=2.0, guidance_plausibility=1.0
-    )
-    assert np.array_equal(by_default[0][0], explicit[0][0])  # alpha 1: the seed does not matter
-    with pytest.raises(ValueError, match="guidance_plausibility"):
-        llm.generate_images(["Cardiomegaly."], guidance_scale=2.0, guidance_plausibility=-0.1)
-    for bad in (1.5, -0.1, True):
-        with pytest.raises(ValueError, match="guidance_plausibility"):
-            GenerationDefaults(guidance_plausibility=bad)
 
 
 def test_generate_report_accepts_paths_arrays_and_tensors(llm: LLMCXR, fixtures_dir: Path) -> None:
