@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance-scale",
         type=float,
         default=None,
-        help="classifier-free guidance scale, 1 = off (default: the model's; above 1 decodes a "
-        "second, unconditional row per image)",
+        help="classifier-free guidance scale > 0, 1 = off (default: the model's; other values "
+        "decode a second, unconditional row per image)",
     )
     gen.add_argument("--batch-size", type=positive_int, default=8)
 

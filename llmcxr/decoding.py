@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -371,8 +372,21 @@ def _head_size(head: torch.nn.Module) -> int:
 
 
 def is_guided(guidance_scale: float | None) -> bool:
-    """Whether a guidance scale turns classifier-free guidance on (None and 1.0 do not)."""
-    return guidance_scale is not None and guidance_scale != 1.0
+    """Whether a guidance scale turns classifier-free guidance on (None and 1.0 do not); a scale
+    that `check_guidance_scale` refuses raises."""
+    return guidance_scale is not None and check_guidance_scale(guidance_scale) != 1.0
+
+
+def check_guidance_scale(scale: float) -> float:
+    """`scale` if it is a finite number > 0, else ValueError. 1 turns guidance off; 0 would ignore
+    the prompt's report or image altogether (an empty report draws from the bare instruction)
+    and a negative scale would steer away from it, so neither is taken as a guidance setting."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(
+            f"guidance scale must be a finite number > 0 (1 = off), got {scale!r}; to draw without "
+            "a report, give an empty report"
+        )
+    return float(scale)
 
 
 def _with_uncond(

@@ -38,6 +38,7 @@ import torch
 from cxrcommon.files import atomic_folder
 from llmcxr import lean_llama
 from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
+from llmcxr.decoding import check_guidance_scale
 from llmcxr.devices import is_out_of_memory
 from llmcxr.image_tokens import IMAGE_TOKENS_FILE, ImageTokenMap, add_image_tokens
 
@@ -98,6 +99,10 @@ class GenerationDefaults:
     evaluators still get the usual 256 px image."""
 
     def __post_init__(self) -> None:
+        try:
+            check_guidance_scale(self.guidance_scale)
+        except ValueError as err:
+            raise ValueError(f"generation defaults: {err}") from None
         value = self.report_temperature
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0

@@ -315,4 +315,4 @@ def test_guidance_scale_must_be_positive(
     assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(_args(assets, tmp_path / "g", "--tasks", "report", "--guidance-scale", "0")) == 2
-    assert "--guidance-scale must be > 0" in capsys.readouterr().err
+    assert "--guidance-scale: guidance scale must be a finite number > 0" in capsys.readouterr().err

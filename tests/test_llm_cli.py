@@ -210,6 +210,7 @@ def test_ask_and_chat(
         "empty prompt",
         "empty question",
         "huge prompt",
+        "zero guidance",
     ],
 )
 def test_bad_inputs_give_one_clear_line(
@@ -237,6 +238,11 @@ def test_bad_inputs_give_one_clear_line(
         "huge prompt": (
             ["generate-image", "effusion " * 5000, "-o", str(tmp_path / "x.png"), *model],
             "too long",
+        ),
+        "zero guidance": (
+            ["generate-image", "Effusion.", "-o", str(tmp_path / "x.png"), "--guidance-scale", "0"]
+            + model,
+            "guidance scale must be a finite number > 0",
         ),
     }[problem]
     assert main(argv) == 2

@@ -213,6 +213,15 @@ def test_generate_images_with_guidance_and_from_an_empty_report(llm: LLMCXR) -> 
     assert [im[0].shape for im in images] == [(llm.image_tokenizer.image_size,) * 2] * 2
 
 
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), "2", True])
+def test_a_guidance_scale_is_a_finite_number_above_zero(llm: LLMCXR, scale: object) -> None:
+    with pytest.raises(ValueError, match="guidance scale must be a finite number > 0"):
+        llm.generate_images(["Cardiomegaly."], guidance_scale=scale)
+    with pytest.raises(ValueError, match="generation defaults: guidance scale"):
+        GenerationDefaults.from_dict({"guidance_scale": scale})
+    assert GenerationDefaults(guidance_scale=0.5).guidance_scale == 0.5
+
+
 def test_generate_report_accepts_paths_arrays_and_tensors(llm: LLMCXR, fixtures_dir: Path) -> None:
     from conftest import synthetic_cxr
 

@@ -47,7 +47,8 @@ HELP: dict[str, str] = {
     "nih_labels": "NIH ChestX-ray14 labels.csv for the nih task (default: the "
     "labels.csv beside the NIH images, <folder>/images/../labels.csv)",
     "min_positives": "headline macro AUROC / F1 average classes with at least this many positives",
-    "guidance_scale": "classifier-free guidance of the drawings, 1 = off (default: the model's)",
+    "guidance_scale": "classifier-free guidance of the drawings, > 0, 1 = off (default: the "
+    "model's)",
 }
 """The help of each `EvaluationConfig` field's flag; names, types and defaults come from the
 dataclass itself, so the command and the config cannot drift apart."""

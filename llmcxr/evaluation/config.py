@@ -100,8 +100,13 @@ class EvaluationConfig:
                 )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        if self.guidance_scale is not None and not self.guidance_scale > 0:
-            raise ValueError(f"--guidance-scale must be > 0, got {self.guidance_scale}")
+        if self.guidance_scale is not None:
+            from llmcxr.decoding import check_guidance_scale
+
+            try:
+                check_guidance_scale(self.guidance_scale)
+            except ValueError as err:
+                raise ValueError(f"--guidance-scale: {err}") from None
         needs_classifier = set(CLASSIFIER_TASKS) & set(self.tasks)
         if needs_classifier and not self.classifier:
             raise ValueError(
