@@ -456,3 +456,18 @@ def test_paired_macro_auroc_difference_by_hand() -> None:
         truth, blind, blind, min_positives=2, n_boot=200, seed=0
     )
     assert same["difference"] == 0.0 and same["difference_ci95"] == (0.0, 0.0)
+
+
+def test_nearest_ssim_across_reference_chunks() -> None:
+    """More references than one chunk: the best one found in a later chunk wins, and leave one
+    out skips each image's own index whichever chunk it falls in."""
+    rng = np.random.default_rng(4)
+    n = 2 * metrics.SSIM_REFERENCE_CHUNK + 5
+    refs = [rng.random((24, 24)) for _ in range(n)]
+    query = np.clip(refs[-1] + 0.05 * rng.standard_normal((24, 24)), 0, 1)
+    want = max(metrics.ssim(query, r) for r in refs)
+    assert metrics.nearest_ssim([query], refs)[0] == pytest.approx(want, abs=2e-6)
+    loo = metrics.nearest_ssim(refs, refs, leave_one_out=True)
+    for i in (0, metrics.SSIM_REFERENCE_CHUNK, n - 1):
+        others = max(metrics.ssim(refs[i], r) for j, r in enumerate(refs) if j != i)
+        assert loo[i] == pytest.approx(others, abs=2e-6)
