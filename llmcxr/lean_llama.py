@@ -6,8 +6,12 @@ code pulls in `torch._dynamo` and torchvision (through `transformers.integration
 (`-X importtime`, 2026-11-29), before any weight is read. A merged model (`llmcxr.merged_cache`)
 needs none of it: this module runs the Llama architecture as transformers implements it (RMSNorm,
 rotary embeddings in the half-rotation layout, grouped-query attention, SwiGLU MLP, tied head)
-over the same safetensors, with the same parameter names, and reads the text tokenizer with
+over the same safetensors, read under the same parameter names, and reads the text tokenizer with
 `tokenizers`. Tests check its logits and token ids against transformers' on the same files.
+
+Two changes make a decode step faster on a CPU and leave the arithmetic as it was: the layers'
+projections that share an input are fused after loading (`_fused`), and the KV cache is fp32 on
+a CPU (`LeanDecoder.new_cache`).
 
 Only plain Llama configs are accepted (`LeanConfig.from_dict` says why not); anything else, and
 training, goes through transformers. The modules mimic the few methods `llmcxr.decoding` calls
@@ -155,10 +159,15 @@ class _Attention(nn.Module):
             c.num_key_value_heads,
             c.head_dim,
         )
+        # Loaded under transformers' names, then fused into `qkv_proj` (`LeanLlama.fuse`).
         self.q_proj = nn.Linear(c.hidden_size, self.heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * c.head_dim, c.hidden_size, bias=False)
+
+    def fuse(self) -> None:
+        self.qkv_proj = _fused(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
         self,
@@ -169,16 +178,30 @@ class _Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         batch, width, _ = x.shape
-        q = self.q_proj(x).view(batch, width, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
+        qkv = self.qkv_proj(x).view(batch, width, -1, self.head_dim)  # [B, T, H + 2 KV, D]
         cos, sin = rotary
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        qk = _rotate(qkv[:, :, : self.heads + self.kv_heads], cos, sin)
+        q = qk[:, :, : self.heads].transpose(1, 2)
+        k = qk[:, :, self.heads :].transpose(1, 2)
+        v = qkv[:, :, self.heads + self.kv_heads :].transpose(1, 2)
         k, v = cache.append(layer, k, v)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
-        )
+            q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
+        ).to(x.dtype)
         return self.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
+
+
+def _fused(*linears: nn.Linear) -> nn.Linear:
+    """One Linear computing the bias-free `linears` on one input, outputs side by side.
+
+    A decode step multiplies one row by each weight: on a 2-core EPYC (avx512_bf16) q, k and v
+    as one bf16 product take 31 us instead of 79, gate and up 78 instead of 89 (fp16 weights:
+    22 / 45 instead of 41 / 50; fp32 equal), 2026-12-06. Each output row is still its own
+    weights' dot product, so the values are those of the separate layers."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -191,12 +214,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class _MLP(nn.Module):
     def __init__(self, c: LeanConfig) -> None:
         super().__init__()
+        # Loaded under transformers' names, then fused into `gate_up_proj` (`LeanLlama.fuse`).
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
+    def fuse(self) -> None:
+        self.gate_up_proj = _fused(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class _RMSNorm(nn.Module):
@@ -238,11 +267,18 @@ class LeanDecoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def new_cache(self, batch: int) -> LeanCache:
+        """An empty cache; in fp32 on a CPU whatever the weights' dtype.
+
+        A decode step's one query against a bf16 cache takes CPU attention 83 us per layer at 150
+        keys and 190 us at 400; in fp32 it takes 20 and 30 (2-core EPYC with avx512_bf16,
+        2026-12-06). The keys and values are rounded to the weights' dtype before they are stored,
+        so only the attention's arithmetic is wider."""
         c, p = self.config, self.embed_tokens.weight
+        dtype = torch.float32 if p.device.type == "cpu" else p.dtype
         shape = (batch, c.num_key_value_heads, 0, c.head_dim)
         return LeanCache(
-            keys=[p.new_empty(shape) for _ in range(c.num_hidden_layers)],
-            values=[p.new_empty(shape) for _ in range(c.num_hidden_layers)],
+            keys=[p.new_empty(shape, dtype=dtype) for _ in range(c.num_hidden_layers)],
+            values=[p.new_empty(shape, dtype=dtype) for _ in range(c.num_hidden_layers)],
         )
 
     def forward(
@@ -268,7 +304,7 @@ class LeanDecoder(nn.Module):
 
     def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         freqs = positions[..., None].float() * self.inv_freq  # [B, T, D/2], in fp32 as HF
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, D]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, :, None]  # [B, T, 1, D]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -332,7 +368,14 @@ class LeanLlama(nn.Module):
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model = model.to(dtype) if dtype is not None else model
+        model.fuse()
         return model.eval()
+
+    def fuse(self) -> None:
+        """Fuse each layer's q, k, v and gate, up projections into one Linear each (`_fused`)."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     @property
     def dtype(self) -> torch.dtype:

@@ -26,6 +26,7 @@ from llmcxr.base_model import llmcxr_cache_dir
 from llmcxr.devices import is_out_of_memory
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
 
     from llmcxr.lean_llama import LeanLlama
@@ -96,18 +97,22 @@ def _base_digest(root: Path, path: Path) -> str:
     return digest
 
 
-def load(entry: Path, lean: bool = False) -> PreTrainedModel | LeanLlama | None:
-    """The merged model stored in `entry`; None when there is none, or when it is damaged (then
-    it is removed, to be rebuilt). ``lean`` reads a plain Llama with the transformers-free
-    `llmcxr.lean_llama` (other architectures still load with transformers)."""
+def load(
+    entry: Path, lean: bool = False, dtype: torch.dtype | None = None
+) -> PreTrainedModel | LeanLlama | None:
+    """The merged model stored in `entry`, in `dtype` (None: as stored); None when there is none,
+    or when it is damaged (then it is removed, to be rebuilt). ``lean`` reads a plain Llama with
+    the transformers-free `llmcxr.lean_llama` (other architectures still load with transformers),
+    which converts before it fuses its projections, so it copies the weights once."""
     if not (entry / ENTRY_FILE).is_file():
         return None
     try:
         info = _checked_info(entry)
         if lean and lean_llama.supports(entry):
-            model = lean_llama.LeanLlama.from_folder(entry)
+            model = lean_llama.LeanLlama.from_folder(entry, dtype)
         else:
             model = _read(entry, info)
+            model = model.to(dtype) if dtype is not None else model
     except Exception as err:  # json, safetensors and transformers raise many types
         if is_out_of_memory(err):
             raise

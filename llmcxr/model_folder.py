@@ -586,9 +586,9 @@ def _load_lora(
             folder / IMAGE_TOKENS_FILE,
         ]
         entry = merged_cache.entry_for(base_weight_files(spec), made_from)
-    cached = merged_cache.load(entry, lean=lean) if entry is not None else None
+    cached = merged_cache.load(entry, lean=lean, dtype=dtype) if entry is not None else None
     if cached is not None:
-        return cached.to(dtype) if dtype else cached
+        return cached
     model = _merged_lora(adapter, spec, manifest, token_map, merge)
     if entry is not None:
         merged_cache.store(entry, model)

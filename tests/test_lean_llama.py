@@ -99,6 +99,33 @@ def test_decoding_with_the_cache_matches_the_full_forward(gqa_llama: Path) -> No
     assert torch.allclose(torch.stack(steps, 1), full[:, 69:80], atol=1e-5, rtol=1e-4)
 
 
+def test_projections_are_fused_and_bf16_attends_in_fp32_on_the_cpu(gqa_llama: Path) -> None:
+    """The loaded engine multiplies q, k, v and gate, up as one weight each; in bf16 its cache
+    holds the bf16-rounded keys and values in fp32, and its logits stay within bf16 rounding of
+    transformers' bf16 model and of its own fp32 logits."""
+    fp32 = LeanLlama.from_folder(gqa_llama)
+    bf16 = LeanLlama.from_folder(gqa_llama, torch.bfloat16)
+    layer = bf16.model.layers[0]
+    assert layer.self_attn.qkv_proj.weight.shape == (16 * (6 + 2 + 2), 48)
+    assert layer.mlp.gate_up_proj.weight.shape == (2 * 80, 48)
+    assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "up_proj")
+    reference = AutoModelForCausalLM.from_pretrained(gqa_llama, dtype=torch.bfloat16).eval()
+    ids, mask = _padded_batch(97)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = bf16.model(ids, mask, positions)
+        got = bf16.lm_head(out.last_hidden_state).float()
+        exact = fp32(ids, mask).logits
+        want = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    keys = out.cache.keys[1][:, :, : out.cache.length]
+    assert keys.dtype == torch.float32 and torch.equal(keys, keys.bfloat16().float())
+    real = mask.bool()
+    scale = exact[real].abs().max().item()
+    assert (got[real] - want[real].float()).abs().max().item() < 0.02 * scale
+    assert (got[real] - exact[real]).abs().max().item() < 0.02 * scale
+    assert not torch.equal(got[real], exact[real])  # the bf16 weights really are in use
+
+
 def test_tokenizer_ids_and_text_match_transformers(folder: Path) -> None:
     reference = AutoTokenizer.from_pretrained(folder / "tokenizer")
     lean = LeanTokenizer(folder / "tokenizer")
