@@ -159,13 +159,13 @@ class _Attention(nn.Module):
             c.num_key_value_heads,
             c.head_dim,
         )
-        # Loaded under transformers' names, then fused into `qkv_proj` (`LeanLlama.fuse`).
+        # Loaded under transformers' names, then fused into `qkv_proj` (`LeanLlama._fuse`).
         self.q_proj = nn.Linear(c.hidden_size, self.heads * c.head_dim, bias=False)
         self.k_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * c.head_dim, c.hidden_size, bias=False)
 
-    def fuse(self) -> None:
+    def _fuse(self) -> None:
         self.qkv_proj = _fused(self.q_proj, self.k_proj, self.v_proj)
         del self.q_proj, self.k_proj, self.v_proj
 
@@ -194,10 +194,11 @@ class _Attention(nn.Module):
 def _fused(*linears: nn.Linear) -> nn.Linear:
     """One Linear computing the bias-free `linears` on one input, outputs side by side.
 
-    A decode step multiplies one row by each weight: on a 2-core EPYC (avx512_bf16) q, k and v
-    as one bf16 product take 31 us instead of 79, gate and up 78 instead of 89 (fp16 weights:
-    22 / 45 instead of 41 / 50; fp32 equal), 2026-12-06. Each output row is still its own
-    weights' dot product, so the values are those of the separate layers."""
+    A decode step multiplies one row by each weight, and one larger product streams better than
+    several small ones: on a 2-core EPYC (avx512_bf16, 2026-12-06, weights in cache) q, k and v
+    as one bf16 product took 31 us instead of 79, gate and up 78 instead of 89 (fp16 weights:
+    22 / 45 instead of 41 / 50; fp32 equal). Each output is still its own weights' dot product,
+    so the values are those of the separate layers."""
     weight = torch.cat([linear.weight.detach() for linear in linears])
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
@@ -214,12 +215,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class _MLP(nn.Module):
     def __init__(self, c: LeanConfig) -> None:
         super().__init__()
-        # Loaded under transformers' names, then fused into `gate_up_proj` (`LeanLlama.fuse`).
+        # Loaded under transformers' names, then fused into `gate_up_proj` (`LeanLlama._fuse`).
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
-    def fuse(self) -> None:
+    def _fuse(self) -> None:
         self.gate_up_proj = _fused(self.gate_proj, self.up_proj)
         del self.gate_proj, self.up_proj
 
@@ -368,14 +369,14 @@ class LeanLlama(nn.Module):
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         model = model.to(dtype) if dtype is not None else model
-        model.fuse()
+        model._fuse()
         return model.eval()
 
-    def fuse(self) -> None:
+    def _fuse(self) -> None:
         """Fuse each layer's q, k, v and gate, up projections into one Linear each (`_fused`)."""
         for layer in self.model.layers:
-            layer.self_attn.fuse()
-            layer.mlp.fuse()
+            layer.self_attn._fuse()
+            layer.mlp._fuse()
 
     @property
     def dtype(self) -> torch.dtype:
