@@ -9,9 +9,9 @@ rotary embeddings in the half-rotation layout, grouped-query attention, SwiGLU M
 over the same safetensors, read under the same parameter names, and reads the text tokenizer with
 `tokenizers`. Tests check its logits and token ids against transformers' on the same files.
 
-Two changes make a decode step faster on a CPU and leave the arithmetic as it was: the layers'
-projections that share an input are fused after loading (`_fused`), and the KV cache is fp32 on
-a CPU (`LeanDecoder.new_cache`).
+Two changes make a decode step faster on a CPU: the layers' projections that share an input are
+fused after loading (`_fused`, same values), and the KV cache is fp32 on a CPU
+(`LeanDecoder.new_cache`, so bf16 attention runs in fp32).
 
 Only plain Llama configs are accepted (`LeanConfig.from_dict` says why not); anything else, and
 training, goes through transformers. The modules mimic the few methods `llmcxr.decoding` calls
