@@ -31,6 +31,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from llmcxr import cpu_linear
+
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
@@ -356,7 +358,7 @@ class _Stepper:
         args = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.restricted:
             out = self.decoder(**args, use_cache=True, **{self.cache_name: self.cache})
-            logits = F.linear(out.last_hidden_state[:, -1], self.weight, self.bias)
+            logits = cpu_linear.linear(out.last_hidden_state[:, -1], self.weight, self.bias)
         else:
             out = self.model(
                 **args, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache}

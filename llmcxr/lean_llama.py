@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcxr import cpu_linear
+
 CONFIG_FILE = "config.json"
 
 
@@ -178,7 +180,8 @@ class _Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         batch, width, _ = x.shape
-        qkv = self.qkv_proj(x).view(batch, width, -1, self.head_dim)  # [B, T, H + 2 KV, D]
+        # [B, T, H + 2 KV, D]
+        qkv = _project(self.qkv_proj, x).view(batch, width, -1, self.head_dim)
         cos, sin = rotary
         qk = _rotate(qkv[:, :, : self.heads + self.kv_heads], cos, sin)
         q = qk[:, :, : self.heads].transpose(1, 2)
@@ -188,7 +191,7 @@ class _Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
         ).to(x.dtype)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
+        return _project(self.o_proj, out.transpose(1, 2).reshape(batch, width, -1))
 
 
 def _fused(*linears: nn.Linear) -> nn.Linear:
@@ -203,6 +206,14 @@ def _fused(*linears: nn.Linear) -> nn.Linear:
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
     return fused
+
+
+def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a projection: a plain Linear through `cpu_linear.linear` (an fp32 CPU decode step
+    then uses every thread), a quantised layer (`llmcxr.devices`) as itself."""
+    if type(layer) is nn.Linear:
+        return cpu_linear.linear(x, layer.weight, layer.bias)
+    return layer(x)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -225,8 +236,8 @@ class _MLP(nn.Module):
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate, up = _project(self.gate_up_proj, x).chunk(2, dim=-1)
+        return _project(self.down_proj, F.silu(gate) * up)
 
 
 class _RMSNorm(nn.Module):
@@ -411,7 +422,7 @@ class LeanLlama(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids, attention_mask, position_ids, cache, use_cache)
         hidden = out.last_hidden_state[:, -logits_to_keep:]
-        return CausalLMOutput(logits=self.lm_head(hidden), cache=out.cache)
+        return CausalLMOutput(logits=_project(self.lm_head, hidden), cache=out.cache)
 
 
 class LeanTokenizer:
