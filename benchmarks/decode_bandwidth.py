@@ -5,9 +5,11 @@ thread count, and what packing the weights costs.
 
 - Bandwidth: the best of 5 reads (`sum`) and copies of a 512 MB fp32 tensor on 1 and 2 threads.
 - Decode: `--tokens` single-token steps of the loaded LLM's decoder after an 80-token prompt,
-  logits over the 1,026 image rows (as drawing does), in fp32, int8 and fp16 weights
-  (`llmcxr.devices`), on 1 and 2 threads; medians of 4 interleaved runs. The effective rate is
-  the bytes of the decoder's linear weights read per step over the seconds per step.
+  logits over the 1,026 image rows (as drawing does), in fp32, bf16, int8 and fp16 weights
+  (`llmcxr.devices`), on 1 and 2 threads; medians of 4 interleaved runs. fp32 and bf16 run twice:
+  on `llmcxr.cpu_linear`'s kernels (as the engine does) and on `F.linear`'s (`*_F.linear`), so the
+  kernel choice is measured in one run. The effective rate is the bytes of the decoder's linear
+  weights (in fp32) read per step over the seconds per step.
 - Packing: `linear_prepack_fp16` over every decoder Linear, serially and on 2 Python threads.
 Run it on a quiet machine. Prints and writes benchmarks/results/decode_bandwidth.json.
 """
@@ -15,17 +17,20 @@ Run it on a quiet machine. Prints and writes benchmarks/results/decode_bandwidth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,8 +73,23 @@ def decode_seconds(model: torch.nn.Module, head: torch.Tensor, first: int, token
                 position_ids=torch.tensor([[80 + i]]),
                 cache=cache,
             )
-            step = (out.last_hidden_state[:, -1] @ head.T).argmax(-1, keepdim=True) + first
+            hidden = out.last_hidden_state[:, -1]
+            step = (hidden @ head.to(hidden.dtype).T).argmax(-1, keepdim=True) + first
         return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def library_kernels(active: bool) -> Iterator[None]:
+    """While active, the engine's products run as plain `F.linear` (no `llmcxr.cpu_linear`)."""
+    from llmcxr import cpu_linear
+
+    saved = cpu_linear.linear
+    if active:
+        cpu_linear.linear = F.linear
+    try:
+        yield
+    finally:
+        cpu_linear.linear = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cxrcommon.files import atomic_write
-    from llmcxr.devices import cpu_has_fp16_gemm, quantize_fp16, quantize_int8
+    from llmcxr.devices import cpu_has_fast_bf16, cpu_has_fp16_gemm, quantize_fp16, quantize_int8
     from llmcxr.pipeline import LLMCXR
 
     result: dict[str, Any] = {
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "cpu_has_fast_bf16": cpu_has_fast_bf16(),
+        },
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "bandwidth": {f"{t}_threads": bandwidth(t) for t in (1, 2)},
     }
@@ -115,7 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(pack, linears))
             packing["fp16_2_threads_s"] = round(time.perf_counter() - start, 2)
     result["packing"] = packing
-    models = {"fp32": llm.model, "int8": quantize_int8(copy.deepcopy(llm.model))}
+    bf16 = copy.deepcopy(llm.model).to(torch.bfloat16)
+    models = {
+        "fp32": llm.model,
+        "fp32_F.linear": llm.model,
+        "bf16": bf16,
+        "bf16_F.linear": bf16,
+        "int8": quantize_int8(copy.deepcopy(llm.model)),
+    }
     if cpu_has_fp16_gemm():
         models["fp16"] = quantize_fp16(copy.deepcopy(llm.model))
     decode: dict[str, Any] = {}
@@ -124,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(4):  # interleaved, so drifting load hits every mode alike
             for name, model in models.items():
-                runs[name].append(decode_seconds(model, head, first, args.tokens))
+                with library_kernels(name.endswith("_F.linear")):
+                    runs[name].append(decode_seconds(model, head, first, args.tokens))
         for name, times in runs.items():
             seconds = statistics.median(times)
             decode[f"{name}_{threads}_threads"] = {

@@ -1,13 +1,20 @@
-"""An fp32 CPU product of a few rows by a weight, using every thread.
+"""CPU products of a few rows by a weight (a decode step), on the kernel that reads the weights
+fastest.
 
-Why: a decode step multiplies one row (or a handful) by each weight matrix, and for fp32 MKL runs
-such a product on one thread, so a second core sits idle while the step waits on reading the
-weights. Splitting the weight's output rows into one block per thread and multiplying the blocks
-as a batch (`torch.matmul` on a view, no copy) lets each thread read its own block. Measured on a
-2-core AMD EPYC (avx512_bf16, 2026-12-06, torch 2.14.1; the default model's 120 fused decoder
-products, distinct weights so none sits in cache): 26.1 ms per token for one row as `F.linear`,
-14.9 ms split; 4 rows 39.2 / 23.6 ms; 64 rows 89.0 / 79.8 ms. bf16 and the fp16 / int8 weight
-layers (`llmcxr.devices`) already use both threads, so they keep their own kernels.
+Why: a decode step multiplies one row (or a handful) by each weight matrix and waits on reading
+the weights, and the library's default kernel does not always use the hardware for that:
+
+- **fp32:** MKL runs a product of few rows on one thread, so a second core sits idle. Splitting
+  the weight's output rows into one block per thread and multiplying the blocks as a batch
+  (`torch.matmul` on a view, no copy) lets each thread read its own block.
+- **bf16, one row:** oneDNN (which `F.linear` picks on CPUs with bf16 instructions) is slower than
+  ATen's own vectorised, threaded matrix-vector kernel; from two rows on, oneDNN is faster.
+
+Measured on a 2-core AMD EPYC (avx512_bf16, 2026-12-06, torch 2.14.1) over the default model's
+120 fused decoder products, distinct weights so none sits in cache, ms per token: fp32 one row
+26.1 as `F.linear`, 14.9 split; 4 rows 39.2 / 23.6; 64 rows 89.0 / 79.8. bf16 one row 11.0-16.3
+through oneDNN, 5.7-8.0 through ATen; 4 rows 13.4 / 27.1. fp16 already takes ATen's kernel, and
+the fp16 / int8 weight layers (`llmcxr.devices`) use fbgemm, which threads by itself.
 """
 
 from __future__ import annotations
@@ -20,17 +27,34 @@ SPLIT_MAX_ROWS = 64
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, with the output rows split across threads for a CPU fp32
-    product of at most `SPLIT_MAX_ROWS` rows. Each output is the same dot product, so only the
-    summation order inside the BLAS kernel may differ."""
-    parts = _parts(weight)
+    """`F.linear(x, weight, bias)`; on a CPU, an fp32 product of at most `SPLIT_MAX_ROWS` rows
+    has its output rows split across threads, and one bf16 row runs on ATen's kernel. Each
+    output is the same dot product, accumulated in fp32, so only the summation order inside the
+    kernel may differ (in bf16 that can move an output by one rounding step)."""
     rows = x.numel() // max(1, x.shape[-1])
+    if rows == 1 and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        return _bf16_row(x, weight, bias)
+    parts = _parts(weight)
     if parts < 2 or x.dtype != torch.float32 or not 0 < rows <= SPLIT_MAX_ROWS:
         return F.linear(x, weight, bias)
     blocks = weight.view(parts, weight.shape[0] // parts, weight.shape[1]).mT  # [P, H, K / P]
     out = torch.matmul(x.reshape(1, rows, -1).expand(parts, -1, -1), blocks)  # [P, rows, K / P]
     out = out.transpose(0, 1).reshape(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias
+
+
+def _bf16_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One bf16 row through ATen's matrix-vector kernel rather than oneDNN's. oneDNN is
+    switched off for this one call only; the switch is process-wide, so a call racing it in
+    another thread may take the other kernel, which changes its speed, not its correctness."""
+    mkldnn = torch.backends.mkldnn
+    if not mkldnn.enabled:
+        return F.linear(x, weight, bias)
+    mkldnn.enabled = False
+    try:
+        return F.linear(x, weight, bias)
+    finally:
+        mkldnn.enabled = True
 
 
 def _parts(weight: torch.Tensor) -> int:

@@ -79,3 +79,28 @@ def test_one_thread_does_not_split(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_blocks_are_the_most_that_divide_the_rows(threads: None) -> None:
     assert cpu_linear._parts(torch.randn(1026, 4)) == 2
     assert cpu_linear._parts(torch.randn(1025, 4)) == 1
+
+
+def test_one_bf16_row_runs_without_onednn_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 1, 24, generator=generator).bfloat16()
+    weight = torch.randn(10, 24, generator=generator).bfloat16()
+    reference = F.linear(x.float(), weight.float())
+    seen = []
+    plain = F.linear
+
+    def recorded(*args: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.backends.mkldnn.enabled)
+        return plain(*args)
+
+    monkeypatch.setattr(cpu_linear.F, "linear", recorded)
+    assert torch.backends.mkldnn.enabled
+    got = cpu_linear.linear(x, weight)
+    assert seen == [False]
+    assert torch.backends.mkldnn.enabled
+    assert got.dtype == torch.bfloat16
+    # fp32 accumulation, one bf16 rounding of each output
+    torch.testing.assert_close(got.float(), reference, rtol=2**-7, atol=1e-2)
+    seen.clear()
+    cpu_linear.linear(torch.randn(2, 24).bfloat16(), weight)  # two rows: oneDNN is faster
+    assert seen == [True]
