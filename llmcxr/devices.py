@@ -28,6 +28,11 @@ Measured 2026-12-05 on the same CPU type with the new default model, cold proces
 interleaved in 5 rounds (`benchmarks/results/cpu_default_mode/`): `generate-image` 5.5 s fp32,
 4.4 s bf16, 4.2 s fp16 weights; `report` 3.2 / 2.8 / 3.4 s. fp16 weights cost no quality there
 either, but their packing makes a one-shot report slower, so `CPU_AUTO_QUANTIZE` stays "none".
+
+Measured 2026-12-06 on the same CPU type, after the lean engine's decode products moved to
+`llmcxr.cpu_linear` (fp32 split across threads, one bf16 row on ATen's kernel;
+`benchmarks/results/decode_kernels/`): one 64-code image warm in 1.41 s fp32, 0.74 s bf16, 0.75 s
+fp16 weights, 0.82 s int8. The figures for AVX2-only CPUs above predate it.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ rotary embeddings in the half-rotation layout, grouped-query attention, SwiGLU M
 over the same safetensors, read under the same parameter names, and reads the text tokenizer with
 `tokenizers`. Tests check its logits and token ids against transformers' on the same files.
 
-Two changes make a decode step faster on a CPU: the layers' projections that share an input are
-fused after loading (`_fused`, same values), and the KV cache is fp32 on a CPU
-(`LeanDecoder.new_cache`, so bf16 attention runs in fp32).
+Three changes make a decode step faster on a CPU: the layers' projections that share an input are
+fused after loading (`_fused`, same values), the KV cache is fp32 on a CPU
+(`LeanDecoder.new_cache`, so bf16 attention runs in fp32), and every plain projection runs through
+`llmcxr.cpu_linear` (fp32 products of few rows on every thread, one bf16 row on ATen's kernel).
 
 Only plain Llama configs are accepted (`LeanConfig.from_dict` says why not); anything else, and
 training, goes through transformers. The modules mimic the few methods `llmcxr.decoding` calls
