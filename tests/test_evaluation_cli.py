@@ -316,3 +316,29 @@ def test_guidance_scale_must_be_positive(
 ) -> None:
     assert main(_args(assets, tmp_path / "g", "--tasks", "report", "--guidance-scale", "0")) == 2
     assert "--guidance-scale: guidance scale must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_subset_seed_samples_the_same_records_again(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--seed 1 --subset-seed 0` scores the records `--seed 0` picks (with other samples), is
+    part of the run's identity, and is named in the table; `--seed 1` alone picks others."""
+    runs = {
+        "seed0": ("--seed", "0"),
+        "seed1_subset0": ("--seed", "1", "--subset-seed", "0"),
+        "seed1": ("--seed", "1"),
+    }
+    ids = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(_args(assets, out, "--tasks", "report", "--limit", "2", *extra)) == 0
+        rows = (out / "items" / "report.jsonl").read_text().splitlines()
+        ids[name] = sorted(json.loads(row)["key"] for row in rows)
+    assert ids["seed1_subset0"] == ids["seed0"]
+    assert ids["seed1"] != ids["seed0"]
+    run = json.loads((tmp_path / "seed1_subset0" / "run.json").read_text())
+    assert run["subset_seed"] == 0 and run["seed"] == 1
+    assert "subset seed 0, sampling seed 1" in (tmp_path / "seed1_subset0" / "table.md").read_text()
+    assert "subset_seed" not in json.loads((tmp_path / "seed1" / "run.json").read_text())
+    # resuming into that folder without the subset seed is another run
+    assert main(_args(assets, tmp_path / "seed1_subset0", "--tasks", "report", "--seed", "1")) == 2

@@ -39,6 +39,8 @@ HELP: dict[str, str] = {
     "uncertain_as_positive": "count the labeler's uncertain (-1) as positive (default: negative)",
     "batch_size": "images or reports per model call",
     "seed": "random seed of the sampling and the bootstrap",
+    "subset_seed": "seed of the --limit subset (default: --seed); keep it and change --seed to "
+    "sample the same records again",
     "max_new_tokens": "report / answer length cap (default: the model's)",
     "bootstrap": "bootstrap resamples for 95%% intervals, 0 = none",
     "device": "auto, cpu, cuda, mps",

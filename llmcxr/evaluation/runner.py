@@ -60,7 +60,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     check_run_identity(config)
     ctx = RunContext(config, split, classes=chexpert_classes())
-    cap = lambda records: subset(records, config.limit, config.seed)
+    cap = lambda records: subset(records, config.limit, config.records_seed)
     metrics: dict[str, Any] = {
         "run": {**config.to_dict(), "dataset_card": split.card()},
         "conventions": LABEL_CONVENTIONS,

@@ -239,7 +239,12 @@ def render(metrics: Mapping[str, Any]) -> str:
             f"Model `{run['model'] or 'embedded default'}`, data `{run['data']}` stage "
             f"{run['stage']} split `{run['split']}`; "
             + (
-                f"a seeded random {run['limit']} records per task. "
+                f"a seeded random {run['limit']} records per task"
+                + (
+                    f" (subset seed {run['subset_seed']}, sampling seed {run['seed']}). "
+                    if run.get("subset_seed") not in (None, run.get("seed"))
+                    else ". "
+                )
                 if run["limit"]
                 else "all records. "
             )
