@@ -118,13 +118,65 @@ def _warp(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     if sampling.temperature != 1.0:
         scores = scores / sampling.temperature
     if sampling.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - sampling.top_p)
-        drop_sorted[..., -1:] = False
-        drop = drop_sorted.scatter(1, order, drop_sorted)
+        drop = _nucleus_drop_topk(scores, sampling.top_p)
+        if drop is None:
+            drop = _nucleus_drop(scores, sampling.top_p)
         scores = scores.masked_fill(drop, float("-inf"))
     return scores
+
+
+def _nucleus_drop(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Where `TopPLogitsWarper` drops a token of `scores` [B, V]: a full ascending sort, then
+    every token whose cumulative probability from the bottom is <= 1 - top_p, but the top one."""
+    sorted_scores, order = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative <= (1 - top_p)
+    drop_sorted[..., -1:] = False
+    return drop_sorted.scatter(1, order, drop_sorted)
+
+
+NUCLEUS_TOPK = (64, 1024)
+"""The top-k sizes `_nucleus_drop_topk` tries before it gives way to the full sort."""
+NUCLEUS_MARGIN = 1e-4
+"""How far the probability mass at the nucleus edge must be from top_p for `_nucleus_drop_topk`
+to decide the edge: the sort's float32 sums and the top-k's differ by ~1e-6, so within this
+margin only the sort's own arithmetic can say which side a token falls."""
+
+
+def _nucleus_drop_topk(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """`_nucleus_drop`'s mask from a top-k instead of a full sort, or None where it cannot be
+    sure to match it bit for bit.
+
+    Why: on the ~49k text rows of a report the sort takes ~3 ms of a ~15 ms decode step, a top-64
+    ~0.05 ms (2-core EPYC, 2026-12-06). The nucleus is the top m tokens with m - 1 = the number
+    of descending cumulative masses below top_p, the sort's rule seen from the top. None (use
+    the sort) when the vocabulary is small (the sort is cheap there; drawings stay on it), when
+    the nucleus does not fit the largest k, when a mass at the edge is within `NUCLEUS_MARGIN`
+    of top_p, or when the edge splits two tokens of equal probability (the sort's tie order).
+    """
+    rows, vocab = scores.shape
+    if vocab <= 4 * NUCLEUS_TOPK[-1]:
+        return None
+    probs = scores.softmax(dim=-1)
+    index = torch.arange(rows, device=scores.device)
+    for k in NUCLEUS_TOPK:
+        top, order = probs.topk(k, dim=-1)
+        mass = top.cumsum(dim=-1)
+        kept = (mass < top_p).sum(dim=-1) + 1  # tokens kept per row, >= 1
+        if bool((kept >= k).any()):
+            continue  # the edge, and the first dropped token, must lie inside the top k
+        after = mass[index, kept - 1]  # mass through the last kept token: >= top_p
+        before = torch.where(kept > 1, mass[index, (kept - 2).clamp(min=0)], -math.inf)
+        tie = top[index, kept - 1] == top[index, kept]
+        if bool(
+            ((after - top_p) < NUCLEUS_MARGIN).any()
+            or ((top_p - before) < NUCLEUS_MARGIN).any()
+            or tie.any()
+        ):
+            return None
+        keep = torch.arange(k, device=scores.device) < kept[:, None]
+        return torch.ones_like(scores, dtype=torch.bool).scatter_(1, order, ~keep)
+    return None
 
 
 def _pick(
