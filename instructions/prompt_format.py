@@ -60,6 +60,14 @@ class PromptFormat:
             f"{self.response_header}\n"
         )
 
+    def opening(self, instruction: str | None = None) -> str:
+        """The text every prompt with an input opens with (``render`` with a non-empty input, and
+        so ``render_chat``): the preamble and the instruction header, and given ``instruction``,
+        it and the input header too. Inference runs it once for many prompts
+        (`llmcxr.decoding.PromptPrefix`)."""
+        head = f"{self.preamble}\n\n{self.instruction_header}\n"
+        return head if instruction is None else f"{head}{instruction}\n\n{self.input_header}\n"
+
     def render_response(self, response: str) -> str:
         """What follows ``render``: the response and the end marker that closes it."""
         return f"{response}\n\n{self.end_marker}"

@@ -27,6 +27,7 @@ from cxrcommon.batching import chunks
 from instructions import IMAGE_PLACEHOLDER, default_instruction
 from llmcxr.decoding import (
     ProgressCallback,
+    PromptPrefix,
     Sampling,
     answer_logprobs,
     generate_image_codes,
@@ -111,6 +112,7 @@ class LLMCXR:
             raise ValueError("the text tokenizer has neither a pad nor an EOS token")
         self.context_length = _context_length(model)
         self.quantization = speed_mode(model)
+        self._prefixes: dict[tuple[str, str], PromptPrefix | None] = {}
 
     def quantize(self, mode: str = "auto") -> LLMCXR:
         """Apply a speed mode after loading and return self.
@@ -284,7 +286,12 @@ class LLMCXR:
                 prompts = [self.encode_prompt(text, [c]) for c in codes]
                 unconds = [uncond] * len(prompts) if uncond is not None else None
                 reports += self._generate_text(
-                    prompts, max_new, sampling, guidance_scale=guidance_scale, uncond=unconds
+                    prompts,
+                    max_new,
+                    sampling,
+                    guidance_scale=guidance_scale,
+                    uncond=unconds,
+                    opening=self.prompt_format.opening(instruction),
                 )
         return reports
 
@@ -375,10 +382,12 @@ class LLMCXR:
         *,
         guidance_scale: float | None = None,
         uncond: Sequence[EncodedPrompt] | None = None,
+        opening: str | None = None,
     ) -> list[str]:
         """Sample answers with a KV cache (`llmcxr.decoding.generate_text`), image tokens banned,
         stopping at EOS or once the prompt format's end marker is written; with `guidance_scale`,
-        guided by the `uncond` prompts (one per prompt)."""
+        guided by the `uncond` prompts (one per prompt). Prompts that all open with `opening`
+        (default: the prompt format's `opening()`) run from its cached keys and values."""
         for prompt in prompts:
             self._check_fits(prompt, max_new_tokens)
         ids, mask = self._pad(prompts)
@@ -398,9 +407,20 @@ class LLMCXR:
             guidance_scale=guidance_scale,
             uncond_input_ids=uncond_ids,
             uncond_attention_mask=uncond_mask,
+            prefix=self._prefix(self.prompt_format.opening() if opening is None else opening),
         )
         texts = self.text_tokenizer.batch_decode(answers, skip_special_tokens=True)
         return [self._strip_answer(t) for t in texts]
+
+    def _prefix(self, text: str) -> PromptPrefix | None:
+        """`text`'s keys and values (`llmcxr.decoding.PromptPrefix`), computed once per text and
+        speed mode; a few are kept (one per instruction in use)."""
+        key = (text, self.quantization)
+        if key not in self._prefixes:
+            if len(self._prefixes) >= 8:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[key] = PromptPrefix.compute(self.model, self.encode_prompt(text).ids)
+        return self._prefixes[key]
 
     def _strip_answer(self, text: str) -> str:
         """Cut at the end marker (the stop may overshoot in a batch) and trim whitespace."""
