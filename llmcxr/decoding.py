@@ -237,7 +237,8 @@ class PromptPrefix:
     only the rest cuts the prefill by ~40 %. A prompt runs from its prefix whether or not the
     prefix was computed before, so an answer does not depend on what was asked earlier. Lean
     engine only (`llmcxr.lean_llama`: its cache can be copied per batch); elsewhere `compute`
-    gives None and prompts run whole.
+    gives None and prompts run whole. Drawings do not use it: their prefill is a few per cent of
+    64 decode steps, and running it in two parts would change every seeded drawing's rounding.
     """
 
     ids: tuple[int, ...]
