@@ -12,8 +12,9 @@ Measured per device:
 - warm generate-image, 256 tokens: our KV-cache loop with logits over the image rows only, the
   same loop with full-vocabulary logits, and `model.generate` with the same constraint
   processor; batch 1 and batch `--batch`; plus VQ-GAN decode time.
-- warm report: `LLMCXR.generate_report` (banned image tokens, stop string) and plain
-  `model.generate` forced to the same number of new tokens.
+- warm report: `LLMCXR.generate_report` (image encoding, banned image tokens, stop string)
+  and plain `model.generate` from the encoded prompt, forced to the same number of new tokens;
+  round robin, medians of `--warm-runs`.
 - cold: fresh `python -m llmcxr` processes to the written result, model load included, on each
   engine (`--engine auto`, the transformers-free default, and `--engine transformers`), and a
   fresh plain-transformers process generating as many tokens from the same merged weights;
@@ -210,8 +211,11 @@ def bench_images(
     return results
 
 
-def bench_reports(llm: Any, ref: Any, max_new_tokens: int, batch: int) -> dict[str, Any]:
-    """Warm report generation: our pipeline vs plain generate with the same number of new tokens."""
+def bench_reports(
+    llm: Any, ref: Any, max_new_tokens: int, batch: int, repeats: int = 3
+) -> dict[str, Any]:
+    """Warm report generation: our pipeline vs plain generate with the same number of new
+    tokens, round robin, medians of `repeats` runs each."""
     from instructions.templates import default_instruction
     from llmcxr import pipeline
     from vqgan import read_cxr
@@ -229,50 +233,51 @@ def bench_reports(llm: Any, ref: Any, max_new_tokens: int, batch: int) -> dict[s
             _lengths.append(max(len(answer) for answer in out))
             return out
 
-        pipeline.generate_text = counting
-        try:
-            seconds, _ = timed(
-                partial(
-                    llm.generate_report,
-                    [image] * rows,
-                    max_new_tokens=max_new_tokens,
-                    seed=0,
-                    batch_size=rows,
-                ),
-                llm.device,
-            )
-        finally:
-            pipeline.generate_text = real
-        generated = lengths[0]
-        results[f"ours_batch{rows}"] = figures(seconds, rows * generated)
-        print(
-            f"  report, ours, batch {rows}: {seconds:.2f} s wall, {CPU_SECONDS[-1]:.2f} s CPU for "
-            f"{generated} new tokens ({rows * generated / seconds:.1f} tok/s, image encoding "
-            "included)",
-            flush=True,
-        )
+        def ours(_rows: int = rows, _real: Any = real, _counting: Any = counting) -> Any:
+            pipeline.generate_text = _counting
+            try:
+                return llm.generate_report(
+                    [image] * _rows, max_new_tokens=max_new_tokens, seed=0, batch_size=_rows
+                )
+            finally:
+                pipeline.generate_text = _real
+
         codes = llm.encode_images([image])
         text = llm.prompt_format.render(default_instruction("cxr_to_report"), "<image>")
         ids, mask = llm._pad([llm.encode_prompt(text, [codes[0]])] * rows)
-        seconds, _ = timed(
-            partial(
-                ref.model.generate,
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=generated,
-                min_new_tokens=generated,
-                do_sample=True,
-                top_p=0.92,
-                pad_token_id=llm.pad_token_id,
-            ),
-            llm.device,
-        )
-        results[f"transformers_generate_batch{rows}"] = figures(seconds, rows * generated)
-        print(
-            f"  report, plain transformers.generate, batch {rows}: {seconds:.2f} s wall, "
-            f"{CPU_SECONDS[-1]:.2f} s CPU ({rows * generated / seconds:.1f} tok/s)",
-            flush=True,
-        )
+        runs: dict[str, list[tuple[float, float]]] = {"ours": [], "transformers_generate": []}
+        for _ in range(repeats):  # round robin, so drifting machine load hits both alike
+            seconds, _ = timed(ours, llm.device)
+            runs["ours"].append((seconds, CPU_SECONDS[-1]))
+            seconds, _ = timed(
+                partial(
+                    ref.model.generate,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=lengths[0],
+                    min_new_tokens=lengths[0],
+                    do_sample=True,
+                    top_p=0.92,
+                    pad_token_id=llm.pad_token_id,
+                ),
+                llm.device,
+            )
+            runs["transformers_generate"].append((seconds, CPU_SECONDS[-1]))
+        generated = lengths[0]
+        for name, timings in runs.items():
+            seconds, cpu = sorted(timings)[(len(timings) - 1) // 2]
+            CPU_SECONDS.append(cpu)
+            results[f"{name}_batch{rows}"] = {
+                **figures(seconds, rows * generated),
+                "runs_s": [round(t, 3) for t, _ in timings],
+            }
+            what = "ours (image encoding included)" if name == "ours" else "plain " + name
+            print(
+                f"  report, {what}, batch {rows}: median {seconds:.3f} s wall of "
+                f"{results[f'{name}_batch{rows}']['runs_s']}, {cpu:.2f} s CPU for {generated} "
+                f"new tokens ({rows * generated / seconds:.1f} tok/s)",
+                flush=True,
+            )
     return results
 
 
@@ -478,7 +483,7 @@ def cold_only(
     """`bench_cold_interleaved` over `modes` (engine auto) and plain transformers generating as
     many tokens (the report's count from one fp32 report on the fixture)."""
     ref, _ = load_mode(model, device, "fp32", "transformers")
-    report_tokens = bench_reports(ref, ref, max_new_tokens, 1)["ours_batch1"]["tokens"]
+    report_tokens = bench_reports(ref, ref, max_new_tokens, 1, 1)["ours_batch1"]["tokens"]
     tokens = {"generate_image": ref.token_map.tokens_per_image, "report": max(1, report_tokens)}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {
@@ -538,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "(`--cold-runs` rounds): the comparison to pick a default speed mode on",
     )
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes per cold case")
-    parser.add_argument("--warm-runs", type=int, default=3, help="runs per warm image case")
+    parser.add_argument("--warm-runs", type=int, default=3, help="runs per warm case")
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json"
     )
@@ -588,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["generate_image"] = bench_images(
                 llm, ref, args.batch, args.image_tokens, args.warm_runs
             )
-            entry["report"] = bench_reports(llm, ref, args.report_tokens, args.batch)
+            entry["report"] = bench_reports(
+                llm, ref, args.report_tokens, args.batch, args.warm_runs
+            )
             if not args.skip_cold:
                 cold = partial(bench_cold, model, device, args.report_tokens, mode)
                 entry["cold"] = cold("auto", args.cold_runs)
