@@ -126,3 +126,16 @@ def test_reports_and_answers_run_from_the_prefix_and_do_not_depend_on_history(
     used.clear()
     hf.generate_report([IMAGE], max_new_tokens=12, seed=3)
     assert used == []  # transformers' cache is not copied: its prompts run whole
+
+
+def test_a_quantised_model_runs_from_a_prefix_of_its_own(folder: Path) -> None:
+    """`quantize` changes the weights in place: the opening computed before must not be reused."""
+    llm = LLMCXR.from_pretrained(folder, device="cpu", dtype="float32")
+    llm.generate_report([IMAGE], max_new_tokens=8, seed=2)
+    (opening, mode), fp32 = next(iter(llm._prefixes.items()))
+    assert mode == "none" and fp32 is not None
+    report = llm.quantize("int8").generate_report([IMAGE], max_new_tokens=8, seed=2)
+    int8 = llm._prefixes[(opening, "int8")]
+    assert int8 is not None and not torch.equal(int8.keys[0], fp32.keys[0])
+    fresh = LLMCXR.from_pretrained(folder, device="cpu", dtype="float32").quantize("int8")
+    assert fresh.generate_report([IMAGE], max_new_tokens=8, seed=2) == report
