@@ -26,12 +26,13 @@ import torch
 from cxrcommon.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
-SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
 
 def pick_images(folders: list[Path], count: int) -> list[Path]:
-    """Every n-th image file of the folders (sorted), `count` in all."""
-    files = sorted(p for f in folders for p in f.rglob("*") if p.suffix.lower() in SUFFIXES)
+    """Every n-th image file of the folders (`llmcxr report`'s listing, sorted), `count` in all."""
+    from llmcxr.cli import list_images
+
+    files = sorted(p for folder in folders for p in list_images(folder))
     if len(files) < count:
         raise SystemExit(f"found {len(files)} images under {folders}, need {count}")
     step = len(files) // count
