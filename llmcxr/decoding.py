@@ -424,9 +424,10 @@ def generate_text(
     )
     step_logits = _Stepper(model, 0, None)
     width = input_ids.shape[1]
-    position_ids = _position_ids(attention_mask)
     after = None if prefix is None else _after_prefix(prefix, input_ids, attention_mask)
-    if after is not None:
+    if after is None:
+        position_ids = _position_ids(attention_mask)
+    else:
         step_logits.cache, input_ids, attention_mask, position_ids = after
     full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
     eos = set(eos_ids)

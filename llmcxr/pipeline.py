@@ -272,6 +272,7 @@ class LLMCXR:
         guidance on log-probs), pushing the report toward what the image changes."""
         instruction = instruction or default_instruction("cxr_to_report")
         text = self.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
+        opening = self.prompt_format.opening(instruction)
         guided = is_guided(guidance_scale)
         # The unconditional branch: the instruction with no image (Alpaca's no-input form).
         uncond = self.encode_prompt(self.prompt_format.render(instruction)) if guided else None
@@ -291,7 +292,7 @@ class LLMCXR:
                     sampling,
                     guidance_scale=guidance_scale,
                     uncond=unconds,
-                    opening=self.prompt_format.opening(instruction),
+                    opening=opening,
                 )
         return reports
 
