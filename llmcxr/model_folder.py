@@ -25,9 +25,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -450,7 +451,12 @@ def _reading(part: Path) -> Iterator[None]:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The first line of `err` that says something: torch's state-dict errors open with a
+    header ending in a colon and give the mismatch on the next line."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), None) or (
+        lines[0] if lines else type(err).__name__
+    )
 
 
 def check_image_tokenizer(model: Path | str, expected: str | None, found: str) -> None:
@@ -499,17 +505,27 @@ def _load_folder(
         )
     elif lean and lean_llama.supports(path / "llm"):
         with _reading(path / "llm"):
+            _check_layer_count(path / "llm")
             model = lean_llama.LeanLlama.from_folder(path / "llm", dtype)
     else:
         from transformers import AutoModelForCausalLM
 
         with _reading(path / "llm"):
-            model = AutoModelForCausalLM.from_pretrained(
+            _check_layer_count(path / "llm")
+            model, info = AutoModelForCausalLM.from_pretrained(
                 path / "llm",
                 local_files_only=True,
                 dtype=dtype,
                 trust_remote_code=False,
                 use_safetensors=True,
+                output_loading_info=True,
+            )
+        # transformers fills weights missing from the files with random ones and only warns.
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise ValueError(
+                f"{path / 'llm'}: {len(missing)} weights its config.json asks for are not in "
+                f"its safetensors files (e.g. {missing[0]}); they would be random"
             )
     with _reading(path / "tokenizer"):
         if isinstance(model, lean_llama.LeanLlama):
@@ -621,9 +637,63 @@ def _merged_lora(
         )
     with tempfile.TemporaryDirectory() as tmp:
         folder = _joined_adapter(adapter, Path(tmp))
-        with _reading(folder / ADAPTER_WEIGHTS):
-            model = PeftModel.from_pretrained(base, folder, is_trainable=not merge)
+        with _reading(adapter):
+            _check_adapter_config(adapter, folder)
+            # LoRA layers are created empty and take the file's tensors: no random init to discard.
+            model = PeftModel.from_pretrained(
+                base, folder, is_trainable=not merge, low_cpu_mem_usage=True
+            )
     return model.merge_and_unload() if merge else model
+
+
+def _check_layer_count(llm: Path) -> None:
+    """Refuse a full-weights folder whose `config.json` names more layers than its safetensors
+    files hold: the loaders build every layer the config names before reading a weight, and
+    transformers fills the missing ones with random weights (a config claiming 3,000 layers for
+    the default model's 30 asks for ~40 GB)."""
+    from safetensors import safe_open
+
+    config = json.loads((llm / lean_llama.CONFIG_FILE).read_text())
+    layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    names: list[str] = []
+    for file in sorted(llm.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as weights:
+            names += weights.keys()
+    _check_layers_stored(llm / lean_llama.CONFIG_FILE, layers, names)
+
+
+def _check_layers_stored(where: Path, layers: Any, names: Iterable[str]) -> None:
+    """Refuse a config's layer count above the number of layers in the weight `names`."""
+    stored = {m.group(1) for name in names if (m := _LAYER_KEY.search(name))}
+    if stored and isinstance(layers, int) and layers > len(stored):
+        raise ValueError(f"{where} names {layers} layers, but its weights hold {len(stored)}")
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+"""A decoder layer's index in a weight name (``model.layers.7.mlp.up_proj.weight``)."""
+
+
+def _check_adapter_config(adapter: Path, folder: Path) -> None:
+    """Refuse an `adapter_config.json` that asks peft to build more than its weights hold:
+    the config is the folder's own word, and peft allocates every LoRA layer at the config's
+    rank before it reads a weight (rank 2,000 in the default model's config took `llmcxr report`
+    from 1.4 to 3.5 GB peak memory; a larger one, the machine). Every rank it names must be at
+    most the largest stored `lora_A` rank, and layer replication (which this project never
+    writes) is refused."""
+    from safetensors import safe_open
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("layer_replication"):
+        raise ValueError(f"{adapter}/adapter_config.json: layer replication is not supported")
+    with safe_open(folder / ADAPTER_WEIGHTS, framework="pt") as weights:
+        names = weights.keys()
+        stored = [weights.get_slice(k).get_shape()[0] for k in names if ".lora_A." in k]
+    ranks = [config.get("r"), *dict(config.get("rank_pattern") or {}).values()]
+    if not all(type(r) is int and 0 < r <= max(stored, default=0) for r in ranks):
+        raise ValueError(
+            f"{adapter}/adapter_config.json: LoRA rank {ranks} does not match its weights "
+            f"(stored ranks up to {max(stored, default=0)}); nothing was built"
+        )
 
 
 def _checked_tokenizer_files(path: Path, info: Any) -> dict[str, str]:
@@ -639,6 +709,30 @@ def _checked_tokenizer_files(path: Path, info: Any) -> dict[str, str]:
                 f"(allowed: {', '.join(sorted(TOKENIZER_FILES))}); nothing was written"
             )
     return files
+
+
+def _check_config_holds(path: Path, info: Any, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose saved LLM config (with its LoRA settings) describes other
+    tensors than its state dict holds, before the model is built: the config is the file's own
+    word, and one asking for huge layers would have that memory allocated before the mismatch
+    showed. The shapes are read off a model on the meta device, which allocates nothing, after
+    its layer count is bounded by the stored one (each layer is still a Python object there)."""
+    with _reading(path):
+        _check_layers_stored(path, info["llm_config"].get("num_hidden_layers"), state)
+    with _reading(path), torch.device("meta"):
+        model = build_llm_from_config(info["llm_config"])
+        if info.get("lora"):
+            model = apply_lora(model, info["lora"])
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
+    differ = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+    if differ:
+        name = differ[0]
+        raise ValueError(
+            f"{path}: its saved model config does not match its weights ({len(differ)} tensors "
+            f"differ; {name}: config {list(expected.get(name) or [])}, weights "
+            f"{list(found.get(name) or [])}); nothing was built"
+        )
 
 
 def _load_checkpoint(path: Path, merge_adapter: bool = True) -> LLMCXRComponents:
@@ -658,10 +752,11 @@ def _load_checkpoint(path: Path, merge_adapter: bool = True) -> LLMCXRComponents
         )
     info = ckpt[CHECKPOINT_KEY]
     tok_files = _checked_tokenizer_files(path, info)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    _check_config_holds(path, info, state)
     model = build_llm_from_config(info["llm_config"])
     if info.get("lora"):
         model = apply_lora(model, info["lora"])
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

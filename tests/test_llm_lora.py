@@ -205,3 +205,51 @@ def test_an_adapter_over_the_shard_size_ships_in_parts_and_reloads(
     parts[0].write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="part-1.safetensors is corrupt"):
         load_model_folder(folder)
+
+
+def test_an_adapter_config_asking_for_another_rank_is_refused_before_allocating_it(
+    lora_module: LLMCXRModule, tmp_path: Path
+) -> None:
+    """A folder's adapter_config.json is its own word: a rank its weights do not hold is refused
+    naming the adapter and the mismatch, without allocating the LoRA layers it asks for (rank
+    2**40 would be terabytes; allocated first, the error would be the allocator's)."""
+    folder = lora_module.export(tmp_path / "model")
+    config_file = folder / "llm" / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["r"] = 2**40
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError,
+        match=r"llm/adapter/adapter_config.json: LoRA rank \[1099511627776\] does not match",
+    ):
+        load_model_folder(folder, cache=False)
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "expected"),
+    [
+        (
+            "llm_config",
+            "intermediate_size",
+            2**34,
+            "config does not match its weights.*17179869184",
+        ),
+        ("lora", "r", 2**40, "config does not match its weights.*1099511627776"),
+        ("llm_config", "num_hidden_layers", 10**9, "names 1000000000 layers, but its weights hold"),
+    ],
+)
+def test_a_checkpoint_whose_config_asks_for_other_weights_is_refused_before_building(
+    lora_module: LLMCXRModule, tmp_path: Path, part: str, key: str, value: int, expected: str
+) -> None:
+    """The LLM config and LoRA settings saved in a `.ckpt` must describe the tensors it holds;
+    they are compared on the meta device, so a config asking for terabytes allocates nothing,
+    after the layer count is checked (a billion layers would be a billion Python objects)."""
+    checkpoint: dict = {
+        "state_dict": {f"model.{k}": v for k, v in lora_module.model.state_dict().items()}
+    }
+    lora_module.on_save_checkpoint(checkpoint)
+    (entry,) = [v for v in checkpoint.values() if isinstance(v, dict) and "llm_config" in v]
+    entry[part][key] = value
+    torch.save(checkpoint, tmp_path / "hostile.ckpt")
+    with pytest.raises(ValueError, match=expected):
+        load_model_folder(tmp_path / "hostile.ckpt")

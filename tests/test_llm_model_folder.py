@@ -75,6 +75,36 @@ def test_missing_and_wrong_paths_give_clear_errors(tmp_path: Path) -> None:
         load_model_folder(other)
 
 
+@pytest.mark.parametrize(
+    ("change", "engine", "expected"),
+    [
+        ({"num_hidden_layers": 1}, "auto", r"names \d+ layers, but its weights hold \d+"),
+        ({"num_hidden_layers": 1}, "transformers", r"names \d+ layers, but its weights hold"),
+        ({"attention_bias": True}, "transformers", r"weights its config.json asks for are not"),
+    ],
+)
+def test_a_config_asking_for_weights_the_files_lack_is_refused(
+    tiny_folder: Path, tmp_path: Path, change: dict, engine: str, expected: str
+) -> None:
+    """A full-weights folder's config.json is its own word: more layers (or biases) than its
+    files hold would be built and filled with random weights, so the folder is refused. A layer
+    count is checked before anything is built (3,000 claimed layers of the default model would
+    ask for ~40 GB)."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    config_file = folder / "llm" / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(
+        {
+            k: config[k] + v if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in change.items()
+        }
+    )
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=expected):
+        load_model_folder(folder, engine=engine)
+
+
 def test_replaced_image_tokenizer_is_refused_naming_both_fingerprints(
     tiny_folder: Path, tmp_path: Path
 ) -> None:
