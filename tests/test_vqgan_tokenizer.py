@@ -186,6 +186,16 @@ def test_wrong_or_corrupt_checkpoints_give_clear_errors(tmp_path, tokenizer: CXR
     with pytest.raises(ValueError, match="do not match its VQGANConfig"):
         CXRTokenizer.from_pretrained(mismatched)
 
+    for key, value, message in (
+        ("ch", 2**20, r"tensors differ \(.*config \[2097152\]"),  # terabytes, were it built
+        ("num_res_blocks", 10**9, "names 3 levels of 1000000000 blocks"),
+    ):
+        hostile = json.loads(json.dumps(meta))
+        hostile["config"].update({"n_embed": TINY.n_embed, key: value})
+        (mismatched / "config.json").write_text(json.dumps(hostile))
+        with pytest.raises(ValueError, match=f"do not match its VQGANConfig: .*{message}"):
+            CXRTokenizer.from_pretrained(mismatched)
+
     (mismatched / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="not a CXRTokenizer config"):
         CXRTokenizer.from_pretrained(mismatched)

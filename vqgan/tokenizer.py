@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -197,6 +198,7 @@ class CXRTokenizer(nn.Module):
             config, state = _read_folder(path)
         else:
             config, state = _read_lightning_checkpoint(path)
+        _check_config_holds(path, config, state)
         tokenizer = cls(config)
         try:
             tokenizer.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
@@ -207,6 +209,37 @@ class CXRTokenizer(nn.Module):
             ) from err
         logger.info("loaded CXRTokenizer from %s (fingerprint %s)", path, tokenizer.fingerprint)
         return tokenizer
+
+
+def _check_config_holds(path: Path, config: VQGANConfig, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a saved config that describes other weights than the file holds, before the
+    network is built: the config is the file's own word, and one asking for wide or many layers
+    would have them allocated first. Level and block counts are bounded by the stored ones
+    (each block is a Python object even on the meta device), then every shape is compared on
+    the meta device, which allocates nothing."""
+    levels = {m.group(1) for k in state if (m := _ENCODER_BLOCK.match(k))}
+    blocks = {m.group(2) for k in state if (m := _ENCODER_BLOCK.match(k))}
+    if len(config.ch_mult) > len(levels) or config.num_res_blocks > len(blocks):
+        raise ValueError(
+            f"weights in {path} do not match its VQGANConfig: it names {len(config.ch_mult)} "
+            f"levels of {config.num_res_blocks} blocks, the weights hold {len(levels)} of "
+            f"{len(blocks)}"
+        )
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VQGAN(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    if differ:
+        name = differ[0]
+        raise ValueError(
+            f"weights in {path} do not match its VQGANConfig: {len(differ)} tensors differ "
+            f"({name}: config {list(expected.get(name) or [])}, weights "
+            f"{list(found.get(name) or [])})"
+        )
+
+
+_ENCODER_BLOCK = re.compile(r"encoder\.down\.(\d+)\.block\.(\d+)\.")
+"""An encoder residual block's level and index in a weight name."""
 
 
 def _fingerprint(config: VQGANConfig, state: dict[str, torch.Tensor]) -> str:
