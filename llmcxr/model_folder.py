@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cxrcommon.files import atomic_folder
+from cxrcommon.weights import shape_mismatch
 from llmcxr import lean_llama
 from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
 from llmcxr.decoding import check_guidance_scale
@@ -723,15 +724,13 @@ def _check_config_holds(path: Path, info: Any, state: dict[str, Any]) -> None:
         model = build_llm_from_config(info["llm_config"])
         if info.get("lora"):
             model = apply_lora(model, info["lora"])
-        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
-    differ = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+        expected = {name: t.shape for name, t in model.state_dict().items()}
+    found = {name: t.shape for name, t in state.items() if isinstance(t, torch.Tensor)}
+    differ = shape_mismatch(expected, found)
     if differ:
-        name = differ[0]
         raise ValueError(
-            f"{path}: its saved model config does not match its weights ({len(differ)} tensors "
-            f"differ; {name}: config {list(expected.get(name) or [])}, weights "
-            f"{list(found.get(name) or [])}); nothing was built"
+            f"{path}: its saved model config does not match its weights ({differ}); "
+            "nothing was built"
         )
 
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrcommon.files import atomic_write
+from cxrcommon.weights import shape_mismatch
 from vqgan.config import VQGANConfig
 from vqgan.networks import VQGAN
 
@@ -226,16 +227,10 @@ def _check_config_holds(path: Path, config: VQGANConfig, state: dict[str, torch.
             f"{len(blocks)}"
         )
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in VQGAN(config).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        expected = {k: v.shape for k, v in VQGAN(config).state_dict().items()}
+    differ = shape_mismatch(expected, {k: v.shape for k, v in state.items()})
     if differ:
-        name = differ[0]
-        raise ValueError(
-            f"weights in {path} do not match its VQGANConfig: {len(differ)} tensors differ "
-            f"({name}: config {list(expected.get(name) or [])}, weights "
-            f"{list(found.get(name) or [])})"
-        )
+        raise ValueError(f"weights in {path} do not match its VQGANConfig: {differ}")
 
 
 _ENCODER_BLOCK = re.compile(r"encoder\.down\.(\d+)\.block\.(\d+)\.")
