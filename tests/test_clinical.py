@@ -92,6 +92,27 @@ def test_export_round_trip(
         assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
+def test_an_export_whose_labels_or_weights_do_not_fit_is_refused_naming_them(
+    extractor: ClinicalFeatureExtractor, tmp_path: Path
+) -> None:
+    """The labels in classifier.json decide the head's size; an export whose stored head does
+    not fit them (or whose labels are not names, or whose weights are not safetensors) is a
+    clear error naming the files, not a state-dict traceback."""
+    out = save_classifier_export(extractor.densenet, LABELS, tmp_path / "export")
+    config = json.loads((out / EXPORT_CONFIG).read_text())
+    (out / EXPORT_CONFIG).write_text(json.dumps({**config, "labels": [*LABELS, "Extra"]}))
+    message = rf"classifier.safetensors does not match the {len(LABELS) + 1} labels of .*differ"
+    with pytest.raises(ValueError, match=message):
+        ClinicalFeatureExtractor.from_weights(out)
+    (out / EXPORT_CONFIG).write_text(json.dumps({**config, "labels": "Cardiomegaly"}))
+    with pytest.raises(ValueError, match="'labels' must be a non-empty list"):
+        ClinicalFeatureExtractor.from_weights(out)
+    (out / EXPORT_CONFIG).write_text(json.dumps(config))
+    (out / "classifier.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        ClinicalFeatureExtractor.from_weights(out)
+
+
 def test_export_thresholds_make_half_the_operating_point(
     extractor: ClinicalFeatureExtractor, synthetic_images, tmp_path: Path
 ) -> None:

@@ -25,10 +25,12 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrcommon.files import atomic_write
+from cxrcommon.weights import shape_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -218,13 +220,27 @@ def _load_export(weights_file: Path, config_file: Path) -> ClinicalFeatureExtrac
         raise ValueError(
             f"{config_file}: architecture {config.get('architecture')!r}, expected {ARCHITECTURE!r}"
         )
-    densenet = build_densenet(len(config["labels"]))
-    densenet.load_state_dict(load_file(weights_file))
-    logger.info(
-        "clinical classifier loaded from %s (%d labels)", weights_file, len(config["labels"])
-    )
+    labels = config.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{config_file}: 'labels' must be a non-empty list of label names")
+    try:
+        state = load_file(weights_file)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights_file} is not a readable safetensors file: {err}") from err
+    # The labels are the config's word: compare the head they imply with the stored one on the
+    # meta device first, so a mismatch is an error naming the files, not a traceback.
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in build_densenet(len(labels)).state_dict().items()}
+    differ = shape_mismatch(expected, {k: v.shape for k, v in state.items()})
+    if differ:
+        raise ValueError(
+            f"{weights_file} does not match the {len(labels)} labels of {config_file}: {differ}"
+        )
+    densenet = build_densenet(len(labels))
+    densenet.load_state_dict(state)
+    logger.info("clinical classifier loaded from %s (%d labels)", weights_file, len(labels))
     return ClinicalFeatureExtractor(
-        densenet, config["labels"], op_threshs=config.get("op_threshs"), source=str(weights_file)
+        densenet, labels, op_threshs=config.get("op_threshs"), source=str(weights_file)
     )
 
 
