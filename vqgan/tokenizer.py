@@ -217,8 +217,8 @@ def _check_config_holds(path: Path, config: VQGANConfig, state: dict[str, torch.
     them allocated first. Nothing is built here (a meta-device build imports torch._dynamo,
     0.8 s of every cold start): the level and block counts may not exceed the stored ones, nor
     any width the config names the largest stored dimension; the strict load checks the rest."""
-    levels = {m.group(1) for k in state if (m := _ENCODER_BLOCK.match(k))}
-    blocks = {m.group(2) for k in state if (m := _ENCODER_BLOCK.match(k))}
+    found = [m.groups() for k in state if (m := _ENCODER_BLOCK.match(k))]
+    levels, blocks = {level for level, _ in found}, {block for _, block in found}
     if len(config.ch_mult) > len(levels) or config.num_res_blocks > len(blocks):
         raise ValueError(
             f"weights in {path} do not match its VQGANConfig: it names {len(config.ch_mult)} "
