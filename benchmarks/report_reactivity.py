@@ -25,6 +25,20 @@ fixed abnormal impressions than fixed normal ones after it (mean log-probability
 of each kind in the paired build's training split), and, for the VQA side, log P("No.") - log
 P("Yes.") to "Is this chest X-ray normal?". Both are AUROC'd like the sampled score.
 
+``--histogram-swap`` (with ``--score likelihood``) asks how much of that reading is the film's
+overall brightness and contrast. The COVID-19 and Normal films come from different hospitals and
+differ in their intensity histograms, so a model can read the label from them; the NIH films
+differ the other way round. Each film is scored a second time with its pixel values mapped onto
+the histogram of a seeded film of the same source and the other status
+(`skimage.exposure.match_histograms`): the spatial pattern stays, the intensity distribution is
+the other group's. Printed beside the plain AUROCs: the AUROCs on the swapped films, their paired
+change with a bootstrap interval, and each group's mean score shift. A model that reads the
+pattern keeps its AUROC; one that reads the intensity loses it or reverses. The swap also moves
+real intensity signs of disease (an opacity brightens the lungs), so read the swapped AUROC as a
+floor on pattern reading, not as the model's skill. Also printed, per source: the AUROC that the
+intensity histogram alone gives (a logistic regression on seven intensity statistics of each
+film, 5-fold cross-validated), the shortcut the data offers.
+
 ``--score matching`` asks whether a film makes its own report likelier: for a seeded ``--limit``
 of the split's paired CXR->report records (stage ``--stage``), each record's report is scored
 after its own film and after the film of another seeded record whose report pool (label match)
@@ -43,6 +57,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,21 +212,179 @@ def summary(
     }
 
 
-def likelihood_scores(llm: Any, paths: list[str], batch: int) -> dict[str, np.ndarray]:
-    """Per image: report score (abnormal minus normal references, mean log-prob) and question
-    score (log P("No.") - log P("Yes.") to ``NORMAL_QUESTION``)."""
+def likelihood_scores(
+    llm: Any, images: Sequence[Any], batch: int, desc: str = "scoring"
+) -> dict[str, np.ndarray]:
+    """Per image (a path or an array, read one batch at a time): report score (abnormal minus
+    normal references, mean log-prob) and question score (log P("No.") - log P("Yes.") to
+    ``NORMAL_QUESTION``)."""
     from tqdm import tqdm
 
     report, question = [], []
     refs = [*ABNORMAL_REFERENCES, *NORMAL_REFERENCES]
     n_abnormal = len(ABNORMAL_REFERENCES)
-    for at in tqdm(range(0, len(paths), batch), desc="scoring", unit="batch"):
-        chunk = paths[at : at + batch]
+    for at in tqdm(range(0, len(images), batch), desc=desc, unit="batch"):
+        chunk = [images[i] for i in range(at, min(at + batch, len(images)))]
         logp = llm.score_responses(chunk, refs, batch_size=16)
         report += (logp[:, :n_abnormal].mean(1) - logp[:, n_abnormal:].mean(1)).tolist()
         answers = llm.score_responses(chunk, ["No.", "Yes."], instruction=NORMAL_QUESTION)
         question += (answers[:, 0] - answers[:, 1]).tolist()
     return {"report": np.array(report), "question": np.array(question)}
+
+
+def swap_partners(source: Sequence[str], abnormal: Sequence[int], seed: int) -> list[int]:
+    """For each image, the index of a seeded image of the same source and the other status, or
+    -1 when its source has none."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, key in enumerate(zip(source, abnormal, strict=True)):
+        groups.setdefault(key, []).append(i)
+    return [
+        rng.choice(groups[(s, 1 - a)]) if groups.get((s, 1 - a)) else -1
+        for s, a in zip(source, abnormal, strict=True)
+    ]
+
+
+def histogram_swapped(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`image`'s pixels mapped onto `reference`'s intensity histogram (same shape as `image`)."""
+    from skimage.exposure import match_histograms
+
+    return np.clip(match_histograms(image, reference), 0.0, 1.0).astype(np.float32)
+
+
+class HistogramSwapped:
+    """The films of `paths`, each read and swapped onto the histogram of its partner's film
+    (`swap_partners`; a film without one stays as it is) when indexed, so only a batch is held
+    in memory."""
+
+    def __init__(self, paths: Sequence[str], partners: Sequence[int]) -> None:
+        self.paths, self.partners = list(paths), list(partners)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from vqgan import read_cxr
+
+        image, partner = read_cxr(self.paths[i]), self.partners[i]
+        return image if partner < 0 else histogram_swapped(image, read_cxr(self.paths[partner]))
+
+
+INTENSITY_PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def intensity_features(image: np.ndarray) -> np.ndarray:
+    """Seven statistics of a film's intensity histogram: mean, standard deviation and the
+    `INTENSITY_PERCENTILES`."""
+    values = np.asarray(image, dtype=np.float64).ravel()
+    return np.array([values.mean(), values.std(), *np.percentile(values, INTENSITY_PERCENTILES)])
+
+
+def intensity_predictions(features: np.ndarray, abnormal: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold probabilities of abnormal from the intensity statistics alone (standardised
+    logistic regression, 5-fold stratified cross-validation; fewer folds for few images)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(5, int(np.bincount(abnormal, minlength=2).min()))
+    if folds < 2:
+        return np.full(len(abnormal), np.nan)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return cross_val_predict(model, features, abnormal, cv=split, method="predict_proba")[:, 1]
+
+
+def swap_change(
+    abnormal: np.ndarray, before: np.ndarray, after: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """AUROC on the swapped films minus on the originals (paired bootstrap interval over
+    films), and each group's mean score shift (swapped minus original)."""
+    from llmcxr.evaluation.metrics import auroc_or_nan, bootstrap_ci
+
+    def change(idx: np.ndarray) -> float:
+        return auroc_or_nan(abnormal[idx], after[idx]) - auroc_or_nan(abnormal[idx], before[idx])
+
+    shift = after - before
+    return {
+        "images": len(abnormal),
+        "auroc_change": round(change(np.arange(len(abnormal))), 4),
+        "auroc_change_ci95": [
+            round(v, 4) for v in bootstrap_ci(change, len(abnormal), n_boot=n_boot, seed=seed)
+        ],
+        "score_shift_abnormal": round(float(shift[abnormal == 1].mean()), 4)
+        if abnormal.any()
+        else None,
+        "score_shift_normal": round(float(shift[abnormal == 0].mean()), 4)
+        if (abnormal == 0).any()
+        else None,
+    }
+
+
+def paired_swap_comparison(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    abnormal_by_id: dict[str, bool],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Model a's ``--histogram-swap`` run against model b's on the films both scored with the
+    same partner: AUROC a - b on the original films, on the swapped films, and a's swap change
+    minus b's, each with a paired bootstrap interval over films, per source and pooled."""
+    partners_a, partners_b = a["histogram_swap"]["partners"], b["histogram_swap"]["partners"]
+    ids = sorted(
+        i for i in partners_a if partners_b.get(i) == partners_a[i] and i in abnormal_by_id
+    )
+    if not ids:
+        raise ValueError("the two runs share no film scored with the same partner")
+    y = np.array([int(abnormal_by_id[i]) for i in ids])
+    source = np.array([i.split("/", 1)[0] for i in ids])
+    out: dict[str, Any] = {"films": len(ids)}
+    for name in ("report", "question"):
+        # [model a / b, original / swapped, film]
+        scores = np.array(
+            [
+                [
+                    [run["per_image"][i][name] for i in ids],
+                    [run["histogram_swap"]["per_image_swapped"][i][name] for i in ids],
+                ]
+                for run in (a, b)
+            ]
+        )
+        out["report_references" if name == "report" else "normal_question"] = {
+            group: _paired_swap_figures(y[rows], scores[:, :, rows], n_boot, seed)
+            for group, rows in [
+                ("pooled", np.arange(len(ids))),
+                *((src, np.flatnonzero(source == src)) for src in sorted(set(source))),
+            ]
+        }
+    return out
+
+
+def _paired_swap_figures(
+    y: np.ndarray, scores: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """`paired_swap_comparison`'s figures for one group of films; ``scores`` is [model a / b,
+    original / swapped, film]."""
+    from llmcxr.evaluation.metrics import auroc_or_nan, bootstrap_ci
+
+    def aurocs(idx: np.ndarray) -> np.ndarray:  # [model, original / swapped]
+        return np.array([[auroc_or_nan(y[idx], s[idx]) for s in model] for model in scores])
+
+    statistics = {
+        "original_a_minus_b": lambda idx: aurocs(idx)[0, 0] - aurocs(idx)[1, 0],
+        "swapped_a_minus_b": lambda idx: aurocs(idx)[0, 1] - aurocs(idx)[1, 1],
+        "swap_change_a_minus_b": lambda idx: float(np.diff(aurocs(idx), axis=1).ravel() @ [1, -1]),
+    }
+    every = np.arange(len(y))
+    return {"films": len(y)} | {
+        key: {
+            "value": round(float(stat(every)), 4),
+            "ci95": [round(v, 4) for v in bootstrap_ci(stat, len(y), n_boot=n_boot, seed=seed)],
+        }
+        for key, stat in statistics.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +402,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage", type=int, default=2, help="records' stage (matching)")
     parser.add_argument(
+        "--histogram-swap",
+        action="store_true",
+        help="likelihood: also score each film on another-status film's intensity histogram",
+    )
+    parser.add_argument(
         "--guidance-scale", type=float, default=None, help="report guidance (none: the default)"
+    )
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        default=None,
+        help="compare two --histogram-swap result files film by film (A minus B) and stop",
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -237,6 +423,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)
+
+    if args.paired:
+        runs = [json.loads(path.read_text()) for path in args.paired]
+        labels = {
+            image_id: abnormal for image_id, _, abnormal in labelled_images(args.data, args.split)
+        }
+        result = {"a": str(args.paired[0]), "b": str(args.paired[1])}
+        result |= paired_swap_comparison(*runs, labels, args.bootstrap, args.seed)
+        print(json.dumps(result, indent=2))
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        print(f"wrote {args.out}")
+        return 0
 
     import torch
     from tqdm import tqdm
@@ -247,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.score == "matching":
         return _matching(args)
+    if args.histogram_swap and args.score != "likelihood":
+        parser.error("--histogram-swap needs --score likelihood")
     images = labelled_images(args.data, args.split)
     if not images:
         raise SystemExit(f"no labelled images in the {args.split} split of {args.data}")
@@ -277,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     if args.score == "likelihood":
-        scores = likelihood_scores(llm, [path for _, path, _ in images], args.batch)
+        paths = [path for _, path, _ in images]
+        scores = likelihood_scores(llm, paths, args.batch)
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["report_references"] = summaries(scores["report"], "mean_score")
         result["normal_question"] = summaries(scores["question"], "mean_score")
@@ -285,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
             image_id: {"report": round(float(r), 4), "question": round(float(q), 4)}
             for (image_id, _, _), r, q in zip(images, scores["report"], scores["question"])
         }
+        if args.histogram_swap:
+            result["histogram_swap"] = _histogram_swap(llm, images, scores, args)
+            result["seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
         atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
         print(f"wrote {args.out}")
@@ -312,6 +516,90 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(f"wrote {args.out}")
     return 0
+
+
+def _histogram_swap(
+    llm: Any,
+    images: list[tuple[str, str, bool]],
+    scores: dict[str, np.ndarray],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The ``--histogram-swap`` figures (module docstring) over the films that have a partner,
+    with each film's partner and swapped scores."""
+    from llmcxr.evaluation.metrics import auroc_or_nan
+    from vqgan import read_cxr
+
+    abnormal = np.array([int(a) for _, _, a in images])
+    source = np.array([image_id.split("/", 1)[0] for image_id, _, _ in images])
+    partners = swap_partners(source.tolist(), abnormal.tolist(), args.seed)
+    kept = np.array([p >= 0 for p in partners])
+    if not kept.any():
+        raise SystemExit("--histogram-swap: no source holds films of both statuses")
+    paths = [path for _, path, _ in images]
+    swapped = likelihood_scores(llm, HistogramSwapped(paths, partners), args.batch, "swapped")
+    features = np.stack([intensity_features(read_cxr(path)) for path in paths])
+    out: dict[str, Any] = {
+        "images_without_partner": int((~kept).sum()),
+        "partners": {images[i][0]: images[p][0] for i, p in enumerate(partners) if p >= 0},
+    }
+    for name in ("report", "question"):
+        after = np.where(kept, swapped[name], np.nan)
+        key = "report_references" if name == "report" else "normal_question"
+        by_source = {
+            src: summary(
+                abnormal[kept & (source == src)],
+                after[kept & (source == src)],
+                args.bootstrap,
+                args.seed,
+                "mean_score",
+            )
+            for src in sorted(set(source[kept]))
+        }
+        out[key] = {
+            "swapped": {
+                "pooled": summary(
+                    abnormal[kept], after[kept], args.bootstrap, args.seed, "mean_score"
+                ),
+                "by_source": by_source,
+            },
+            "change_pooled": swap_change(
+                abnormal[kept], scores[name][kept], after[kept], args.bootstrap, args.seed
+            ),
+            "change_by_source": {
+                src: swap_change(
+                    abnormal[kept & (source == src)],
+                    scores[name][kept & (source == src)],
+                    after[kept & (source == src)],
+                    args.bootstrap,
+                    args.seed,
+                )
+                for src in sorted(set(source[kept]))
+            },
+        }
+    out["intensity_alone"] = {}
+    for src in sorted(set(source)):
+        mask = source == src
+        predicted = intensity_predictions(features[mask], abnormal[mask], args.seed)
+        out["intensity_alone"][src] = {
+            "images": int(mask.sum()),
+            "auroc_cv": round(auroc_or_nan(abnormal[mask], predicted), 4),
+            "abnormal_minus_normal": {
+                name: round(
+                    float(col[abnormal[mask] == 1].mean() - col[abnormal[mask] == 0].mean()), 4
+                )
+                for name, col in zip(
+                    ["mean", "std", *(f"p{q}" for q in INTENSITY_PERCENTILES)],
+                    features[mask].T,
+                    strict=True,
+                )
+            },
+        }
+    out["per_image_swapped"] = {
+        images[i][0]: {"report": round(float(r), 4), "question": round(float(q), 4)}
+        for i, (r, q) in enumerate(zip(swapped["report"], swapped["question"], strict=True))
+        if partners[i] >= 0
+    }
+    return out
 
 
 def _matching(args: argparse.Namespace) -> int:
