@@ -30,7 +30,7 @@ overall brightness and contrast. The COVID-19 and Normal films come from differe
 differ in their intensity histograms, so a model can read the label from them; the NIH films
 differ the other way round. Each film is scored a second time with its pixel values mapped onto
 the histogram of a seeded film of the same source and the other status
-(`skimage.exposure.match_histograms`): the spatial pattern stays, the intensity distribution is
+(`vqgan.match_histogram`): the spatial pattern stays, the intensity distribution is
 the other group's. Printed beside the plain AUROCs: the AUROCs on the swapped films, their paired
 change with a bootstrap interval, and each group's mean score shift. A model that reads the
 pattern keeps its AUROC; one that reads the intensity loses it or reverses. The swap also moves
@@ -245,13 +245,6 @@ def swap_partners(source: Sequence[str], abnormal: Sequence[int], seed: int) -> 
     ]
 
 
-def histogram_swapped(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """`image`'s pixels mapped onto `reference`'s intensity histogram (same shape as `image`)."""
-    from skimage.exposure import match_histograms
-
-    return np.clip(match_histograms(image, reference), 0.0, 1.0).astype(np.float32)
-
-
 class HistogramSwapped:
     """The films of `paths`, each read and swapped onto the histogram of its partner's film
     (`swap_partners`; a film without one stays as it is) when indexed, so only a batch is held
@@ -264,10 +257,10 @@ class HistogramSwapped:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from vqgan import read_cxr
+        from vqgan import match_histogram, read_cxr
 
         image, partner = read_cxr(self.paths[i]), self.partners[i]
-        return image if partner < 0 else histogram_swapped(image, read_cxr(self.paths[partner]))
+        return image if partner < 0 else match_histogram(image, read_cxr(self.paths[partner]))
 
 
 INTENSITY_PERCENTILES = (5, 25, 50, 75, 95)

@@ -14,8 +14,8 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,12 @@ from instructions.labeler import film_abnormal
 from instructions.report_pool import ReportPools
 from instructions.vqa import question_kind
 from llmcxr.image_tokens import ImageTokenMap, encode_text_with_images
-from llmcxr.token_cache import ImageTokenCache, build_token_cache, default_cache_dir
+from llmcxr.token_cache import (
+    ImageTokenCache,
+    StaleTokenCacheError,
+    build_token_cache,
+    default_cache_dir,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -72,6 +77,12 @@ class EncodedExample:
     """For a report->CXR record whose report comes from a report pool: the pool's key. The
     drawing-contrast loss scores its image again under the report of a row of another group. Its
     report-dropped variant has none (no report to contrast)."""
+    film_variants: tuple[tuple[int, ...], ...] = ()
+    """For a training record that reads a film: the token ids of the same film encoded on
+    randomised histograms (one per ``film_histogram_seeds`` cache), which `EncodedDataset` serves
+    in place of the film's own ids at ``film_start``, so the film's histogram carries no label."""
+    film_start: int = -1
+    """Where the film's code ids start in ``input_ids`` (with ``film_variants``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,10 +167,13 @@ class RecordEncoder:
         desc: str = "encoding",
         unconditional: bool = False,
         pools: ReportPools | None = None,
+        film_caches: Sequence[ImageTokenCache] = (),
     ) -> tuple[list[EncodedExample], DropCounts]:
         """Encode `records`, dropping (and counting) those without a cached image or too long.
         With `unconditional`, report->CXR examples also carry their report-dropped variant; with
-        `pools`, records naming a report pool carry its ids (`ReportRedraw` draws from them)."""
+        `pools`, records naming a report pool carry its ids (`ReportRedraw` draws from them);
+        with `film_caches`, records that read a film carry its codes from each cache that holds
+        it (``film_variants``)."""
         kept, counts = [], DropCounts()
         for record in tqdm(records, desc=desc, leave=False):
             image_id = record.get("image_id") or ""
@@ -181,12 +195,31 @@ class RecordEncoder:
             if codes is not None and record["response"].strip() != self.placeholder:
                 example.film_group = key
                 _mark_film_status(example, record)
+                self._attach_film_variants(example, image_id, film_caches)
             elif codes is not None:
                 example.draw_group = key
             kept.append(example)
             counts.by_task[example.task] += 1
         counts.kept = len(kept)
         return kept, counts
+
+    def _attach_film_variants(
+        self, example: EncodedExample, image_id: str, caches: Sequence[ImageTokenCache]
+    ) -> None:
+        """Give a film-reading example its film's ids from each of `caches` holding the film."""
+        variants = tuple(
+            tuple(self.token_map.codes_to_ids(cache.get(image_id)).tolist())
+            for cache in caches
+            if image_id in cache
+        )
+        if not variants:
+            return
+        is_code = self.token_map.is_code_id(torch.tensor(example.input_ids))
+        positions = is_code.nonzero().flatten().tolist()
+        start = positions[0]
+        if positions != list(range(start, start + len(variants[0]))):
+            raise ValueError(f"record for {image_id!r}: its film's codes are not one run of ids")
+        example.film_variants, example.film_start = variants, start
 
 
 def _mark_film_status(example: EncodedExample, record: Mapping[str, Any]) -> None:
@@ -249,6 +282,7 @@ class ReportRedraw:
         redrawn.film_group = example.film_group
         redrawn.film_abnormal = example.film_abnormal
         redrawn.draw_group = example.draw_group
+        redrawn.film_variants, redrawn.film_start = example.film_variants, example.film_start
         return redrawn if len(redrawn.input_ids) <= self.max_length else example
 
 
@@ -259,7 +293,8 @@ class EncodedDataset(Dataset):
     with probability ``cfg_drop``, drawn afresh at every access (so each epoch drops different
     reports): classifier-free guidance needs the model to have learnt the report-free prompt too.
     With ``redraw``, examples that carry a report pool are served with the report that
-    ``set_epoch``'s epoch draws (`ReportRedraw`).
+    ``set_epoch``'s epoch draws (`ReportRedraw`). An example with ``film_variants`` is served with
+    its film's own ids or one of the variants, each equally likely, drawn afresh at every access.
     """
 
     def __init__(
@@ -299,9 +334,15 @@ class EncodedDataset(Dataset):
             and self._rng().random() < self.cfg_drop
         ):
             return example.unconditional
-        if self.redraw is not None:
-            return self.redraw(example, self.epoch)
-        return example
+        served = self.redraw(example, self.epoch) if self.redraw is not None else example
+        if served.film_variants:
+            pick = self._rng().randrange(len(served.film_variants) + 1)
+            if pick:
+                ids = served.film_variants[pick - 1]
+                start = served.film_start
+                input_ids = [*served.input_ids[:start], *ids, *served.input_ids[start + len(ids) :]]
+                served = replace(served, input_ids=input_ids)
+        return served
 
     def _rng(self) -> random.Random:
         """One generator per DataLoader worker (each worker holds a copy of this dataset, so a
@@ -392,6 +433,7 @@ class InstructionDataModule(L.LightningDataModule):
         cfg_drop: float = 0.0,
         seed: int = 0,
         redraw_paired_reports: bool = True,
+        film_histogram_seeds: list[int] | None = None,
     ) -> None:
         """
         Args:
@@ -421,6 +463,14 @@ class InstructionDataModule(L.LightningDataModule):
                 epoch, the same draw on every worker and rank for one (seed, epoch, record);
                 False keeps the one report frozen at build time. Validation and test always use
                 the frozen report; builds without report pools are read as before.
+            film_histogram_seeds: for each seed, a token cache of every image on the histogram
+                of a seeded random image of its source and split
+                (``DATASET/image_tokens_histogram<seed>``, `llmcxr.token_cache`, built in
+                ``prepare_data`` like the main cache); a training record that reads a film is
+                served its own film or one of these, each equally likely, so that the film's
+                histogram, which in the labelled sets here tells the hospital and so the label,
+                carries nothing (benchmarks/results/intensity_shortcut/). Films that are drawn
+                (report->CXR) and validation keep their own. Default: none.
         """
         super().__init__()
         if stage not in ("stage1", "stage2"):
@@ -449,6 +499,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.cfg_drop = cfg_drop
         self.seed = seed
         self.redraw_paired_reports = redraw_paired_reports
+        self.film_histogram_seeds = [int(seed) for seed in film_histogram_seeds or []]
         self.encoder: RecordEncoder | None = None
         self.image_tokenizer_path: str | None = None
         self.fingerprint: str | None = None
@@ -490,6 +541,14 @@ class InstructionDataModule(L.LightningDataModule):
                 batch_size=self.cache_batch_size,
                 devices=1,
             )
+            for seed in self.film_histogram_seeds:
+                build_token_cache(
+                    self.dataset_dir,
+                    self.image_tokenizer_path,
+                    batch_size=self.cache_batch_size,
+                    devices=1,
+                    histogram_seed=seed,
+                )
 
     def setup(self, stage: str | None = None) -> None:
         from datasets import load_from_disk
@@ -505,6 +564,7 @@ class InstructionDataModule(L.LightningDataModule):
                 f"token cache {self.token_cache} has {cache.tokens_per_image} tokens per image, "
                 f"the model expects {self.encoder.token_map.tokens_per_image}"
             )
+        film_caches = [self._histogram_cache(seed, cache) for seed in self.film_histogram_seeds]
         splits = load_from_disk(str(self.dataset_dir / self.stage))
         pools = self._report_pools(splits.get("train"))
         for split in SPLITS:
@@ -519,6 +579,7 @@ class InstructionDataModule(L.LightningDataModule):
                 desc=f"{self.stage}/{split}",
                 unconditional=drop > 0,
                 pools=pools if train else None,
+                film_caches=film_caches if train else (),
             )
             redraw = (
                 ReportRedraw(self.encoder, pools.texts, self.max_length, self.seed)
@@ -553,6 +614,16 @@ class InstructionDataModule(L.LightningDataModule):
         if "report_pool" not in train.column_names or not any(train["report_pool"]):
             return None  # not a paired build, or one made before report pools
         return ReportPools.load(self.dataset_dir / self.stage)
+
+    def _histogram_cache(self, seed: int, main: ImageTokenCache | None) -> ImageTokenCache:
+        """The film-histogram cache of `seed`, checked against the main cache's tokenizer."""
+        folder = default_cache_dir(self.dataset_dir, seed)
+        cache = ImageTokenCache.load(folder, self.fingerprint)
+        if cache.meta.get("histogram_seed") != seed:
+            raise StaleTokenCacheError(f"{folder} was not built with histogram seed {seed}")
+        if main is not None and cache.tokens_per_image != main.tokens_per_image:
+            raise ValueError(f"{folder} has {cache.tokens_per_image} tokens per image")
+        return cache
 
     def _has_cache(self) -> bool:
         return (self.token_cache / "cache.json").is_file()

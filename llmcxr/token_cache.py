@@ -14,9 +14,11 @@ resumes where it stopped. Command line::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,10 +49,13 @@ class StaleTokenCacheError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One image of the dataset's ``images.jsonl`` with a resolved path."""
+    """One image of the dataset's ``images.jsonl`` with a resolved path. With ``histogram_of``
+    it is encoded with that image's intensity histogram (`vqgan.match_histogram`)."""
 
     image_id: str
     path: Path
+    split: str = ""
+    histogram_of: Path | None = None
 
 
 def read_image_list(dataset_dir: str | Path) -> tuple[list[ImageEntry], int]:
@@ -61,14 +66,38 @@ def read_image_list(dataset_dir: str | Path) -> tuple[list[ImageEntry], int]:
         if path is None:
             unavailable += 1
         else:
-            entries.append(ImageEntry(listed.image_id, path))
+            entries.append(ImageEntry(listed.image_id, path, listed.split))
     entries.sort(key=lambda e: e.image_id)
     return entries, unavailable
 
 
-def default_cache_dir(dataset_dir: str | Path) -> Path:
-    """``<dataset>/image_tokens``."""
-    return Path(dataset_dir) / DEFAULT_CACHE_NAME
+def default_cache_dir(dataset_dir: str | Path, histogram_seed: int | None = None) -> Path:
+    """``<dataset>/image_tokens``, or ``<dataset>/image_tokens_histogram<seed>`` for the films
+    with randomised histograms (`with_random_histograms`)."""
+    suffix = "" if histogram_seed is None else f"_histogram{histogram_seed}"
+    return Path(dataset_dir) / f"{DEFAULT_CACHE_NAME}{suffix}"
+
+
+def with_random_histograms(entries: Sequence[ImageEntry], seed: int) -> list[ImageEntry]:
+    """Each entry paired with the histogram of a seeded random other image of the same source
+    (the image id's first path part) and split, of any label: its histogram then says nothing of
+    its label. An image alone in its group keeps its own.
+
+    Why: the labelled CXR sets take normal and abnormal films from different hospitals, and a
+    model trained on them reads the label from the intensity histogram, backwards on other sets
+    (benchmarks/results/intensity_shortcut/). Films encoded this way, read in training beside
+    the originals (``InstructionDataModule(film_histogram_caches=...)``), carry no such cue."""
+    groups: dict[tuple[str, str], list[ImageEntry]] = {}
+    for entry in entries:
+        groups.setdefault((entry.image_id.split("/", 1)[0], entry.split), []).append(entry)
+    out = []
+    for entry in entries:
+        others = [
+            e for e in groups[(entry.image_id.split("/", 1)[0], entry.split)] if e is not entry
+        ]
+        partner = random.Random(f"{seed}:{entry.image_id}").choice(others) if others else entry
+        out.append(dataclasses.replace(entry, histogram_of=partner.path))
+    return out
 
 
 # ----------------------------------------------------------------------------- reading the cache
@@ -143,15 +172,31 @@ class _ImageReadDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from vqgan import CXRReadError, load_cxr_tensor
+        from vqgan import CXRReadError, prepare_image, read_cxr
 
         shard, entry = self.items[index]
         try:
-            image, ok = load_cxr_tensor(entry.path, self.size), True
+            pixels = read_cxr(entry.path)
+            if entry.histogram_of is not None:
+                pixels = _on_histogram_of(entry, pixels)
+            image, ok = prepare_image(pixels, self.size), True
         except (CXRReadError, OSError) as err:
             log.warning("skipping image %s: %s", entry.image_id, err)
             image, ok = torch.zeros(1, self.size, self.size), False
         return {"image": image, "ok": ok, "shard": shard, "image_id": entry.image_id}
+
+
+def _on_histogram_of(entry: ImageEntry, pixels: np.ndarray) -> np.ndarray:
+    """`pixels` on the histogram of ``entry.histogram_of``; as they are (with a warning) when
+    that image cannot be read, so a bad partner never drops a good film."""
+    from vqgan import CXRReadError, match_histogram, read_cxr
+
+    try:
+        reference = read_cxr(entry.histogram_of)
+    except (CXRReadError, OSError) as err:
+        log.warning("%s keeps its own histogram: %s", entry.image_id, err)
+        return pixels
+    return match_histogram(pixels, reference)
 
 
 class TokenizeModule(L.LightningModule):
@@ -239,14 +284,18 @@ def build_token_cache(
     accelerator: str = "auto",
     devices: int | str = "auto",
     progress: bool = True,
+    histogram_seed: int | None = None,
 ) -> Path:
-    """Build (or resume, or keep if already complete) the token cache of a dataset's images."""
+    """Build (or resume, or keep if already complete) the token cache of a dataset's images;
+    with `histogram_seed`, of its images on randomised histograms (`with_random_histograms`)."""
     from vqgan import CXRTokenizer
 
     dataset_dir = Path(dataset_dir)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(dataset_dir)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(dataset_dir, histogram_seed)
     tokenizer = CXRTokenizer.from_pretrained(tokenizer_path)
     entries, unavailable = read_image_list(dataset_dir)
+    if histogram_seed is not None:
+        entries = with_random_histograms(entries, histogram_seed)
     list_hash = hashlib.sha256("\n".join(f"{e.image_id}\t{e.path}" for e in entries).encode())
     meta = {
         "fingerprint": tokenizer.fingerprint,
@@ -258,10 +307,12 @@ def build_token_cache(
         "image_list_sha256": list_hash.hexdigest()[:16],
         "num_listed": len(entries) + unavailable,
         "num_unavailable": unavailable,
+        "histogram_seed": histogram_seed,
     }
     old = _read_meta(cache_dir)
     same = old is not None and all(
-        old.get(k) == meta[k] for k in ("fingerprint", "shard_size", "image_list_sha256")
+        old.get(k) == meta[k]
+        for k in ("fingerprint", "shard_size", "image_list_sha256", "histogram_seed")
     )
     if same and old.get("complete"):
         log.info("token cache %s is up to date (%d images)", cache_dir, old["num_cached"])
@@ -352,6 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=2048)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--devices", default="auto")
+    parser.add_argument(
+        "--histogram-seed",
+        type=int,
+        default=None,
+        help="encode each image on the histogram of a seeded random image of its source and "
+        "split (default cache: DATASET/image_tokens_histogram<SEED>)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     devices = int(args.devices) if args.devices.isdigit() else args.devices
@@ -365,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard_size=args.shard_size,
             accelerator=args.accelerator,
             devices=devices,
+            histogram_seed=args.histogram_seed,
         )
     except (FileNotFoundError, ValueError, StaleTokenCacheError) as err:
         print(f"error: {err}")

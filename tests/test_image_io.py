@@ -270,3 +270,18 @@ def test_deflated_dicom_reads_and_a_deflate_bomb_is_bounded(tmp_path: Path) -> N
     assert bomb.stat().st_size < 100_000
     with pytest.raises(CXRReadError, match="bomb.dcm: deflated DICOM inflates to more than"):
         read_cxr(bomb, PixelBudget(max_pixels=128 * 128))
+
+
+def test_match_histogram_keeps_the_pattern_and_takes_the_reference_histogram() -> None:
+    from vqgan import match_histogram
+
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16)).astype(np.float32)
+    reference = (rng.random((16, 16)) ** 3).astype(np.float32)  # a darker histogram
+    swapped = match_histogram(image, reference)
+    assert swapped.shape == image.shape and swapped.dtype == np.float32
+    # every pixel takes the reference value of its own rank: same order, the reference's values
+    np.testing.assert_array_equal(np.argsort(swapped, axis=None), np.argsort(image, axis=None))
+    np.testing.assert_allclose(np.sort(swapped, axis=None), np.sort(reference, axis=None))
+    with pytest.raises(ValueError, match="2-D"):
+        match_histogram(image[None], reference)

@@ -67,3 +67,66 @@ def test_cache_encodes_once_invalidates_on_new_tokenizer_and_resumes(
     assert shard.is_dir()
     assert (cache_dir / "shards" / "00000").stat().st_mtime_ns == stamp
     assert torch.equal(ImageTokenCache.load(cache_dir).get("img2"), rebuilt.get("img2"))
+
+
+def test_random_histogram_partners_share_source_and_split() -> None:
+    from llmcxr.token_cache import ImageEntry, with_random_histograms
+
+    entries = [
+        ImageEntry("nih/a", Path("a.png"), "train"),
+        ImageEntry("nih/b", Path("b.png"), "train"),
+        ImageEntry("nih/c", Path("c.png"), "train"),
+        ImageEntry("nih/d", Path("d.png"), "test"),
+        ImageEntry("covid/e", Path("e.png"), "train"),
+        ImageEntry("covid/f", Path("f.png"), "train"),
+    ]
+    paired = with_random_histograms(entries, seed=0)
+    assert [e.image_id for e in paired] == [e.image_id for e in entries]
+    partner = {e.image_id: e.histogram_of for e in paired}
+    assert partner["nih/a"] in (Path("b.png"), Path("c.png"))
+    assert partner["nih/d"] == Path("d.png")  # alone in its split: its own histogram
+    assert partner["covid/e"] == Path("f.png") and partner["covid/f"] == Path("e.png")
+    assert with_random_histograms(entries, seed=0) == paired  # seeded
+    seeds = {with_random_histograms(entries, seed=s)[0].histogram_of for s in range(20)}
+    assert seeds == {Path("b.png"), Path("c.png")}
+
+
+def test_histogram_cache_encodes_each_film_on_its_partners_histogram(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    from llmcxr.token_cache import default_cache_dir, read_image_list, with_random_histograms
+    from vqgan import match_histogram, prepare_image, read_cxr
+
+    data = _dataset(tmp_path / "ds", fixtures_dir)
+    listing = data / "images.jsonl"  # one source ("fix/..."), so the films pair up
+    rows = [json.loads(line) for line in listing.read_text().splitlines()]
+    listing.write_text(
+        "".join(json.dumps(r | {"image_id": f"fix/{r['image_id']}"}) + "\n" for r in rows)
+    )
+    tok_path = _tokenizer(tmp_path / "tok", 0)
+    cache_dir = build_token_cache(data, tok_path, histogram_seed=3, progress=False)
+    assert cache_dir == default_cache_dir(data, 3) == data / "image_tokens_histogram3"
+    cache = ImageTokenCache.load(cache_dir)
+    assert cache.meta["histogram_seed"] == 3 and len(cache) == 3
+    plain = ImageTokenCache.load(build_token_cache(data, tok_path, progress=False))
+    tokenizer = CXRTokenizer.from_pretrained(tok_path)
+    entries = with_random_histograms(read_image_list(data)[0], 3)
+    changed = 0
+    for entry in entries:
+        if entry.image_id == "fix/broken":
+            assert entry.image_id not in cache
+            continue
+        pixels = read_cxr(entry.path)
+        if entry.histogram_of.name != "broken.png":  # an unreadable partner leaves the film be
+            pixels = match_histogram(pixels, read_cxr(entry.histogram_of))
+        expected = tokenizer.encode(prepare_image(pixels, tokenizer.image_size)[None])[0]
+        assert torch.equal(cache.get(entry.image_id), expected)
+        changed += not torch.equal(cache.get(entry.image_id), plain.get(entry.image_id))
+    assert changed >= 2
+    # another seed is another cache; asking this folder for another seed rebuilds it
+    assert build_token_cache(data, tok_path, histogram_seed=4, progress=False).name.endswith("4")
+    build_token_cache(data, tok_path, cache_dir, histogram_seed=5, progress=False)
+    assert ImageTokenCache.load(cache_dir).meta["histogram_seed"] == 5
+    args = ["--dataset", str(data), "--tokenizer", str(tok_path), "--histogram-seed", "6"]
+    assert main(args) == 0
+    assert ImageTokenCache.load(data / "image_tokens_histogram6").meta["histogram_seed"] == 6

@@ -25,17 +25,6 @@ def test_partners_share_the_source_and_have_the_other_status(bench) -> None:
     assert bench.swap_partners(source, abnormal, seed=1) == partners  # seeded
 
 
-def test_swap_keeps_the_pattern_and_takes_the_reference_histogram(bench) -> None:
-    rng = np.random.default_rng(0)
-    image = rng.random((16, 16)).astype(np.float32)
-    reference = (rng.random((16, 16)) ** 3).astype(np.float32)  # a darker histogram
-    swapped = bench.histogram_swapped(image, reference)
-    assert swapped.shape == image.shape and swapped.dtype == np.float32
-    # every pixel takes the reference value of its own rank: same order, reference's values
-    np.testing.assert_array_equal(np.argsort(swapped, axis=None), np.argsort(image, axis=None))
-    np.testing.assert_allclose(np.sort(swapped, axis=None), np.sort(reference, axis=None))
-
-
 def test_intensity_features_by_hand(bench) -> None:
     image = np.array([[0.0, 0.25], [0.5, 1.0]])
     features = bench.intensity_features(image)

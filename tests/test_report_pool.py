@@ -381,3 +381,67 @@ def test_film_groups_follow_the_report_pool_through_redraws_and_batches(paired, 
     assert [n >= 0 for n in numbers] == [bool(e.film_group) for e in rows] and max(numbers) >= 1
     for a, b in [(a, b) for a in range(16) for b in range(16) if numbers[a] >= 0 <= numbers[b]]:
         assert (numbers[a] == numbers[b]) == (rows[a].film_group == rows[b].film_group)
+
+
+def _write_histogram_cache(out: Path, seed: int, stored_seed: int | None = None) -> None:
+    """A film-histogram cache (`llmcxr.token_cache.default_cache_dir(out, seed)`) of other
+    made-up codes for every image."""
+    from datasets import Dataset
+
+    ids = [json.loads(line)["image_id"] for line in (out / "images.jsonl").read_text().splitlines()]
+    codes = np.random.default_rng(100 + seed).integers(0, 64, (len(ids), CODES)).astype(np.int16)
+    cache = out / f"image_tokens_histogram{seed}"
+    Dataset.from_dict({"image_id": ids, "codes": list(codes)}).save_to_disk(
+        str(cache / "shards" / "00000")
+    )
+    stored = seed if stored_seed is None else stored_seed
+    meta = {"fingerprint": "test", "tokens_per_image": CODES, "complete": True}
+    (cache / "cache.json").write_text(json.dumps(meta | {"histogram_seed": stored}))
+
+
+def test_film_readers_are_served_their_film_or_its_histogram_variant(paired, encoder) -> None:
+    out, _ = paired
+    _write_histogram_cache(out, 1)
+    data = _module(out, encoder, film_histogram_seeds=[1])
+    train = data.datasets["train"]
+    variant = ImageTokenCache.load(out / "image_tokens_histogram1")
+    readers = [e for e in train.examples if e.film_variants]
+    assert all(len(e.film_variants) == 1 for e in readers)
+    assert {e.task for e in readers} >= {"cxr_to_report"} and all(
+        e.film_variants for e in train.examples if e.task == "cxr_to_report"
+    )
+    # drawings keep their own film, and validation is not varied
+    assert all(not e.film_variants for e in train.examples if e.task == "report_to_cxr")
+    assert all(not e.film_variants for e in data.datasets["val"].examples)
+    index = train.examples.index(readers[0])
+    example = train.examples[index]
+    start, ids = example.film_start, list(example.film_variants[0])
+    assert ids != example.input_ids[start : start + CODES]
+    draws = {"own": 0, "variant": 0}
+    for _ in range(60):
+        served = train[index]
+        assert len(served.input_ids) == len(served.labels)
+        assert served.input_ids[:start] == example.input_ids[:start]
+        # only the film differs from the stored (or this epoch's redrawn) example
+        film = served.input_ids[start : start + CODES]
+        draws["own" if film == example.input_ids[start : start + CODES] else "variant"] += 1
+        if film != example.input_ids[start : start + CODES]:
+            assert film == ids
+    assert draws["own"] > 10 and draws["variant"] > 10
+    # the variant is the same film's codes in the histogram cache, mapped to the vocabulary
+    image_ids = [
+        json.loads(line)["image_id"] for line in (out / "images.jsonl").read_text().splitlines()
+    ]
+    assert any(ids == encoder.token_map.codes_to_ids(variant.get(i)).tolist() for i in image_ids)
+    assert example.input_ids[start - 1] not in ids  # the run starts after the image-start marker
+
+
+def test_a_missing_or_foreign_histogram_cache_is_refused(paired, encoder) -> None:
+    out, _ = paired
+    with pytest.raises(FileNotFoundError, match="image_tokens_histogram7"):
+        _module(out, encoder, film_histogram_seeds=[7])
+    _write_histogram_cache(out, 8, stored_seed=9)
+    from llmcxr.token_cache import StaleTokenCacheError
+
+    with pytest.raises(StaleTokenCacheError, match="histogram seed 8"):
+        _module(out, encoder, film_histogram_seeds=[8])

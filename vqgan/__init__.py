@@ -1,10 +1,10 @@
 """vqgan: the chest X-ray image tokenizer (VQ-GAN) of llmcxr.
 
 Public API: ``CXRTokenizer``, ``VQGANConfig``, the image readers ``read_cxr``,
-``prepare_image``, ``load_cxr_tensor``, ``CXRReadError``, ``IMAGE_SUFFIXES``, and the CXR
-classifier ``ClinicalFeatureExtractor`` (the clinical loss; the image metrics of
-``llmcxr evaluate``). Names are imported lazily so that ``import vqgan`` stays cheap and the
-inference path never loads the training stack.
+``prepare_image``, ``load_cxr_tensor``, ``match_histogram``, ``CXRReadError``,
+``IMAGE_SUFFIXES``, and the CXR classifier ``ClinicalFeatureExtractor`` (the clinical loss;
+the image metrics of ``llmcxr evaluate``). Names are imported lazily so that ``import vqgan``
+stays cheap and the inference path never loads the training stack.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         IMAGE_SUFFIXES,
         CXRReadError,
         load_cxr_tensor,
+        match_histogram,
         prepare_image,
         read_cxr,
     )
@@ -31,6 +32,7 @@ _EXPORTS = {
     "read_cxr": "vqgan.image_io",
     "prepare_image": "vqgan.image_io",
     "load_cxr_tensor": "vqgan.image_io",
+    "match_histogram": "vqgan.image_io",
     "CXRReadError": "vqgan.image_io",
     "IMAGE_SUFFIXES": "vqgan.image_io",
     "ClinicalFeatureExtractor": "vqgan.clinical",
@@ -43,6 +45,7 @@ __all__ = [
     "ClinicalFeatureExtractor",
     "VQGANConfig",
     "load_cxr_tensor",
+    "match_histogram",
     "prepare_image",
     "read_cxr",
 ]

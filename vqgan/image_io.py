@@ -338,3 +338,21 @@ def load_cxr_tensor(
 ) -> torch.Tensor:
     """``prepare_image(read_cxr(path, budget), size)``: a ready ``[1, size, size]`` model input."""
     return prepare_image(read_cxr(path, budget), size)
+
+
+def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``image`` (``[H, W]`` in ``[0, 1]``) with its pixels mapped onto ``reference``'s intensity
+    histogram, rank for rank (`skimage.exposure.match_histograms`): the same spatial pattern with
+    another film's brightness and contrast. ``float32`` in ``[0, 1]``.
+
+    Why: the labelled CXR sets here take their normal and abnormal films from different
+    hospitals, whose histograms differ, so a model can read the label from the histogram alone
+    (benchmarks/results/intensity_shortcut/). Swapping histograms tests and trains that away."""
+    from skimage.exposure import match_histograms
+
+    if image.ndim != 2 or reference.ndim != 2:
+        raise ValueError(
+            f"match_histogram expects 2-D [H, W] arrays, got {image.shape} and {reference.shape}"
+        )
+    matched = match_histograms(np.asarray(image, np.float32), np.asarray(reference, np.float32))
+    return np.clip(matched, 0.0, 1.0).astype(np.float32)
