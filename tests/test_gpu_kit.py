@@ -157,6 +157,12 @@ def test_a_dry_run_continuing_a_model_folder_trains_one_phase_from_it(tmp_path: 
         for name in ("gpu_continue.yaml", "gpu_dryrun_continue.yaml")
     )
     assert real["film_contrast_weight"] > 0 and real == dry
+    # and its randomised-histogram reading: packed caches the dry run's training read
+    real_seeds, dry_seeds = (
+        yaml.safe_load((configs / name).read_text())["data"]["film_histogram_seeds"]
+        for name in ("gpu_continue.yaml", "gpu_dryrun_continue.yaml")
+    )
+    assert real_seeds and real_seeds == dry_seeds  # "done" above: it read them
     # the manifest records every loss setting; those the configs leave out keep their defaults
     assert manifest["training"]["loss"] == asdict(LossSettings(**real))
     # the tiny base is not reproducible, so both folders store merged weights, not an adapter

@@ -24,6 +24,7 @@ from llmcxr.gpu_kit.unpack import unpack
 TINY_REPORTS = "configs/llmcxr/tiny_reports.csv"
 FIXTURES = "tests/fixtures"
 TOKENIZER_CONFIG = "configs/vqgan/gpu_dryrun.yaml"
+CONTINUE_CONFIG = "configs/llmcxr/gpu_dryrun_continue.yaml"
 SEED_MODEL_CONFIG = "configs/llmcxr/gpu_dryrun_stage1.yaml"
 DRY_RUN_PARTS = 3
 DRY_RUN_BUDGET = 1800
@@ -82,6 +83,12 @@ def tiny_inputs(work: Path) -> tuple[Path, Path]:
         # fp16 like the shipped tokenizer, so the returned fp16 model carries the same bytes
         CXRTokenizer(config).save_pretrained(tokenizer, dtype=torch.float16)
     build_token_cache(dataset, tokenizer, accelerator="cpu", devices=1, progress=False)
+    # the film-histogram caches the continue config reads (gpu_continue.yaml's mirror)
+    continued = yaml.safe_load((PROJECT / CONTINUE_CONFIG).read_text())["data"]
+    for seed in continued.get("film_histogram_seeds") or []:
+        build_token_cache(
+            dataset, tokenizer, accelerator="cpu", devices=1, progress=False, histogram_seed=seed
+        )
     return dataset, tokenizer
 
 

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -153,26 +154,52 @@ def _copy_wheels(wheels: Path, staging: Path) -> list[str]:
     return names
 
 
-def _copy_dataset(dataset: Path, staging: Path, tokenizer: Path, fingerprint: str) -> dict:
+def _copy_dataset(
+    dataset: Path,
+    staging: Path,
+    tokenizer: Path,
+    fingerprint: str,
+    histogram_seeds: Sequence[int] = (),
+) -> dict:
     """The LLM build's stages and its complete token cache, checked against `tokenizer` (whose
-    `fingerprint` is given)."""
-    cache_meta = dataset / "image_tokens" / "cache.json"
-    if not cache_meta.is_file():
-        raise FileNotFoundError(f"{cache_meta} not found: build the token cache first")
-    meta = json.loads(cache_meta.read_text())
-    if not meta.get("complete") or meta["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{cache_meta}: incomplete or built with tokenizer {meta['fingerprint']}, "
-            f"not {tokenizer} ({fingerprint})"
-        )
+    `fingerprint` is given), and the film-histogram caches of `histogram_seeds` (the LLM
+    config's ``data.film_histogram_seeds``: the window builds no cache)."""
+    from llmcxr.token_cache import default_cache_dir
+
+    caches = ["image_tokens", *(default_cache_dir(dataset, s).name for s in histogram_seeds)]
+    meta: dict = {}
+    for name, seed in zip(caches, [None, *histogram_seeds], strict=True):
+        cache_meta = dataset / name / "cache.json"
+        if not cache_meta.is_file():
+            how = "" if seed is None else f" (llmcxr data tokenize ... --histogram-seed {seed})"
+            raise FileNotFoundError(f"{cache_meta} not found: build the token cache first{how}")
+        meta = json.loads(cache_meta.read_text()) if seed is None else meta
+        found = json.loads(cache_meta.read_text())
+        if not found.get("complete") or found["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{cache_meta}: incomplete or built with tokenizer {found['fingerprint']}, "
+                f"not {tokenizer} ({fingerprint})"
+            )
     target = staging / "llm_data"
-    for name in ("stage1", "stage2", "image_tokens"):
+    for name in ("stage1", "stage2", *caches):
         if not (dataset / name).is_dir():
             raise FileNotFoundError(f"{dataset / name} not found: not a built instruction dataset")
         shutil.copytree(dataset / name, target / name)
     for path in dataset.glob("*.json"):
         shutil.copyfile(path, target / path.name)
-    return {"fingerprint": fingerprint, "images_cached": meta.get("num_cached")}
+    return {
+        "fingerprint": fingerprint,
+        "images_cached": meta.get("num_cached"),
+        "film_histogram_seeds": list(histogram_seeds),
+    }
+
+
+def _film_histogram_seeds(config: Path) -> list[int]:
+    """``data.film_histogram_seeds`` of an LLM training config (none when it names none)."""
+    import yaml
+
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return [int(seed) for seed in data.get("film_histogram_seeds") or []]
 
 
 def _place(source: Path, project: Path, staging: Path, name: str) -> dict[str, str]:
@@ -274,7 +301,12 @@ def pack(
         "commit": _git_commit(project),
         **asdict(chosen),
     }
-    kit["dataset"] = _copy_dataset(dataset.resolve(), staging, tokenizer, fingerprint)
+    seeds = (
+        _film_histogram_seeds(project / chosen.configs["llm_continue"])
+        if continue_from is not None
+        else []
+    )
+    kit["dataset"] = _copy_dataset(dataset.resolve(), staging, tokenizer, fingerprint, seeds)
     kit["image_tokenizer"] = _place(tokenizer, project, staging, "image_tokenizer")
     if continue_from is not None:
         kit["continue_from"] = _place(continue_from, project, staging, "continue_from")
