@@ -86,16 +86,20 @@ def with_random_histograms(entries: Sequence[ImageEntry], seed: int) -> list[Ima
     Why: the labelled CXR sets take normal and abnormal films from different hospitals, and a
     model trained on them reads the label from the intensity histogram, backwards on other sets
     (benchmarks/results/intensity_shortcut/). Films encoded this way, read in training beside
-    the originals (``InstructionDataModule(film_histogram_caches=...)``), carry no such cue."""
+    the originals (``InstructionDataModule(film_histogram_seeds=...)``), carry no such cue."""
     groups: dict[tuple[str, str], list[ImageEntry]] = {}
+    place: list[int] = []  # each entry's index in its group
     for entry in entries:
-        groups.setdefault((entry.image_id.split("/", 1)[0], entry.split), []).append(entry)
+        group = groups.setdefault((entry.image_id.split("/", 1)[0], entry.split), [])
+        place.append(len(group))
+        group.append(entry)
     out = []
-    for entry in entries:
-        others = [
-            e for e in groups[(entry.image_id.split("/", 1)[0], entry.split)] if e is not entry
-        ]
-        partner = random.Random(f"{seed}:{entry.image_id}").choice(others) if others else entry
+    for entry, own in zip(entries, place, strict=True):
+        group = groups[(entry.image_id.split("/", 1)[0], entry.split)]
+        partner = entry
+        if len(group) > 1:  # a seeded index among the others (linear in the list, not quadratic)
+            other = random.Random(f"{seed}:{entry.image_id}").randrange(len(group) - 1)
+            partner = group[other + (other >= own)]
         out.append(dataclasses.replace(entry, histogram_of=partner.path))
     return out
 
