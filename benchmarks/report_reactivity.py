@@ -362,13 +362,16 @@ def _paired_swap_figures(
     original / swapped, film]."""
     from llmcxr.evaluation.metrics import auroc_or_nan, bootstrap_ci
 
-    def aurocs(idx: np.ndarray) -> np.ndarray:  # [model, original / swapped]
-        return np.array([[auroc_or_nan(y[idx], s[idx]) for s in model] for model in scores])
+    def auc(model: int, swapped: int, idx: np.ndarray) -> float:
+        return auroc_or_nan(y[idx], scores[model, swapped][idx])
+
+    def change(model: int, idx: np.ndarray) -> float:
+        return auc(model, 1, idx) - auc(model, 0, idx)
 
     statistics = {
-        "original_a_minus_b": lambda idx: aurocs(idx)[0, 0] - aurocs(idx)[1, 0],
-        "swapped_a_minus_b": lambda idx: aurocs(idx)[0, 1] - aurocs(idx)[1, 1],
-        "swap_change_a_minus_b": lambda idx: float(np.diff(aurocs(idx), axis=1).ravel() @ [1, -1]),
+        "original_a_minus_b": lambda idx: auc(0, 0, idx) - auc(1, 0, idx),
+        "swapped_a_minus_b": lambda idx: auc(0, 1, idx) - auc(1, 1, idx),
+        "swap_change_a_minus_b": lambda idx: change(0, idx) - change(1, idx),
     }
     every = np.arange(len(y))
     return {"films": len(y)} | {

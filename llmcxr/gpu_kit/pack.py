@@ -167,14 +167,14 @@ def _copy_dataset(
     from llmcxr.token_cache import default_cache_dir
 
     caches = ["image_tokens", *(default_cache_dir(dataset, s).name for s in histogram_seeds)]
-    meta: dict = {}
+    metas = []
     for name, seed in zip(caches, [None, *histogram_seeds], strict=True):
         cache_meta = dataset / name / "cache.json"
         if not cache_meta.is_file():
             how = "" if seed is None else f" (llmcxr data tokenize ... --histogram-seed {seed})"
             raise FileNotFoundError(f"{cache_meta} not found: build the token cache first{how}")
-        meta = json.loads(cache_meta.read_text()) if seed is None else meta
         found = json.loads(cache_meta.read_text())
+        metas.append(found)
         if not found.get("complete") or found["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{cache_meta}: incomplete or built with tokenizer {found['fingerprint']}, "
@@ -189,7 +189,7 @@ def _copy_dataset(
         shutil.copyfile(path, target / path.name)
     return {
         "fingerprint": fingerprint,
-        "images_cached": meta.get("num_cached"),
+        "images_cached": metas[0].get("num_cached"),
         "film_histogram_seeds": list(histogram_seeds),
     }
 
