@@ -7,8 +7,9 @@
 # CLASSIFIER names the clinical loss's classifier, by default the window's), then continues the
 # reading with the film contrast at weight 20 and the NIH films weighted 3x (98 minutes;
 # benchmarks/results/c20nih3_cpu/), then the same with the contrast on the yes/no VQA answers too
-# (81 minutes; the shipped model of 2026-12-06, benchmarks/results/vqac_cpu/), and ships it with
-# guidance 1.
+# (81 minutes; benchmarks/results/vqac_cpu/), then the same with each reading row's film on a
+# randomised intensity histogram two times in three (100 minutes; the shipped model of 2026-12-06,
+# benchmarks/results/intensity_shortcut/), and ships it with guidance 1.
 # Without WINDOW_MODEL it makes the previous, CPU-only default model:
 # the paired instruction build, then classifier -> tokenizer (clinical loss) -> LLM stage 1 -> stage 2
 # -> five CPU continuations, each from its config in configs/*/default_model*. On 2 CPU cores it
@@ -28,11 +29,11 @@ llmcxr data build --source paired --labelled "$data/nih_chestxray14" \
   --labelled "$data/covid_radiography_224" --out "$out/data" --both-directions
 
 if [[ -n "${WINDOW_MODEL:-}" ]]; then
-  step "2/5 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
+  step "2/6 CPU continuation of the GPU window's LLM ($WINDOW_MODEL), NIH films weighted up"
   llmcxr train llm -c configs/llmcxr/window_llm_continue_cpu.yaml --model.init_from "$WINDOW_MODEL" \
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/window_continue" \
     --trainer.precision "${PRECISION:-bf16-mixed}"
-  step "3/5 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
+  step "3/6 the tokenizer's decoder fine-tuned alone (the same codes; 89 minutes on 2 cores)"
   classifier="${CLASSIFIER:-runs/gpu/latest/classifier_export}"
   llmcxr train tokenizer -c configs/vqgan/decoder_finetune_cpu.yaml \
     --model.loss.clinical_weights "$classifier" \
@@ -45,7 +46,7 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
   rm -rf "$out/decoder_model"
   llmcxr export decoder --model "$out/window_continue/model" \
     --checkpoint "$out/decoder_ft2/checkpoints/last.ckpt" --out "$out/decoder_model"
-  step "4/5 the reading: film contrast at weight 20, NIH films 3x (~98 minutes on 2 cores)"
+  step "4/6 the reading: film contrast at weight 20, NIH films 3x (~98 minutes on 2 cores)"
   llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml --model.init_from "$out/decoder_model" \
     --data.dataset_dir "$out/data" --trainer.default_root_dir "$out/read_contrast" \
     --model.loss.film_contrast_weight 20.0 --model.loss.film_contrast_margin 2.0 \
@@ -53,19 +54,25 @@ if [[ -n "${WINDOW_MODEL:-}" ]]; then
     --data.source_weights '{"paired:nih_chestxray14+openi": 3.0}' \
     --trainer.max_steps 800 --trainer.max_time 00:01:38:00 \
     --trainer.precision "${PRECISION:-bf16-mixed}"
-  step "5/5 the answers: contrast on the yes/no VQA answers too, VQA 4x (~81 minutes on 2 cores)"
-  llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml \
-    --model.init_from "$out/read_contrast/model" --data.dataset_dir "$out/data" \
-    --trainer.default_root_dir "$out/answers_contrast" \
-    --model.loss.film_contrast_weight 20.0 --model.loss.film_contrast_margin 2.0 \
-    --model.loss.film_contrast_vqa true \
-    --model.loss.lead_text_tokens 8 --model.loss.lead_text_weight 5.0 \
-    --data.source_weights '{"paired:nih_chestxray14+openi": 3.0}' \
-    --data.task_weights '{"cxr_to_report": 4.0, "report_to_cxr": 1.0, "vqa": 2.0, "text": 0.05}' \
-    --trainer.max_steps 700 --trainer.max_time 00:01:36:00 \
-    --trainer.precision "${PRECISION:-bf16-mixed}"
+  step "5/6 the answers: contrast on the yes/no VQA answers too, VQA 4x (~81 minutes on 2 cores)"
+  # The answers run's loss and weights, used again by step 6.
+  answers=(--data.dataset_dir "$out/data" --trainer.max_steps 700
+    --model.loss.film_contrast_weight 20.0 --model.loss.film_contrast_margin 2.0
+    --model.loss.film_contrast_vqa true
+    --model.loss.lead_text_tokens 8 --model.loss.lead_text_weight 5.0
+    --data.source_weights '{"paired:nih_chestxray14+openi": 3.0}'
+    --data.task_weights '{"cxr_to_report": 4.0, "report_to_cxr": 1.0, "vqa": 2.0, "text": 0.05}'
+    --trainer.precision "${PRECISION:-bf16-mixed}")
+  llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml "${answers[@]}" \
+    --model.init_from "$out/read_contrast/model" \
+    --trainer.default_root_dir "$out/answers_contrast" --trainer.max_time 00:01:36:00
+  step "6/6 the film, not its histogram: reading rows on randomised histograms (~100 minutes)"
+  # The data module builds the two histogram caches first (3.5 minutes each).
+  llmcxr train llm -c configs/llmcxr/read_continue_cpu.yaml "${answers[@]}" \
+    --model.init_from "$out/answers_contrast/model" --data.film_histogram_seeds '[1, 2]' \
+    --trainer.default_root_dir "$out/histogram_read" --trainer.max_time 00:02:00:00
   rm -rf llmcxr/default_model
-  cp -r "$out/answers_contrast/model" llmcxr/default_model
+  cp -r "$out/histogram_read/model" llmcxr/default_model
   du -sh llmcxr/default_model
   exit 0
 fi
