@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmcxr.gpu_kit.driver import run_group
 from llmcxr.gpu_kit.limits import DeviceLimits
-from llmcxr.gpu_kit.pack import PROJECT, pack
+from llmcxr.gpu_kit.pack import PROJECT, film_histogram_seeds, pack
 from llmcxr.gpu_kit.unpack import unpack
 
 TINY_REPORTS = "configs/llmcxr/tiny_reports.csv"
@@ -84,8 +84,7 @@ def tiny_inputs(work: Path) -> tuple[Path, Path]:
         CXRTokenizer(config).save_pretrained(tokenizer, dtype=torch.float16)
     build_token_cache(dataset, tokenizer, accelerator="cpu", devices=1, progress=False)
     # the film-histogram caches the continue config reads (gpu_continue.yaml's mirror)
-    continued = yaml.safe_load((PROJECT / CONTINUE_CONFIG).read_text())["data"]
-    for seed in continued.get("film_histogram_seeds") or []:
+    for seed in film_histogram_seeds(PROJECT / CONTINUE_CONFIG):
         build_token_cache(
             dataset, tokenizer, accelerator="cpu", devices=1, progress=False, histogram_seed=seed
         )

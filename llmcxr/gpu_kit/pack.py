@@ -194,7 +194,7 @@ def _copy_dataset(
     }
 
 
-def _film_histogram_seeds(config: Path) -> list[int]:
+def film_histogram_seeds(config: Path) -> list[int]:
     """``data.film_histogram_seeds`` of an LLM training config (none when it names none)."""
     import yaml
 
@@ -302,7 +302,7 @@ def pack(
         **asdict(chosen),
     }
     seeds = (
-        _film_histogram_seeds(project / chosen.configs["llm_continue"])
+        film_histogram_seeds(project / chosen.configs["llm_continue"])
         if continue_from is not None
         else []
     )
