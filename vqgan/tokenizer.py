@@ -46,7 +46,10 @@ class CXRTokenizer(nn.Module):
     def __init__(self, config: VQGANConfig | None = None) -> None:
         super().__init__()
         self.config = config or VQGANConfig()
-        self.model = VQGAN(self.config)
+        # Channels-last convolutions: on a 2-core EPYC (2026-12-07) encoding one 128 px film took
+        # 13 instead of 16 ms and decoding 23 instead of 29, the same codes for 64 real films
+        # (oneDNN need not reorder every activation). `save_pretrained` stores contiguous copies.
+        self.model = VQGAN(self.config).to(memory_format=torch.channels_last)
         self.model.requires_grad_(False)
         self.eval()
         self._fingerprint: str | None = None
@@ -109,7 +112,7 @@ class CXRTokenizer(nn.Module):
         ``[B, N]``."""
         self._check_images(images)
         x = images.to(self.device, torch.float32) * 2.0 - 1.0
-        _, _, ids = self.model.encode(x)
+        _, _, ids = self.model.encode(x.contiguous(memory_format=torch.channels_last))
         return ids.to(images.device)
 
     @torch.no_grad()
@@ -117,7 +120,7 @@ class CXRTokenizer(nn.Module):
         """Token ids ``[B, N]`` -> images FloatTensor ``[B, 1, S, S]`` in [0, 1]."""
         self._check_ids(ids)
         z_q = self.model.codes_to_latents(ids.to(self.device, torch.long))
-        images = self.model.decode(z_q).float()
+        images = self.model.decode(z_q.contiguous(memory_format=torch.channels_last)).float()
         return ((images.clamp(-1.0, 1.0) + 1.0) / 2.0).to(ids.device)
 
     def _check_images(self, images: torch.Tensor) -> None:
