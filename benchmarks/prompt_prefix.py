@@ -99,18 +99,28 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(llm.model.dtype).removeprefix("torch."),
         "engine": type(llm.model).__name__,
         "images": [str(p) for p in images],
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "summary": summary,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured: platform, torch's CPU threads, torch version."""
+    return {
+        "platform": platform.platform(),
+        "cpu_count": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's JSON atomically and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -116,14 +117,17 @@ class ImageTokenConstraint:
 def _warp(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Temperature, then nucleus (top-p) filtering of `scores` [B, V], exactly as transformers'
     `TemperatureLogitsWarper` and `TopPLogitsWarper` (which keep at least one token)."""
-    if sampling.temperature != 1.0:
-        scores = scores / sampling.temperature
+    scores = _tempered(scores, sampling)
     if sampling.top_p < 1.0:
         drop = _nucleus_drop_topk(scores, sampling.top_p)
         if drop is None:
             drop = _nucleus_drop(scores, sampling.top_p)
         scores = scores.masked_fill(drop, float("-inf"))
     return scores
+
+
+def _tempered(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    return scores if sampling.temperature == 1.0 else scores / sampling.temperature
 
 
 def _nucleus_drop(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -144,9 +148,10 @@ to decide the edge: the sort's float32 sums and the top-k's differ by ~1e-6, so 
 margin only the sort's own arithmetic can say which side a token falls."""
 
 
-def _nucleus_drop_topk(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
-    """`_nucleus_drop`'s mask from a top-k instead of a full sort, or None where it cannot be
-    sure to match it bit for bit.
+def _nucleus_topk(scores: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The nucleus of each row of `scores` [B, V] from a top-k instead of a full sort, as the
+    top-k ids [B, k] and which of them are kept [B, k]; None where it cannot be sure to match
+    `_nucleus_drop` bit for bit.
 
     Why: on the ~49k text rows of a report the sort takes ~3 ms of a ~15 ms decode step, a top-64
     ~0.05 ms (2-core EPYC, 2026-12-06). The nucleus is the top m tokens with m - 1 = the number
@@ -175,19 +180,68 @@ def _nucleus_drop_topk(scores: torch.Tensor, top_p: float) -> torch.Tensor | Non
             or tie.any()
         ):
             return None
-        keep = torch.arange(k, device=scores.device) < kept[:, None]
-        return torch.ones_like(scores, dtype=torch.bool).scatter_(1, order, ~keep)
+        return order, torch.arange(k, device=scores.device) < kept[:, None]
     return None
+
+
+def _nucleus_drop_topk(scores: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """`_nucleus_drop`'s mask from `_nucleus_topk`, or None where that steps aside."""
+    nucleus = _nucleus_topk(scores, top_p)
+    if nucleus is None:
+        return None
+    order, keep = nucleus
+    return torch.ones_like(scores, dtype=torch.bool).scatter_(1, order, ~keep)
+
+
+def _candidates(scores: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens `_pick` may choose for each row of `scores` [B, V] and their probabilities,
+    ids and probs [B, k]: greedy, the argmax at 1; sampled, the nucleus's top-k candidates where
+    `_nucleus_topk` finds it, else the whole row after temperature and top-p.
+
+    Why the candidates: the probabilities are those of the whole masked row (the dropped tokens
+    have none), without a softmax, a draw and a fill over ~50k entries per report step (~1.2 ms
+    of a ~11 ms step; 2-core EPYC, 2026-12-07). A seed's draws therefore differ (equally likely)
+    from those of a whole-row draw."""
+    if not sampling.do_sample:
+        return scores.argmax(-1, keepdim=True), scores.new_ones(scores.shape[0], 1)
+    scores = _tempered(scores.float(), sampling)
+    if sampling.top_p < 1.0:
+        nucleus = _nucleus_topk(scores, sampling.top_p)
+        if nucleus is not None:
+            order, keep = nucleus
+            return order, scores.gather(1, order).masked_fill(~keep, float("-inf")).softmax(-1)
+        scores = scores.masked_fill(_nucleus_drop(scores, sampling.top_p), float("-inf"))
+    every = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    return every, scores.softmax(-1)
 
 
 def _pick(
     scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Choose one column per row of `scores` [B, V] -> [B]."""
+    """Choose one column per row of `scores` [B, V] -> [B] (`_candidates`)."""
+    ids, probs = _candidates(scores, sampling)
     if not sampling.do_sample:
-        return scores.argmax(-1)
-    probs = _warp(scores.float(), sampling).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return ids[:, 0]
+    return ids.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
+
+
+def _verify(
+    scores: torch.Tensor, draft: int, sampling: Sampling, generator: torch.Generator | None
+) -> tuple[bool, int]:
+    """Speculative sampling's test of a drafted token against one row of `scores` [1, V]:
+    (True, draft) with the probability `_pick` gives it, else (False, a token drawn from the
+    other candidates in proportion). Over both outcomes each token comes out exactly as often as
+    `_pick` would choose it (Leviathan et al. 2023, with a draft that is certain)."""
+    ids, probs = _candidates(scores, sampling)
+    ids, probs = ids[0], probs[0]
+    if not sampling.do_sample:
+        return int(ids[0]) == draft, int(ids[0])
+    hit = ids == draft
+    chance = float(probs[hit].sum())
+    if float(torch.rand((), generator=generator, device=probs.device)) < chance:
+        return True, draft
+    rest = probs.masked_fill(hit, 0.0)
+    return False, int(ids[torch.multinomial(rest, 1, generator=generator)])
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -410,6 +464,7 @@ def generate_text(
     uncond_input_ids: torch.Tensor | None = None,
     uncond_attention_mask: torch.Tensor | None = None,
     prefix: PromptPrefix | None = None,
+    drafts: Drafter | None = None,
 ) -> list[list[int]]:
     """Sample an answer per left-padded prompt [B, T] with a KV cache; image tokens are never
     drawn. A row ends at one of `eos_ids` (not kept), when `stop(its new ids)` is true (e.g. the
@@ -417,7 +472,9 @@ def generate_text(
 
     With `guidance_scale` and an unconditional prompt batch (e.g. the prompt without its image),
     log-probs follow classifier-free guidance as in `generate_image_codes`. With a `prefix` that
-    every prompt (unconditional ones included) opens with, only the rest of each prompt runs."""
+    every prompt (unconditional ones included) opens with, only the rest of each prompt runs.
+    With `drafts` (`llmcxr.drafting.PhraseDrafts`), one unguided prompt on the lean engine is
+    answered by speculative sampling (`_drafted_answer`): the same distribution, fewer steps."""
     batch = input_ids.shape[0]
     guided, input_ids, attention_mask = _with_uncond(
         input_ids, attention_mask, guidance_scale, uncond_input_ids, uncond_attention_mask
@@ -429,13 +486,25 @@ def generate_text(
         position_ids = _position_ids(attention_mask)
     else:
         step_logits.cache, input_ids, attention_mask, position_ids = after
-    full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
     eos = set(eos_ids)
+    if drafts is not None and batch == 1 and not guided and bool(attention_mask.all()):
+        logits = step_logits(input_ids, attention_mask, position_ids)
+        if isinstance(step_logits.cache, LeanCache):
+            start = int(position_ids[0, -1]) + 1
+            answer = _drafted_answer(
+                step_logits, logits, start, layout, sampling, generator, max_new_tokens, eos, stop,
+                drafts,
+            )  # fmt: skip
+            return [answer]
+        step_ids = None  # a transformers cache cannot be rolled back: decode one by one
+    else:
+        logits, step_ids = None, input_ids
+    full_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
     answers: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
-    step_ids = input_ids
     for step in range(max_new_tokens):
-        logits = step_logits(step_ids, attention_mask, position_ids)
+        if step_ids is not None:
+            logits = step_logits(step_ids, attention_mask, position_ids)
         if guided:
             logits = _guide(logits, guidance_scale)
         chosen = _pick(ban_image_tokens(logits, layout), sampling, generator)
@@ -456,6 +525,62 @@ def generate_text(
     return answers
 
 
+class Drafter(Protocol):
+    """Guesses how an answer goes on (`llmcxr.drafting.PhraseDrafts`)."""
+
+    def propose(self, answer: Sequence[int], limit: int) -> list[int]: ...
+
+
+def _drafted_answer(
+    step_logits: _Stepper,
+    logits: torch.Tensor,
+    position: int,
+    layout: ImageTokenLayout,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+    max_new_tokens: int,
+    eos: set[int],
+    stop: Callable[[list[int]], bool] | None,
+    drafts: Drafter,
+) -> list[int]:
+    """One answer by speculative sampling, after the prompt's prefill (`logits` [1, V] of its
+    last position; the next token's `position`).
+
+    Each round feeds the last chosen token with the tokens `drafts` guesses after it in one
+    forward, keeps the guesses `_verify` accepts in order, and at the first refused one takes
+    `_verify`'s replacement and rolls the lean cache back to the kept tokens; when all are kept,
+    the forward's last position gives the next token. Every token is chosen with `_pick`'s
+    probabilities, so answers follow the same distribution as one step per token."""
+    cache = step_logits.cache
+    answer: list[int] = []
+    token = int(_pick(ban_image_tokens(logits, layout), sampling, generator))
+    while True:
+        if token in eos:
+            return answer
+        answer.append(token)
+        if len(answer) >= max_new_tokens or (stop is not None and stop(answer)):
+            return answer
+        guess = drafts.propose(answer, max_new_tokens - len(answer) - 1)
+        feed = torch.tensor([[token, *guess]], device=logits.device)
+        kept = cache.length
+        mask = torch.ones(1, kept + feed.shape[1], dtype=torch.long, device=feed.device)
+        positions = torch.arange(position, position + feed.shape[1], device=feed.device)[None]
+        rows = ban_image_tokens(step_logits(feed, mask, positions, every=True)[0], layout)
+        for j, draft in enumerate(guess):
+            accepted, token = _verify(rows[j : j + 1], draft, sampling, generator)
+            if not accepted:
+                cache.length, position = kept + 1 + j, position + 1 + j
+                break
+            if draft in eos:
+                return answer
+            answer.append(draft)
+            if len(answer) >= max_new_tokens or (stop is not None and stop(answer)):
+                return answer
+        else:
+            token = int(_pick(rows[-1:], sampling, generator))
+            position += feed.shape[1]
+
+
 class _Stepper:
     """One KV-cached forward per call -> the last position's logits over vocabulary rows
     [`lo`, `hi`) (all rows when `hi` is None), as fp32 [B, hi - lo].
@@ -474,24 +599,31 @@ class _Stepper:
             self.decoder = model.get_decoder()
             head = model.get_output_embeddings()
             rows = _head_size(head) if hi is None else hi
-            self.weight, self.bias = _head_rows(head, lo, rows - lo)
+            packed = getattr(model, "head_product", lambda *_: None)(lo, rows)
+            weight, bias = _head_rows(head, lo, rows - lo) if packed is None else (None, None)
+            self.head = packed or partial(cpu_linear.linear, weight=weight, bias=bias)
         elif restrict:
             logger.info("model scales its logits; computing full-vocabulary logits")
         self.cache_name = _cache_argument(self.decoder if self.restricted else model)
         self.cache = None
 
     def __call__(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, every: bool = False
     ) -> torch.Tensor:
+        """Logits [B, rows] of the last new position; `every`: of each new position [B, T, rows]."""
         args = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        at = slice(None) if every else -1
         if self.restricted:
             out = self.decoder(**args, use_cache=True, **{self.cache_name: self.cache})
-            logits = cpu_linear.linear(out.last_hidden_state[:, -1], self.weight, self.bias)
+            logits = self.head(out.last_hidden_state[:, at])
         else:
             out = self.model(
-                **args, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache}
+                **args,
+                use_cache=True,
+                logits_to_keep=0 if every else 1,
+                **{self.cache_name: self.cache},
             )
-            logits = out.logits[:, -1, self.lo : self.hi]
+            logits = out.logits[:, at, self.lo : self.hi]
         self.cache = getattr(out, self.cache_name)
         return logits.float()
 

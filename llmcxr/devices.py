@@ -275,6 +275,8 @@ def _replace_linears(
     own name is in `skip`; a shared (tied) Linear is replaced once and stays shared."""
     if type(model) is torch.nn.Linear:
         raise TypeError("quantisation replaces the Linear layers inside a module: wrap it")
+    if getattr(model, "packed", False):
+        model.unpack()  # the lean engine's packed projections (`LeanLlama.pack`) are Linears again
     sites = [
         (parent, name, child)
         for parent in list(model.modules())

@@ -42,6 +42,7 @@ from llmcxr import lean_llama
 from llmcxr.base_model import SMOLLM2_NAME, BaseModelSpec, base_weight_files, load_base_model
 from llmcxr.decoding import check_guidance_scale
 from llmcxr.devices import is_out_of_memory
+from llmcxr.drafting import BANK_FILE, PhraseDrafts, save_bank
 from llmcxr.image_tokens import IMAGE_TOKENS_FILE, ImageTokenMap, add_image_tokens
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ class LLMCXRComponents:
     token_map: ImageTokenMap
     prompt_format: PromptFormat
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    drafts: PhraseDrafts | None = None
+    """The folder's draft bank for speculative decoding (`llmcxr.drafting`), if it has one."""
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def model_parts(self) -> dict[str, Any]:
@@ -163,6 +166,7 @@ def save_model_folder(
     max_shard_size: str = "16MB",
     overwrite: bool = False,
     new_token_noise_std: float = 0.1,
+    drafts: PhraseDrafts | None = None,
 ) -> Path:
     """Write a model folder; `model` may be a peft LoRA model.
 
@@ -170,7 +174,7 @@ def save_model_folder(
     other model (full fine-tune, or LoRA over a random tiny base) is stored whole (LoRA merged).
     `dtype` casts the stored weights (e.g. ``torch.float16`` for shipping).
     `new_token_noise_std` is the value `add_image_tokens` used, recorded so an adapter's base is
-    rebuilt with identical new rows.
+    rebuilt with identical new rows. `drafts` is written as the folder's draft bank.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -186,6 +190,8 @@ def save_model_folder(
         prompt_format.save(tmp / PROMPT_FORMAT_FILE)
         token_map.save(tmp)
         _write_json(tmp / GENERATION_FILE, (generation_defaults or GenerationDefaults()).to_dict())
+        if drafts is not None:
+            save_bank(tmp / BANK_FILE, drafts.sequences, drafts.source)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -291,6 +297,9 @@ def load_model_folder(
         parts = _load_folder(
             path, dtype, merge_adapter, base_model, trust_manifest_base, cache, lean
         )
+        bank = path / BANK_FILE
+        if bank.is_file():
+            parts.drafts = PhraseDrafts.load(bank, len(parts.text_tokenizer))
     parts.model.to(device=device, dtype=dtype).eval()
     parts.image_tokenizer.to(device)
     return parts

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from instructions import PromptFormat
+    from llmcxr.drafting import PhraseDrafts
     from llmcxr.image_tokens import ImageTokenMap
     from llmcxr.lean_llama import LeanLlama, LeanTokenizer
     from llmcxr.model_folder import GenerationDefaults
@@ -98,6 +99,7 @@ class LLMCXR:
         token_map: ImageTokenMap,
         prompt_format: PromptFormat,
         generation_defaults: GenerationDefaults,
+        drafts: PhraseDrafts | None = None,
     ) -> None:
         self.model = model.eval()
         self.text_tokenizer = text_tokenizer
@@ -113,6 +115,9 @@ class LLMCXR:
         self.context_length = _context_length(model)
         self.quantization = speed_mode(model)
         self._prefixes: dict[tuple[str, str], PromptPrefix | None] = {}
+        self.drafts = drafts
+        """Draft tokens for speculative decoding of single answers (`llmcxr.drafting`); None:
+        one step per token. Either way an answer follows the model's distribution."""
 
     def quantize(self, mode: str = "auto") -> LLMCXR:
         """Apply a speed mode after loading and return self.
@@ -197,7 +202,10 @@ class LLMCXR:
             engine=engine,
         )
         logger.info("loaded %s on %s (%s)", path, torch_device, torch_dtype)
-        return cls(**parts.model_parts()).quantize(chosen)
+        llm = cls(**parts.model_parts()).quantize(chosen)
+        if llm.quantization == "none" and hasattr(llm.model, "pack"):
+            llm.model.pack()  # the lean engine's packed CPU weights (`LeanLlama.pack`)
+        return llm
 
     # ------------------------------------------------------------------ prompts
     def encode_prompt(self, text: str, image_codes: Sequence[torch.Tensor] = ()) -> EncodedPrompt:
@@ -266,10 +274,14 @@ class LLMCXR:
         batch_size: int = 8,
         instruction: str | None = None,
         guidance_scale: float | None = None,
+        draft: bool = True,
     ) -> list[str]:
         """One report per image; image tokens are banned from the answer. `guidance_scale` > 1
         contrasts each step with the same instruction without the image (classifier-free
-        guidance on log-probs), pushing the report toward what the image changes."""
+        guidance on log-probs), pushing the report toward what the image changes. `draft`:
+        a batch of one decodes speculatively from the model's draft bank where it has one
+        (`self.drafts`; the same distribution, other draws for a seed); False: one step per
+        token."""
         instruction = instruction or default_instruction("cxr_to_report")
         text = self.prompt_format.render(instruction, IMAGE_PLACEHOLDER)
         opening = self.prompt_format.opening(instruction)
@@ -293,6 +305,7 @@ class LLMCXR:
                     guidance_scale=guidance_scale,
                     uncond=unconds,
                     opening=opening,
+                    draft=draft,
                 )
         return reports
 
@@ -384,11 +397,13 @@ class LLMCXR:
         guidance_scale: float | None = None,
         uncond: Sequence[EncodedPrompt] | None = None,
         opening: str | None = None,
+        draft: bool = True,
     ) -> list[str]:
         """Sample answers with a KV cache (`llmcxr.decoding.generate_text`), image tokens banned,
         stopping at EOS or once the prompt format's end marker is written; with `guidance_scale`,
         guided by the `uncond` prompts (one per prompt). Prompts that all open with `opening`
-        (default: the prompt format's `opening()`) run from its cached keys and values."""
+        (default: the prompt format's `opening()`) run from its cached keys and values. With
+        `draft`, one unguided prompt decodes speculatively from `self.drafts` (if any)."""
         for prompt in prompts:
             self._check_fits(prompt, max_new_tokens)
         ids, mask = self._pad(prompts)
@@ -409,6 +424,7 @@ class LLMCXR:
             uncond_input_ids=uncond_ids,
             uncond_attention_mask=uncond_mask,
             prefix=self._prefix(self.prompt_format.opening() if opening is None else opening),
+            drafts=self.drafts if draft else None,
         )
         texts = self.text_tokenizer.batch_decode(answers, skip_special_tokens=True)
         return [self._strip_answer(t) for t in texts]

@@ -13,7 +13,14 @@ from llm_fixtures import make_tiny_model_folder
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from llmcxr.lean_llama import LeanConfig, LeanLlama, LeanTokenizer, UnsupportedModelError, supports
+from llmcxr.lean_llama import (
+    LeanConfig,
+    LeanLlama,
+    LeanTokenizer,
+    UnsupportedModelError,
+    _attention_mask,
+    supports,
+)
 from llmcxr.pipeline import LLMCXR
 
 
@@ -77,14 +84,19 @@ def test_logits_match_transformers_on_a_left_padded_batch(
     assert torch.isfinite(got).all()  # padding rows too: they must not poison later layers
 
 
-def test_decoding_with_the_cache_matches_the_full_forward(gqa_llama: Path) -> None:
+@pytest.mark.parametrize("padded", [True, False])
+def test_decoding_with_the_cache_matches_the_full_forward(gqa_llama: Path, padded: bool) -> None:
     """Prefill 70 tokens (past the cache's first capacity of 64), then 10 single-token steps:
-    each step's logits equal the uncached forward over the whole sequence."""
+    each step's logits equal the uncached forward over the whole sequence. Unpadded steps attend
+    without a mask (`_attention_mask` gives None), padded ones with it."""
     lean = LeanLlama.from_folder(gqa_llama)
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, 97, (2, 80), generator=gen)
     mask = torch.ones_like(ids)
-    mask[0, :6] = 0
+    if padded:
+        mask[0, :6] = 0
+    assert (_attention_mask(mask[:, :71], 70, 1) is None) is not padded
+    assert _attention_mask(mask[:, :70], 0, 70) is not None  # a prefill is always causal
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         full = lean(ids, mask).logits
@@ -219,3 +231,42 @@ def test_engine_names_agree_and_a_wrong_one_is_refused(folder: Path) -> None:
     assert ENGINE_CHOICES == ENGINES
     with pytest.raises(ValueError, match="engine must be one of"):
         load_model_folder(folder, engine="onnx")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_give_the_plain_engines_logits_and_unpack_back(
+    gqa_llama: Path, dtype: torch.dtype
+) -> None:
+    """`LeanLlama.pack` keeps each projection as oneDNN's packed copy: the same logits within
+    the dtype's rounding, for a padded prefill and a decode step, through `head_product` too;
+    `unpack` gives back plain Linears holding the very weights."""
+    from llmcxr import cpu_linear
+
+    if cpu_linear.pack(torch.ones(4, 8, dtype=dtype)) is None:
+        pytest.skip(f"this torch has no oneDNN {dtype} kernel to pack for")
+    plain = LeanLlama.from_folder(gqa_llama, dtype)
+    packed = LeanLlama.from_folder(gqa_llama, dtype)
+    weights = {n: p.detach().clone() for n, p in packed.named_parameters()}
+    assert packed.head_product(0, 97) is None  # nothing packed yet
+    assert packed.pack() and not packed.pack()
+    assert type(packed.model.layers[1].mlp.down_proj).__name__ == "_PackedLinear"
+    ids, mask = _padded_batch(97)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    real = mask.bool()
+    with torch.no_grad():
+        want = plain(ids, mask).logits.float()
+        out = packed.model(ids[:, :-1], mask[:, :-1], positions[:, :-1])
+        step = packed.model(ids[:, -1:], mask, positions[:, -1:], out.cache).last_hidden_state
+        hidden = torch.cat([out.last_hidden_state, step], 1)
+        got = packed.head_product(0, 97)(hidden).float()
+        rows = packed.head_product(10, 40)(hidden).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.02
+    scale = want[real].abs().max().item()
+    assert (got[real] - want[real]).abs().max().item() < tolerance * scale
+    assert torch.allclose(rows, got[..., 10:40], atol=tolerance * scale, rtol=0)
+    packed.unpack()
+    assert type(packed.model.layers[1].mlp.down_proj) is torch.nn.Linear
+    again = dict(packed.named_parameters())
+    assert weights.keys() == again.keys()
+    assert all(torch.equal(weights[n], again[n]) for n in weights)
+    assert packed.head_product(0, 97) is None

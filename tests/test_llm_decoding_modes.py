@@ -70,6 +70,15 @@ def _favouring(llm: LLMCXR, token_ids: list[int], mode: str) -> LLMCXR:
     return clone
 
 
+def _linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The plain Linear layers of a copy of `model` (the lean engine's packed projections, which
+    the speed modes quantise, unpacked: `LeanLlama.unpack`)."""
+    model = copy.deepcopy(model)
+    if getattr(model, "packed", False):
+        model.unpack()
+    return {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear}
+
+
 def _text_ids(llm: LLMCXR) -> list[int]:
     image = {*llm.token_map.image_token_ids, llm.token_map.start_id, llm.token_map.end_id}
     return [i for i in range(llm.model.get_output_embeddings().out_features) if i not in image][:50]
@@ -80,7 +89,7 @@ def test_int8_replaces_the_linears_but_the_skipped_and_stays_close_to_fp32(llm: 
     int8.model = copy.deepcopy(llm.model)
     int8.quantization = "none"
     assert int8.quantize("int8") is int8 and int8.quantization == "int8"
-    before = {n: type(m) for n, m in llm.model.named_modules() if type(m) is torch.nn.Linear}
+    before = {n: type(m) for n, m in _linears(llm.model).items()}
     after = {n: type(m) for n, m in int8.model.named_modules() if n in before}
     skipped = {n for n in before if n.rsplit(".", 1)[-1] in INT8_SKIP}
     assert "lm_head" in skipped and any("down_proj" in n for n in skipped)
@@ -102,7 +111,7 @@ def test_fp16_stores_the_weights_in_fp16_and_computes_in_fp32(llm: LLMCXR) -> No
     fp16.model = copy.deepcopy(llm.model)
     fp16.quantization = "none"
     assert fp16.quantize("fp16") is fp16 and fp16.quantization == "fp16"
-    before = {n: m for n, m in llm.model.named_modules() if type(m) is torch.nn.Linear}
+    before = _linears(llm.model)
     after = dict(fp16.model.named_modules())
     kept = {n for n in before if n.rsplit(".", 1)[-1] in FP16_SKIP}
     assert kept == {"lm_head"} and type(after["lm_head"]) is torch.nn.Linear

@@ -69,3 +69,36 @@ def test_small_vocabularies_and_wide_nuclei_use_the_sort() -> None:
     assert decoding._nucleus_drop_topk(drawing, 0.92) is None
     flat = torch.zeros(1, VOCAB)  # every token equally likely: the nucleus is ~46k wide
     assert decoding._nucleus_drop_topk(flat, 0.92) is None
+
+
+def test_a_report_step_draws_among_the_nucleus_with_its_probabilities(monkeypatch) -> None:
+    """`_pick` draws a report token among the top-k nucleus only: never a dropped token, and
+    each kept one as often as the whole masked row's softmax gives it."""
+    scores = torch.full((1, VOCAB), -20.0)
+    scores[0, :4] = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()  # nucleus at 0.92: the top three
+    scores[0, 49_152:] = float("-inf")
+    want = decoding._warp(scores, Sampling(True, 1.0, 0.92)).softmax(-1)[0]
+    shortcuts = []
+    real = decoding._nucleus_topk
+    monkeypatch.setattr(
+        decoding, "_nucleus_topk", lambda *a: shortcuts.append(real(*a)) or shortcuts[-1]
+    )
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat(
+        [decoding._pick(scores, Sampling(True, 1.0, 0.92), generator) for _ in range(4000)]
+    )
+    assert all(s is not None for s in shortcuts) and len(shortcuts) == 4000
+    counts = torch.bincount(draws, minlength=VOCAB).float() / len(draws)
+    assert set(draws.unique().tolist()) == {0, 1, 2}
+    assert torch.allclose(counts[:3], want[:3], atol=0.03)  # 0.526, 0.316, 0.158
+    assert want[3] < 1e-6  # the fourth token is outside the nucleus
+
+
+def test_a_drawing_step_keeps_the_whole_row_draw_bit_for_bit() -> None:
+    """Image codes (1,026 rows) take the whole-row draw, so seeded drawings are unchanged."""
+    scores = torch.randn(3, 1026, generator=torch.Generator().manual_seed(4)) * 3
+    sampling = Sampling(True, 0.9, 0.92)
+    ours = decoding._pick(scores, sampling, torch.Generator().manual_seed(11))
+    probs = decoding._warp(scores, sampling).softmax(-1)
+    want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(11)).squeeze(1)
+    assert torch.equal(ours, want)
