@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from benchmarks.prompt_prefix import machine, pick_images, write_result
+    from prompt_prefix import machine, pick_images, write_result  # this folder's benchmark
     from instructions import IMAGE_PLACEHOLDER, default_instruction
     from llmcxr import decoding, pipeline
     from llmcxr.pipeline import LLMCXR
