@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from prompt_prefix import machine, pick_images, write_result  # this folder's benchmark
+
     from instructions import IMAGE_PLACEHOLDER, default_instruction
     from llmcxr import decoding, pipeline
     from llmcxr.pipeline import LLMCXR
