@@ -435,7 +435,11 @@ def load_mode(model: Path, device: str, mode: str, engine: str) -> tuple[Any, di
         lambda: LLMCXR.from_pretrained(model, device=device, dtype=dtype, engine=engine),
         torch.device(device),
     )
-    params = sum(p.numel() for p in llm.model.parameters())
+    params = sum(p.numel() for p in llm.model.parameters()) + sum(
+        m.packed.shape.numel()  # the lean engine's packed weights are not parameters
+        for m in llm.model.modules()
+        if isinstance(getattr(m, "packed", None), torch.Tensor)
+    )
     info: dict[str, Any] = {
         "engine": type(llm.model).__name__,
         "load_s": round(seconds, 2),

@@ -18,10 +18,11 @@ the fp16 / int8 weight layers (`llmcxr.devices`) use fbgemm, which threads by it
 
 Faster still where it applies: **packed weights** (`pack`, `linear_packed`). oneDNN reorders a
 plain weight into its blocked layout on every product; reordered once at load, a weight is read
-as it is. Same machine, 2026-12-07, the 120 products per token: bf16 one row 5.0 ms packed
-(5.6 above), 9 rows 7.0 (13.8 through `F.linear`), 72 rows (a report's prefill) 22.6 (34.3);
-fp32 one row 12.9 (14.2 split), 9 rows 11.2 (28.0), 72 rows 40.8 (114.6 through MKL); the
-49k-row text head, one row, 0.67 ms bf16 (1.19). bf16 products are bit-identical to `F.linear`'s;
+as it is. Same machine, 2026-12-07, the 120 products per token, plain and packed interleaved:
+bf16 one row 5.5 ms packed (5.6 above), 9 rows 7.2 (14.1 through `F.linear`), 72 rows (a
+report's prefill) 22.7 (37.6); fp32 one row 12.7 (14.4 split), 9 rows 20.0 (27.4), 72 rows
+55.8 (112.3 through MKL); the 49k-row text head, one row, 0.85 ms bf16 (1.26), 1.94 fp32
+(3.56). bf16 products are bit-identical to `F.linear`'s;
 fp32 ones equal MKL's within fp32 rounding.
 """
 
