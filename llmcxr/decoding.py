@@ -303,10 +303,9 @@ class PromptPrefix:
     @torch.inference_mode()
     def compute(cls, model: torch.nn.Module, ids: Sequence[int]) -> PromptPrefix | None:
         """Run `ids` through `model`'s decoder; None for a transformers model or an empty prefix."""
-        getter = getattr(model, "get_decoder", None)
-        decoder = getter() if getter is not None else None
-        if not isinstance(decoder, LeanDecoder) or not ids:
+        if not runs_lean(model) or not ids:
             return None
+        decoder = model.get_decoder()
         device = decoder.embed_tokens.weight.device
         row = torch.tensor([list(ids)], dtype=torch.long, device=device)
         width = len(ids)
@@ -324,6 +323,13 @@ class PromptPrefix:
             values=[v.expand(batch, -1, -1, -1).clone() for v in self.values],
             length=len(self.ids),
         )
+
+
+def runs_lean(model: torch.nn.Module) -> bool:
+    """Whether `model` runs on the lean engine (`llmcxr.lean_llama`), whose cache can be copied
+    and rolled back: prompt prefixes and drafted answers need that."""
+    getter = getattr(model, "get_decoder", None)
+    return isinstance(getter() if getter is not None else None, LeanDecoder)
 
 
 def _after_prefix(

@@ -11,7 +11,7 @@ import torch
 from llm_fixtures import make_tiny_model_folder
 
 from instructions import IMAGE_PLACEHOLDER
-from llmcxr import decoding, drafting
+from llmcxr import decoding, drafting, pipeline
 from llmcxr.decoding import Sampling, generate_text
 from llmcxr.drafting import BANK_FILE, PhraseDrafts, save_bank
 from llmcxr.pipeline import LLMCXR
@@ -183,7 +183,7 @@ def test_drafting_saves_forwards_and_sampled_answers_repeat_with_the_seed(llm: L
 
 
 def test_a_model_folder_brings_its_bank_and_a_broken_bank_is_refused(
-    folder: Path, tmp_path: Path
+    folder: Path, tmp_path: Path, monkeypatch
 ) -> None:
     import shutil
 
@@ -200,6 +200,22 @@ def test_a_model_folder_brings_its_bank_and_a_broken_bank_is_refused(
     assert drafted.drafts is not None and len(drafted.drafts.sequences) == 1
     assert drafted.generate_report([image], **greedy) == want
     assert drafted.generate_report([image], draft=False, **greedy) == want
+    rows: list[int] = []
+    real = pipeline.generate_text
+
+    def counting(model, input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return real(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_text", counting)
+    films = [torch.zeros(64, 64), torch.ones(64, 64) * 0.5, torch.eye(64)]
+    alone = [drafted.generate_report([film], **greedy)[0] for film in films]
+    rows.clear()
+    assert drafted.generate_report(films, batch_size=8, **greedy) == alone
+    assert rows == [1, 1, 1]  # encoded together, decoded one by one from the bank
+    rows.clear()
+    assert drafted.generate_report(films, batch_size=8, draft=False, **greedy) == alone
+    assert rows == [3]
     (copy / BANK_FILE).write_text('{"format": "llmcxr-drafts", "sequences": [[-3]]}')
     with pytest.raises(ValueError, match=BANK_FILE):
         LLMCXR.from_pretrained(copy, device="cpu", dtype="float32")
