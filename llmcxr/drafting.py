@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+
+from cxrcommon.files import atomic_write_text
 
 BANK_FILE = "drafts.json"
 """The bank's file name in a model folder."""
@@ -85,11 +86,9 @@ class PhraseDrafts:
 
 
 def save_bank(path: Path, sequences: Sequence[Sequence[int]], source: str) -> None:
-    """Write a bank file atomically (a temporary file moved into place)."""
+    """Write a bank file atomically (`cxrcommon.files.atomic_write_text`)."""
     data = {"format": FORMAT, "source": source, "sequences": [list(s) for s in sequences]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

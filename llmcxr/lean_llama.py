@@ -448,19 +448,22 @@ class LeanLlama(nn.Module):
         done already. `unpack` undoes it."""
         if self.packed:
             return False
-        first = getattr(self.model.layers[0].self_attn, "qkv_proj", None)
-        if type(first) is not nn.Linear or cpu_linear.pack(first.weight[:8].contiguous()) is None:
-            return False
         for layer in self.model.layers:
             for part, name in _PROJECTIONS:
                 module = getattr(layer, part)
-                weight = getattr(module, name).weight.detach()
-                packed = cpu_linear.pack(weight)
-                if packed is None:  # checked on the first; a later refusal keeps the plain one
-                    continue
+                projection = getattr(module, name)
+                packed = (
+                    None
+                    if type(projection) is not nn.Linear
+                    else cpu_linear.pack(projection.weight.detach())
+                )
+                if packed is None:
+                    if not self.packed:
+                        return False  # the first refusal: nothing packed, nothing changed
+                    continue  # a later one keeps that plain Linear
                 setattr(module, name, _PackedLinear(packed))
-        self.packed = True
-        return True
+                self.packed = True
+        return self.packed
 
     def unpack(self) -> None:
         """Plain Linears again (before a speed mode that quantises them, `llmcxr.devices`)."""
